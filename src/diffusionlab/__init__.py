@@ -1,0 +1,1 @@
+"""diffusionlab: train, sample and evaluate diffusion models."""

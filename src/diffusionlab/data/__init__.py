@@ -1,0 +1,87 @@
+"""Datasets: embedded digits, image folders, MNIST and CIFAR-10 files, 2-D toys.
+
+Images are (N, C, S, S) float32 in [-1, 1].
+
+This floor imports only torch, numpy and PIL, never other diffusionlab modules.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .base import (
+    DataError,
+    ImageDataset,
+    PointDataset,
+    convert_channels,
+    resize_images,
+    stratified_split,
+)
+from .cifar import load_cifar10
+from .digits import load_digits_dataset
+from .folder import IMAGE_EXTENSIONS, load_image_folder
+from .mnist import load_mnist
+from .toys import (
+    TOY_DATASETS,
+    GaussianMixtureParams,
+    eight_gaussians_params,
+    load_toy_dataset,
+    sample_checkerboard,
+    sample_eight_gaussians,
+    sample_swiss_roll,
+    sample_two_moons,
+)
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "TOY_DATASETS",
+    "DataError",
+    "GaussianMixtureParams",
+    "ImageDataset",
+    "PointDataset",
+    "convert_channels",
+    "eight_gaussians_params",
+    "load_cifar10",
+    "load_dataset",
+    "load_digits_dataset",
+    "load_image_folder",
+    "load_mnist",
+    "load_toy_dataset",
+    "resize_images",
+    "sample_checkerboard",
+    "sample_eight_gaussians",
+    "sample_swiss_roll",
+    "sample_two_moons",
+    "stratified_split",
+]
+
+DATASET_FORMS = ("'digits'", "'mnist:<folder>'", "'cifar10:<folder>'", "a path to an existing image folder")
+
+
+def load_dataset(
+    name_or_path: str | os.PathLike, image_size: int, channels: int | None = None, split: str = "train"
+) -> ImageDataset:
+    """Load "digits", "mnist:<folder>", "cifar10:<folder>" or an image folder path as an ImageDataset.
+
+    ``channels`` None keeps the source's own (1 for digits/MNIST, 3 for CIFAR-10 and folders); ``split``
+    applies to digits/MNIST/CIFAR-10 and is ignored for a plain image folder.
+    """
+    if channels is not None and (channels not in (1, 3) or isinstance(channels, bool)):
+        raise DataError(
+            f"channels must be 1 (grayscale), 3 (RGB) or None (the source's own), got {channels!r}."
+        )
+    spec = os.fspath(name_or_path)
+    key, _, rest = spec.partition(":")
+    key = key.strip().lower()
+    if spec.strip().lower() == "digits":
+        dataset = load_digits_dataset(image_size=image_size, split=split)
+    elif key == "mnist" and rest:
+        dataset = load_mnist(rest, split=split, image_size=image_size)
+    elif key == "cifar10" and rest:
+        dataset = load_cifar10(rest, split=split, image_size=image_size)
+    elif spec and Path(spec).expanduser().is_dir():
+        return load_image_folder(spec, image_size=image_size, channels=3 if channels is None else channels)
+    else:
+        raise DataError(f"unknown dataset {spec!r}; expected {', '.join(DATASET_FORMS)}.")
+    return dataset if channels is None else convert_channels(dataset, channels)

@@ -1,0 +1,66 @@
+"""Pictures people look at: image grids with row labels, saved as PNG atomically (floor 1)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, PngImagePlugin
+from torch import Tensor
+
+from .io import atomic_path
+
+__all__ = ["to_uint8", "make_grid", "save_grid", "save_png"]
+
+
+def to_uint8(images: Tensor) -> np.ndarray:
+    """Images in [0, 1], shape (N, C, H, W) -> uint8 array (N, H, W, C)."""
+    x = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+    return x.permute(0, 2, 3, 1).numpy()
+
+
+def make_grid(
+    images: Tensor, nrow: int, padding: int = 2, scale: int = 1, row_labels: Sequence[str] | None = None
+) -> Image.Image:
+    """Tile (N, C, H, W) images in [0, 1] into rows of ``nrow``, optionally with a text label left of each row."""
+    arr = to_uint8(images)
+    n, h, w, c = arr.shape
+    rows = (n + nrow - 1) // nrow
+    label_w = 0
+    if row_labels:
+        label_w = 8 + 7 * max(len(s) for s in row_labels)
+    H, W = h * scale + padding, w * scale + padding
+    canvas = Image.new("RGB", (label_w + nrow * W + padding, rows * H + padding), (255, 255, 255))
+    for i in range(n):
+        img = Image.fromarray(arr[i, :, :, 0] if c == 1 else arr[i], "L" if c == 1 else "RGB").convert("RGB")
+        if scale != 1:
+            img = img.resize((w * scale, h * scale), Image.NEAREST)
+        canvas.paste(img, (label_w + padding + (i % nrow) * W, padding + (i // nrow) * H))
+    if row_labels:
+        draw = ImageDraw.Draw(canvas)
+        for r, text in enumerate(row_labels[:rows]):
+            draw.text((4, padding + r * H + H // 2 - 6), str(text), fill=(0, 0, 0))
+    return canvas
+
+
+def save_png(image: Image.Image, path: str | os.PathLike[str], metadata: Mapping[str, str] | None = None) -> None:
+    """Save a PIL image as PNG atomically, with optional text metadata (tEXt chunks)."""
+    info = PngImagePlugin.PngInfo()
+    for k, v in (metadata or {}).items():
+        info.add_text(str(k), str(v))
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG", pnginfo=info)
+
+
+def save_grid(
+    images: Tensor,
+    path: str | os.PathLike[str],
+    nrow: int = 8,
+    row_labels: Sequence[str] | None = None,
+    scale: int = 1,
+    metadata: Mapping[str, str] | None = None,
+) -> None:
+    """Save (N, C, H, W) images in [0, 1] as one PNG grid."""
+    save_png(make_grid(images, nrow, scale=scale, row_labels=row_labels), path, metadata)

@@ -1,0 +1,63 @@
+"""Embeddings of the noise level and of class labels (floor 1: torch only)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+class SinusoidalEmbedding(nn.Module):
+    """Transformer-style sinusoidal features of a scalar (Vaswani et al. 2017; DDPM's timestep embedding).
+
+    The input is multiplied by ``scale`` first, so a noise-level input of order 1 spans the same range of phases
+    as DDPM's integer timesteps 0..1000.
+    """
+
+    def __init__(self, dim: int, scale: float = 1000.0, max_period: float = 10000.0) -> None:
+        super().__init__()
+        if dim % 2:
+            raise ValueError(f"embedding dim={dim} must be even.")
+        half = dim // 2
+        freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
+        self.register_buffer("freqs", freqs, persistent=False)
+        self.scale = scale
+
+    def forward(self, c: Tensor) -> Tensor:
+        args = (c.float() * self.scale)[:, None] * self.freqs[None]
+        return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+
+
+class NoiseLevelEmbedding(nn.Module):
+    """Sinusoidal features of the noise-level input followed by a two-layer MLP (DDPM, Ho et al. 2020)."""
+
+    def __init__(self, dim: int, hidden: int | None = None) -> None:
+        super().__init__()
+        hidden = hidden or 4 * dim
+        self.features = SinusoidalEmbedding(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        self.out_dim = hidden
+
+    def forward(self, c_noise: Tensor) -> Tensor:
+        return self.mlp(self.features(c_noise))
+
+
+class LabelEmbedding(nn.Module):
+    """Class-label embedding with one extra "null" row (index ``num_classes``) for classifier-free guidance.
+
+    A label of -1 is read as the null label, so callers can drop labels per sample by writing -1.
+    """
+
+    def __init__(self, num_classes: int, dim: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.table = nn.Embedding(num_classes + 1, dim)
+
+    @property
+    def null_label(self) -> int:
+        return self.num_classes
+
+    def forward(self, labels: Tensor) -> Tensor:
+        labels = torch.where(labels < 0, torch.full_like(labels, self.num_classes), labels)
+        return self.table(labels)

@@ -1,0 +1,174 @@
+"""A UNet for images of any size its down-sampling allows (floor 1: knows nothing about diffusion).
+
+Residual blocks with GroupNorm and a scale-shift injection of the noise-level + class embedding into every
+block (Dhariwal & Nichol 2021, "AdaGN"), self-attention at chosen levels (by depth, not by pixel size, so one
+network serves any resolution), optional dropout. In the spirit of the seed's DoubleConv/Down/Up UNet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .embeddings import LabelEmbedding, NoiseLevelEmbedding
+
+
+def _groups(channels: int) -> int:
+    for g in (32, 16, 8, 4, 2, 1):
+        if channels % g == 0 and channels // g >= 2:
+            return g
+    return 1
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-conv twice with a residual path; the embedding scales and shifts the second norm."""
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.norm1 = nn.GroupNorm(_groups(in_ch), in_ch)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, 2 * out_ch)
+        self.norm2 = nn.GroupNorm(_groups(out_ch), out_ch)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.emb(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(self.dropout(F.silu(h)))
+        return self.skip(x) + h
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over all pixels, through ``scaled_dot_product_attention``."""
+
+    def __init__(self, channels: int, num_heads: int = 4) -> None:
+        super().__init__()
+        if channels % num_heads:
+            raise ValueError(f"attention channels={channels} must be divisible by num_heads={num_heads}.")
+        self.num_heads = num_heads
+        self.norm = nn.GroupNorm(_groups(channels), channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.num_heads, c // self.num_heads, h * w).unbind(1)
+        out = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+        return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
+
+
+class UNet2D(nn.Module):
+    """Noise-conditional UNet: ``forward(x, c_noise, labels=None) -> same shape as x`` (out_channels).
+
+    ``channel_mults`` gives one level per entry; the input's height and width must be divisible by
+    2^(len(channel_mults) - 1). ``attention_levels`` are level indices (0 = full resolution).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        out_channels: int | None = None,
+        base_channels: int = 64,
+        channel_mults: Sequence[int] = (1, 2, 2),
+        num_res_blocks: int = 2,
+        attention_levels: Sequence[int] = (2,),
+        num_heads: int = 4,
+        dropout: float = 0.0,
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__()
+        out_channels = out_channels or in_channels
+        if any(not 0 <= lvl < len(channel_mults) for lvl in attention_levels):
+            raise ValueError(
+                f"attention_levels={list(attention_levels)} must be level indices in [0, {len(channel_mults) - 1}]."
+            )
+        self.in_channels, self.num_classes = in_channels, num_classes
+        self.num_levels = len(channel_mults)
+        self.noise_embedding = NoiseLevelEmbedding(base_channels)
+        emb_dim = self.noise_embedding.out_dim
+        self.label_embedding = LabelEmbedding(num_classes, emb_dim) if num_classes else None
+
+        self.stem = nn.Conv2d(in_channels, base_channels, 3, padding=1)
+        chans = [base_channels * m for m in channel_mults]
+        self.down = nn.ModuleList()
+        skip_chs = [base_channels]
+        ch = base_channels
+        for level, out_ch in enumerate(chans):
+            for _ in range(num_res_blocks):
+                blocks = nn.ModuleList([ResBlock(ch, out_ch, emb_dim, dropout)])
+                if level in attention_levels:
+                    blocks.append(SelfAttention(out_ch, num_heads))
+                self.down.append(blocks)
+                ch = out_ch
+                skip_chs.append(ch)
+            if level < self.num_levels - 1:
+                self.down.append(nn.ModuleList([nn.Conv2d(ch, ch, 3, stride=2, padding=1)]))
+                skip_chs.append(ch)
+        self.mid = nn.ModuleList(
+            [ResBlock(ch, ch, emb_dim, dropout), SelfAttention(ch, num_heads), ResBlock(ch, ch, emb_dim, dropout)]
+        )
+        self.up = nn.ModuleList()
+        for level in reversed(range(self.num_levels)):
+            out_ch = chans[level]
+            for _ in range(num_res_blocks + 1):
+                blocks = nn.ModuleList([ResBlock(ch + skip_chs.pop(), out_ch, emb_dim, dropout)])
+                if level in attention_levels:
+                    blocks.append(SelfAttention(out_ch, num_heads))
+                self.up.append(blocks)
+                ch = out_ch
+            if level > 0:
+                self.up.append(nn.ModuleList([nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch, ch, 3, padding=1)]))
+        self.head = nn.Sequential(nn.GroupNorm(_groups(ch), ch), nn.SiLU(), nn.Conv2d(ch, out_channels, 3, padding=1))
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
+
+    @property
+    def size_multiple(self) -> int:
+        """Height and width must be multiples of this."""
+        return 2 ** (self.num_levels - 1)
+
+    def check_input_size(self, height: int, width: int) -> None:
+        """Raise one clear error when the UNet cannot take an image of this size."""
+        m = self.size_multiple
+        if height % m or width % m or height < m or width < m:
+            raise ValueError(
+                f"image size {height}x{width} cannot pass this UNet's {self.num_levels} levels; "
+                f"height and width must be positive multiples of {m}."
+            )
+
+    def forward(self, x: Tensor, c_noise: Tensor, labels: Tensor | None = None) -> Tensor:
+        self.check_input_size(x.shape[-2], x.shape[-1])
+        emb = self.noise_embedding(c_noise.expand(x.shape[0]) if c_noise.ndim == 0 else c_noise)
+        if self.label_embedding is not None:
+            if labels is None:
+                labels = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
+            emb = emb + self.label_embedding(labels)
+        elif labels is not None:
+            raise ValueError("labels were given to a UNet built without num_classes (an unconditional model).")
+        h = self.stem(x)
+        skips = [h]
+        for blocks in self.down:
+            h = _run(blocks, h, emb)
+            skips.append(h)
+        h = _run(self.mid, h, emb)
+        for blocks in self.up:
+            if isinstance(blocks[0], ResBlock):
+                h = torch.cat([h, skips.pop()], dim=1)
+            h = _run(blocks, h, emb)
+        return self.head(h)
+
+
+def _run(blocks: nn.ModuleList, h: Tensor, emb: Tensor) -> Tensor:
+    for block in blocks:
+        h = block(h, emb) if isinstance(block, ResBlock) else block(h)
+    return h

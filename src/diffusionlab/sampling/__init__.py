@@ -1,0 +1,85 @@
+"""Sampling: time grids, per-sample noise, solvers (pure functions) and guidance (floor 3)."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..denoisers import DenoiserLike
+from .grids import SPACINGS, check_steps, time_grid
+from .guidance import ClassifierFreeGuidance, null_conditioning
+from .noise import NoiseSource, sample_seed
+from .solvers import check_eta, ddim, ddpm
+
+__all__ = [
+    "SAMPLERS",
+    "SPACINGS",
+    "sample",
+    "time_grid",
+    "check_steps",
+    "check_eta",
+    "NoiseSource",
+    "sample_seed",
+    "ClassifierFreeGuidance",
+    "null_conditioning",
+    "ddpm",
+    "ddim",
+    "nfe",
+]
+
+SAMPLERS: dict[str, Callable[..., Tensor]] = {"ddpm": ddpm, "ddim": ddim}
+_NFE_PER_STEP = {"ddpm": 1, "ddim": 1}
+
+
+def nfe(sampler: str, steps: int) -> int:
+    """Network evaluations a sampler spends for ``steps`` steps (guidance doubles the batch, not the count)."""
+    return _NFE_PER_STEP[check_sampler(sampler)] * check_steps(steps)
+
+
+def check_sampler(name: str) -> str:
+    """Raise one clear error unless ``name`` is a known sampler."""
+    if name not in SAMPLERS:
+        raise ValueError(f"sampler={name!r} is not known; expected one of {sorted(SAMPLERS)}.")
+    return name
+
+
+def sample(
+    denoiser: DenoiserLike,
+    sample_shape: Sequence[int],
+    *,
+    num_samples: int | None = None,
+    indices: Sequence[int] | None = None,
+    sampler: str = "ddim",
+    steps: int = 50,
+    spacing: str = "uniform",
+    seed: int = 0,
+    cond: Mapping[str, Tensor] | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+    **options: Any,
+) -> Tensor:
+    """Draw samples: start from N(0, (alpha^2 + sigma^2) I) at t_max and run a solver down a time grid.
+
+    Sample i uses the noise stream of ``(seed, indices[i])`` (indices default to 0..num_samples-1), so a sample
+    is the same at any batch size and position. ``options`` go to the solver (e.g. ``eta`` for DDIM).
+    """
+    fn = SAMPLERS[check_sampler(sampler)]
+    allowed = [p for p in inspect.signature(fn).parameters if p not in ("denoiser", "x", "ts", "cond", "noise", "progress")]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"option(s) {unknown} are not known to sampler {sampler!r}; it takes {allowed}.")
+    if indices is None:
+        if num_samples is None or num_samples <= 0:
+            raise ValueError(f"num_samples={num_samples!r} must be a positive integer.")
+        indices = range(num_samples)
+    ts = time_grid(denoiser.process, steps, spacing)
+    noise = NoiseSource(seed, indices, device)
+    process = denoiser.process
+    init_std = float(torch.sqrt(process.alpha(ts[0]) ** 2 + process.sigma(ts[0]) ** 2))
+    x = init_std * noise(sample_shape)
+    with torch.no_grad():
+        return fn(denoiser, x, ts, cond=cond, noise=noise, progress=progress, **options)

@@ -1,0 +1,24 @@
+"""Exponential moving average of weights with a warm-up (floor 5)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def ema_decay_at(step: int, decay: float, start: int) -> float:
+    """Decay used at ``step``: 0 (copy) before ``start`` (the seed's ``step_start_ema``), then
+    min(decay, (1 + n) / (10 + n)) with n steps since the start, so early averages do not lag far behind."""
+    if step < start:
+        return 0.0
+    n = step - start
+    return min(decay, (1.0 + n) / (10.0 + n))
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model, parameter by parameter; buffers are copied."""
+    for e, p in zip(ema.parameters(), model.parameters(), strict=True):
+        e.lerp_(p.detach(), 1.0 - decay)
+    for e, b in zip(ema.buffers(), model.buffers(), strict=True):
+        e.copy_(b)
