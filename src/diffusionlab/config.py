@@ -9,7 +9,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["NetworkConfig", "DiffusionConfig", "DataConfig", "TrainConfig", "SampleConfig", "ModelConfig", "MODEL_SIZES"]
+__all__ = [
+    "NetworkConfig",
+    "DiffusionConfig",
+    "DataConfig",
+    "TrainConfig",
+    "SampleConfig",
+    "ModelConfig",
+    "MODEL_SIZES",
+]
 
 
 class _Strict(BaseModel):
@@ -27,7 +35,7 @@ class NetworkConfig(_Strict):
     attention_levels: list[int] = Field(default_factory=list)
     num_heads: int = 4
     dropout: float = 0.0
-    num_classes: int | None = None
+    num_classes: int | None = None  # None: unconditional; 0 when training: take the dataset's classes
     dim: int = 2
     width: int = 256
     depth: int = 4
@@ -37,14 +45,21 @@ MODEL_SIZES: dict[str, dict[str, Any]] = {
     "tiny": {"base_channels": 16, "channel_mults": [1, 2], "num_res_blocks": 1, "attention_levels": []},
     "small": {"base_channels": 32, "channel_mults": [1, 2, 2], "num_res_blocks": 1, "attention_levels": []},
     "base": {"base_channels": 64, "channel_mults": [1, 2, 2], "num_res_blocks": 2, "attention_levels": [2]},
-    "large": {"base_channels": 128, "channel_mults": [1, 2, 2, 2], "num_res_blocks": 2, "attention_levels": [2, 3]},
+    "large": {
+        "base_channels": 128,
+        "channel_mults": [1, 2, 2, 2],
+        "num_res_blocks": 2,
+        "attention_levels": [2, 3],
+    },
 }
 
 
 class DiffusionConfig(_Strict):
     """The forward process (name + options, as ``processes.make_process`` takes) and the parameterisation."""
 
-    process: dict[str, Any] = Field(default_factory=lambda: {"name": "ddpm", "schedule": "cosine", "num_steps": 1000})
+    process: dict[str, Any] = Field(
+        default_factory=lambda: {"name": "ddpm", "schedule": "cosine", "num_steps": 1000}
+    )
     parameterisation: Literal["eps", "x0", "v", "edm", "velocity"] = "eps"
     sigma_data: float = 0.5
 
@@ -54,7 +69,7 @@ class DataConfig(_Strict):
 
     dataset: str = "digits"
     image_size: int = 16
-    channels: int = 1
+    channels: int | None = None
     num_classes: int | None = None
     class_names: list[str] | None = None
 

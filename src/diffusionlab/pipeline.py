@@ -32,7 +32,9 @@ CONFIG_NAME, MODEL_NAME, EMA_NAME = "config.json", "model.safetensors", "ema.saf
 def build_network(cfg: NetworkConfig) -> nn.Module:
     """The network a ``NetworkConfig`` describes, freshly initialised."""
     if cfg.kind == "mlp":
-        return MLP(dim=cfg.dim, width=cfg.width, depth=cfg.depth, num_classes=cfg.num_classes, dropout=cfg.dropout)
+        return MLP(
+            dim=cfg.dim, width=cfg.width, depth=cfg.depth, num_classes=cfg.num_classes, dropout=cfg.dropout
+        )
     return UNet2D(
         in_channels=cfg.in_channels,
         base_channels=cfg.base_channels,
@@ -63,7 +65,9 @@ def _load_weights(module: nn.Module, path: Path) -> None:
 class Pipeline:
     """A diffusion model ready to sample: ``Pipeline.load(folder).sample(16, labels=[3] * 16, seed=0)``."""
 
-    def __init__(self, config: ModelConfig, network: nn.Module | None = None, ema: nn.Module | None = None) -> None:
+    def __init__(
+        self, config: ModelConfig, network: nn.Module | None = None, ema: nn.Module | None = None
+    ) -> None:
         self.config = config
         self.network = network if network is not None else build_network(config.network)
         self.ema = ema
@@ -81,7 +85,9 @@ class Pipeline:
         try:
             config = ModelConfig.model_validate(load_json(folder / CONFIG_NAME))
         except ValidationError as err:
-            raise CheckpointError(f"{folder / CONFIG_NAME} is not a valid model config ({err.errors()[0]['msg']}).") from None
+            raise CheckpointError(
+                f"{folder / CONFIG_NAME} is not a valid model config ({err.errors()[0]['msg']})."
+            ) from None
         pipe = cls(config)
         _load_weights(pipe.network, folder / MODEL_NAME)
         if (folder / EMA_NAME).is_file():
@@ -136,12 +142,16 @@ class Pipeline:
         k = self.config.network.num_classes
         if not k:
             raise ValueError("labels were given, but this model was trained without classes (unconditional).")
-        t = torch.as_tensor([labels] * (n or 1) if isinstance(labels, int) else labels, dtype=torch.long).flatten()
+        t = torch.as_tensor(
+            [labels] * (n or 1) if isinstance(labels, int) else labels, dtype=torch.long
+        ).flatten()
         bad = t[(t < 0) | (t >= k)]
         if len(bad):
             raise ValueError(f"label {int(bad[0])} is outside this model's classes 0..{k - 1}.")
         if n is not None and len(t) != n:
-            raise ValueError(f"{len(t)} labels were given for {n} samples; give one label per sample or one int.")
+            raise ValueError(
+                f"{len(t)} labels were given for {n} samples; give one label per sample or one int."
+            )
         return t
 
     def sample(
@@ -178,7 +188,9 @@ class Pipeline:
         if label_t is None and self.config.network.num_classes and guidance != 0.0:
             guidance = 0.0  # no labels: sample the unconditional model
         if guidance < 0:
-            raise ValueError(f"guidance={guidance} must be >= 0 (0 unconditional, 1 conditional, > 1 stronger).")
+            raise ValueError(
+                f"guidance={guidance} must be >= 0 (0 unconditional, 1 conditional, > 1 stronger)."
+            )
         denoiser = self.denoiser(use_ema)
         device = self.device
         if label_t is None and self.config.network.num_classes:
@@ -189,8 +201,17 @@ class Pipeline:
             idx = list(range(start, min(start + batch_size, num_samples)))
             cond = {"labels": label_t[idx].to(device)} if label_t is not None else None
             x = sample(
-                guided, self.sample_shape, indices=idx, sampler=sampler, steps=steps, spacing=spacing, seed=seed,
-                cond=cond, device=device, progress=progress, **options,
+                guided,
+                self.sample_shape,
+                indices=idx,
+                sampler=sampler,
+                steps=steps,
+                spacing=spacing,
+                seed=seed,
+                cond=cond,
+                device=device,
+                progress=progress,
+                **options,
             )
             out.append(x.cpu())
         x = torch.cat(out)
@@ -199,16 +220,21 @@ class Pipeline:
         return ((x + 1) / 2).clamp(0, 1)
 
     def sample_class_grid(
-        self, path: str | os.PathLike[str], per_class: int = 8, seed: int = 0, **kwargs: Any
+        self,
+        path: str | os.PathLike[str],
+        per_class: int = 8,
+        seed: int = 0,
+        metadata: dict[str, str] | None = None,
+        **kwargs: Any,
     ) -> Tensor:
         """Sample ``per_class`` images of every class and save a grid with one labelled row per class."""
         k = self.config.network.num_classes
         if not k:
             images = self.sample(per_class * per_class, seed=seed, **kwargs)
-            save_grid(images, path, nrow=per_class, scale=2)
+            save_grid(images, path, nrow=per_class, scale=2, metadata=metadata)
             return images
         labels = [c for c in range(k) for _ in range(per_class)]
         images = self.sample(labels=labels, seed=seed, **kwargs)
         names = self.config.data.class_names or [str(c) for c in range(k)]
-        save_grid(images, path, nrow=per_class, row_labels=names, scale=2)
+        save_grid(images, path, nrow=per_class, row_labels=names, scale=2, metadata=metadata)
         return images

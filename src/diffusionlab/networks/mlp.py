@@ -29,7 +29,12 @@ class MLP(nn.Module):
     """Noise-conditional MLP: ``forward(x, c_noise, labels=None)`` for x of shape (batch, dim)."""
 
     def __init__(
-        self, dim: int = 2, width: int = 256, depth: int = 4, num_classes: int | None = None, dropout: float = 0.0
+        self,
+        dim: int = 2,
+        width: int = 256,
+        depth: int = 4,
+        num_classes: int | None = None,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.dim, self.num_classes = dim, num_classes
@@ -48,7 +53,9 @@ class MLP(nn.Module):
                 labels = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
             emb = emb + self.label_embedding(labels)
         elif labels is not None:
-            raise ValueError("labels were given to an MLP built without num_classes (an unconditional model).")
+            raise ValueError(
+                "labels were given to an MLP built without num_classes (an unconditional model)."
+            )
         h = self.inp(x)
         for block in self.blocks:
             h = block(h, emb)

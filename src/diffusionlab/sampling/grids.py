@@ -50,7 +50,8 @@ def time_grid(process: GaussianProcess, steps: int, spacing: str = "uniform", rh
         if spacing == "leading":
             k = torch.arange(steps, dtype=torch.float64).mul(T // steps).flip(0)
         elif spacing == "trailing":
-            k = torch.arange(float(T), 0.0, -T / steps, dtype=torch.float64).round() - 1
+            # T - i T/steps for i < steps; a float arange(T, 0, -T/steps) can yield steps + 1 entries
+            k = (T - torch.arange(steps, dtype=torch.float64) * (T / steps)).round() - 1
         else:
             k = torch.linspace(0, T - 1, steps, dtype=torch.float64).round().flip(0)
         return torch.cat([(k + 1) / T, zero])

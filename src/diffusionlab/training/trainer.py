@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import set_seed
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -95,7 +96,9 @@ class Trainer:
         self.start_step = 0
         resume_from = latest_checkpoint(self.out_dir) if resume else None
         if resume and resume_from is None:
-            raise CheckpointError(f"--resume was given but {self.out_dir / 'checkpoints'} holds no checkpoint.")
+            raise CheckpointError(
+                f"--resume was given but {self.out_dir / 'checkpoints'} holds no checkpoint."
+            )
         if resume_from is not None:
             saved = Pipeline.load(resume_from)
             # the model is the checkpoint's; how long to train and how to log may change on resume
@@ -105,6 +108,7 @@ class Trainer:
         self.data = data if data is not None else load_training_data(config)
         config = self._fit_config_to_data(config)
         self.config = config
+        set_seed(config.train.seed)  # same seed, same initial weights (and dropout draws)
         self.pipeline = Pipeline(config)
         if resume_from is not None:
             self.pipeline.network.load_state_dict(saved.network.state_dict())
@@ -114,17 +118,23 @@ class Trainer:
         tc = config.train
         world = self.accelerator.num_processes
         if tc.batch_size % world:
-            raise ValueError(f"batch_size={tc.batch_size} must be divisible by the number of processes ({world}).")
-        self.optimizer = torch.optim.AdamW(self.pipeline.network.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+            raise ValueError(
+                f"batch_size={tc.batch_size} must be divisible by the number of processes ({world})."
+            )
+        self.optimizer = torch.optim.AdamW(
+            self.pipeline.network.parameters(), lr=tc.lr, weight_decay=tc.weight_decay
+        )
         if tc.lr_schedule == "onecycle":
-            self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=tc.lr, total_steps=tc.steps)
+            self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                self.optimizer, max_lr=tc.lr, total_steps=tc.steps
+            )
         else:
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(
                 self.optimizer, lr_lambda(tc.lr_schedule, tc.warmup_steps, tc.steps)
             )
-        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(
-            self.pipeline.network, self.optimizer, self.scheduler
-        )
+        # the scheduler is stepped by us once per optimiser step: accelerate would step it once per process,
+        # which suits a per-process batch size, while our batch_size is global
+        self.model, self.optimizer = self.accelerator.prepare(self.pipeline.network, self.optimizer)
         self.pipeline.ema.to(self.accelerator.device)
         if resume_from is not None:
             self._restore(load_training_state(resume_from))
@@ -141,15 +151,24 @@ class Trainer:
             if h != w:
                 raise DataError(f"training images must be square, got {h}x{w}.")
             net = net.model_copy(update={"in_channels": c})
-            config = config.model_copy(update={"data": config.data.model_copy(update={"channels": c, "image_size": h})})
+            config = config.model_copy(
+                update={"data": config.data.model_copy(update={"channels": c, "image_size": h})}
+            )
+        if net.num_classes == 0 and self.data.labels is None:  # "conditional if the data has labels"
+            net = net.model_copy(update={"num_classes": None})
         if self.data.labels is not None and net.num_classes is not None:
             net = net.model_copy(update={"num_classes": self.data.num_classes})
             config = config.model_copy(
-                update={"data": config.data.model_copy(update={"num_classes": self.data.num_classes,
-                                                               "class_names": self.data.class_names})}
+                update={
+                    "data": config.data.model_copy(
+                        update={"num_classes": self.data.num_classes, "class_names": self.data.class_names}
+                    )
+                }
             )
         elif net.num_classes is not None and self.data.labels is None:
-            raise DataError(f"a class-conditional model was asked for, but dataset {config.data.dataset!r} has no labels.")
+            raise DataError(
+                f"a class-conditional model was asked for, but dataset {config.data.dataset!r} has no labels."
+            )
         config = config.model_copy(update={"network": net})
         if net.kind == "unet":
             from ..pipeline import build_network
@@ -173,7 +192,9 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng_torch"])
-        np.random.set_state(("MT19937", state["rng_numpy"].numpy().astype(np.uint32), int(state["rng_numpy_pos"]), 0, 0.0))
+        np.random.set_state(
+            ("MT19937", state["rng_numpy"].numpy().astype(np.uint32), int(state["rng_numpy_pos"]), 0, 0.0)
+        )
         random.setstate((3, tuple(int(v) for v in state["rng_python"].tolist()), None))
 
     # ------------------------------------------------------------------ one step
@@ -209,11 +230,19 @@ class Trainer:
                 f"the loss became {loss.item()} at step {step}; lower --lr (now {tc.lr}) or use mixed_precision='no'."
             )
         self.accelerator.backward(loss)
-        grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), tc.grad_clip) if tc.grad_clip > 0 else 0.0
+        grad_norm = (
+            self.accelerator.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+            if tc.grad_clip > 0
+            else 0.0
+        )
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        update_ema(self.pipeline.ema, self.accelerator.unwrap_model(self.model), ema_decay_at(step, tc.ema_decay, tc.ema_start))
+        update_ema(
+            self.pipeline.ema,
+            self.accelerator.unwrap_model(self.model),
+            ema_decay_at(step, tc.ema_decay, tc.ema_start),
+        )
         return float(loss.detach()), float(grad_norm)
 
     # ------------------------------------------------------------------ the loop
@@ -227,8 +256,14 @@ class Trainer:
         acc = self.accelerator
         end = tc.steps if stop_after is None else min(tc.steps, stop_after)
         started = time.monotonic()
-        bar = tqdm(total=tc.steps, initial=self.start_step, disable=not (self.progress and acc.is_main_process),
-                   desc="train", unit="step", dynamic_ncols=True)
+        bar = tqdm(
+            total=tc.steps,
+            initial=self.start_step,
+            disable=not (self.progress and acc.is_main_process),
+            desc="train",
+            unit="step",
+            dynamic_ncols=True,
+        )
         smooth = None
         step = self.start_step
         interrupted = False
@@ -272,7 +307,9 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             self.pipeline.network = self.accelerator.unwrap_model(self.model)
-            save_checkpoint(self.pipeline, self._state(step), self.out_dir, step, self.config.train.keep_checkpoints)
+            save_checkpoint(
+                self.pipeline, self._state(step), self.out_dir, step, self.config.train.keep_checkpoints
+            )
         self.accelerator.wait_for_everyone()
 
     def finish(self, step: int) -> None:
@@ -280,7 +317,9 @@ class Trainer:
         self.pipeline.network = self.accelerator.unwrap_model(self.model)
         self.pipeline.save(self.out_dir)
         if self.config.network.kind == "unet":
-            self.pipeline.sample_class_grid(self.out_dir / "samples.png", per_class=8, seed=self.config.train.seed)
+            self.pipeline.sample_class_grid(
+                self.out_dir / "samples.png", per_class=8, seed=self.config.train.seed
+            )
 
     def _write_samples(self, step: int) -> None:
         if not self.accelerator.is_main_process or self.config.network.kind != "unet":
