@@ -183,6 +183,9 @@ def sample(
         typer.Option(help="Classifier-free guidance w: 0 unconditional, 1 conditional, >1 stronger."),
     ] = None,
     eta: Annotated[float | None, typer.Option(help="DDIM noise, in [0, 1] (ddim only).")] = None,
+    thresholding: Annotated[
+        str | None, typer.Option(help="Keep x0 in [-1, 1]: clip (default), dynamic (Imagen) or none.")
+    ] = None,
     seed: Annotated[
         int, typer.Option(help="Sample i uses the noise of (seed, i): same seed, same images.")
     ] = 0,
@@ -205,6 +208,7 @@ def sample(
             spacing=spacing,
             guidance=guidance,
             seed=seed,
+            thresholding=thresholding,
             batch_size=batch_size,
             progress=progress,
             **options,

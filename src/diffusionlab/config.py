@@ -60,7 +60,7 @@ class DiffusionConfig(_Strict):
     process: dict[str, Any] = Field(
         default_factory=lambda: {"name": "ddpm", "schedule": "cosine", "num_steps": 1000}
     )
-    parameterisation: Literal["eps", "x0", "v", "edm", "velocity"] = "eps"
+    parameterisation: Literal["eps", "x0", "v", "edm", "velocity"] = "v"
     sigma_data: float = 0.5
 
 
@@ -111,7 +111,8 @@ class SampleConfig(_Strict):
     sampler: str = "ddim"
     steps: int = 50
     spacing: str = "uniform"
-    guidance: float = 1.0
+    guidance: float = 2.0  # bench/digits_quality.py: 98.8% of samples of the asked digit at 1, 100% at 2
+    thresholding: Literal["none", "clip", "dynamic"] = "clip"  # keep x0 in the data range [-1, 1] (images)
 
 
 class ModelConfig(_Strict):

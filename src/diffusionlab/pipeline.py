@@ -22,7 +22,7 @@ from .images import save_grid
 from .io import CheckpointError, load_json, load_tensors, save_json, save_tensors
 from .networks import MLP, UNet2D
 from .processes import GaussianProcess, make_process
-from .sampling import ClassifierFreeGuidance, check_sampler, check_steps, sample
+from .sampling import ClassifierFreeGuidance, Thresholded, check_sampler, check_steps, sample
 
 __all__ = ["Pipeline", "build_network", "build_process", "CONFIG_NAME", "MODEL_NAME", "EMA_NAME"]
 
@@ -163,6 +163,7 @@ class Pipeline:
         spacing: str | None = None,
         guidance: float | None = None,
         seed: int = 0,
+        thresholding: str | None = None,
         batch_size: int = 256,
         use_ema: bool = True,
         progress: bool = False,
@@ -172,6 +173,7 @@ class Pipeline:
 
         Sample i is drawn from the noise stream (seed, i), so it does not depend on ``batch_size``.
         ``guidance`` is the classifier-free scale w (0 unconditional, 1 conditional, > 1 stronger).
+        ``thresholding`` keeps image x0 estimates in [-1, 1]: "clip" (default), "dynamic" or "none".
         """
         defaults = self.config.sample
         sampler = check_sampler(sampler or defaults.sampler)
@@ -196,6 +198,9 @@ class Pipeline:
         if label_t is None and self.config.network.num_classes:
             label_t = torch.full((num_samples,), -1, dtype=torch.long)
         guided = ClassifierFreeGuidance(denoiser, guidance) if label_t is not None else denoiser
+        thresholding = thresholding or defaults.thresholding
+        if self.config.network.kind == "unet" and thresholding != "none":
+            guided = Thresholded(guided, thresholding)
         out = []
         for start in range(0, num_samples, batch_size):
             idx = list(range(start, min(start + batch_size, num_samples)))

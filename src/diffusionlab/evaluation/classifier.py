@@ -221,7 +221,7 @@ def _read_classifier(path: Path) -> tuple[DomainClassifier, dict[str, str]]:
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = dict(fh.metadata() or {})
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open has no __iter__
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"{path} is not a readable safetensors file ({err}).") from None
     if meta.get("format") != _FORMAT:
@@ -248,7 +248,7 @@ def classifier_cache_dir() -> Path:
 
 def digits_classifier(image_size: int = 16, cache_dir: str | os.PathLike[str] | None = None) -> DomainClassifier:
     """The classifier for the embedded digits at ``image_size``: trained once (fixed seed), then cached."""
-    path = (Path(cache_dir).expanduser() if cache_dir is not None else classifier_cache_dir())
+    path = Path(cache_dir).expanduser() if cache_dir is not None else classifier_cache_dir()
     path = path / f"digits-{image_size}.safetensors"
     if path.is_file():
         try:

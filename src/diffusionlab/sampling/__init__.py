@@ -14,6 +14,7 @@ from .grids import SPACINGS, check_steps, time_grid
 from .guidance import ClassifierFreeGuidance, null_conditioning
 from .noise import NoiseSource, sample_seed
 from .solvers import check_eta, ddim, ddpm
+from .thresholding import THRESHOLDINGS, Thresholded, dynamic_threshold
 
 __all__ = [
     "SAMPLERS",
@@ -26,6 +27,9 @@ __all__ = [
     "sample_seed",
     "ClassifierFreeGuidance",
     "null_conditioning",
+    "THRESHOLDINGS",
+    "Thresholded",
+    "dynamic_threshold",
     "ddpm",
     "ddim",
     "nfe",
