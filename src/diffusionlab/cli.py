@@ -66,13 +66,11 @@ def train(
             help="'digits' (embedded), 'mnist:<folder>', 'cifar10:<folder>', 'toy:<name>', or an image folder."
         ),
     ] = "digits",
-    out: Annotated[
-        Path, typer.Option(help="Output folder: the model, checkpoints/, samples/, tensorboard/.")
-    ] = Path("runs/digits"),
+    out: Annotated[Path, typer.Option(help="Output folder: the model, checkpoints/, samples/, tensorboard/.")] = Path(
+        "runs/digits"
+    ),
     image_size: Annotated[int, typer.Option(help="Train at this square size (digits: 8x8 upsampled).")] = 16,
-    channels: Annotated[
-        int | None, typer.Option(help="1 grayscale or 3 RGB; default: the dataset's own.")
-    ] = None,
+    channels: Annotated[int | None, typer.Option(help="1 grayscale or 3 RGB; default: the dataset's own.")] = None,
     model_size: Annotated[ModelSize, typer.Option(help="UNet size preset.")] = ModelSize.small,
     conditional: Annotated[
         bool,
@@ -86,30 +84,22 @@ def train(
         str, typer.Option(help="What the network predicts: eps, x0, v, edm or velocity.")
     ] = "eps",
     steps: Annotated[int, typer.Option(help="Optimisation steps (the LR schedule's length).")] = 3000,
-    minutes: Annotated[
-        float | None, typer.Option(help="Stop early after this many minutes (and save).")
-    ] = None,
+    minutes: Annotated[float | None, typer.Option(help="Stop early after this many minutes (and save).")] = None,
     batch_size: Annotated[int, typer.Option(help="Global batch size (split across processes).")] = 64,
     lr: Annotated[float, typer.Option(help="Peak learning rate of AdamW.")] = 2e-3,
-    lr_schedule: Annotated[
-        str, typer.Option(help="cosine, constant or onecycle (after linear warm-up).")
-    ] = "cosine",
+    lr_schedule: Annotated[str, typer.Option(help="cosine, constant or onecycle (after linear warm-up).")] = "cosine",
     ema_decay: Annotated[float, typer.Option(help="EMA decay of the weights used for sampling.")] = 0.999,
     label_dropout: Annotated[
         float, typer.Option(help="Share of labels dropped per sample, for classifier-free guidance.")
     ] = 0.1,
     weighting: Annotated[str, typer.Option(help="Loss weighting: uniform, min_snr or edm.")] = "uniform",
-    time_sampling: Annotated[
-        str, typer.Option(help="Training times: uniform or lognormal (EDM).")
-    ] = "uniform",
+    time_sampling: Annotated[str, typer.Option(help="Training times: uniform or lognormal (EDM).")] = "uniform",
     mixed_precision: Annotated[str, typer.Option(help="no, bf16 or fp16 (through accelerate).")] = "no",
     sample_every: Annotated[int, typer.Option(help="Write a sample grid every N steps (0: never).")] = 1000,
     checkpoint_every: Annotated[
         int, typer.Option(help="Write a checkpoint every N steps (0: only at the end).")
     ] = 1000,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue from the latest checkpoint in --out.")
-    ] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in --out.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of every random draw of the run.")] = 0,
     cpu: Annotated[bool, typer.Option("--cpu", help="Train on the CPU even if a GPU is present.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
@@ -162,9 +152,7 @@ def _parse_labels(labels: str | None) -> list[int] | None:
 
 @app.command()
 def sample(
-    model: Annotated[
-        Path, typer.Argument(help="A model folder (config.json + *.safetensors), e.g. runs/digits.")
-    ],
+    model: Annotated[Path, typer.Argument(help="A model folder (config.json + *.safetensors), e.g. runs/digits.")],
     out: Annotated[Path, typer.Option(help="Output PNG grid.")] = Path("samples.png"),
     num_samples: Annotated[int | None, typer.Option("--num-samples", "-n", help="How many samples.")] = None,
     labels: Annotated[
@@ -186,13 +174,9 @@ def sample(
     thresholding: Annotated[
         str | None, typer.Option(help="Keep x0 in [-1, 1]: clip (default), dynamic (Imagen) or none.")
     ] = None,
-    seed: Annotated[
-        int, typer.Option(help="Sample i uses the noise of (seed, i): same seed, same images.")
-    ] = 0,
+    seed: Annotated[int, typer.Option(help="Sample i uses the noise of (seed, i): same seed, same images.")] = 0,
     nrow: Annotated[int, typer.Option(help="Images per row of the grid.")] = 8,
-    batch_size: Annotated[
-        int, typer.Option(help="Samples per network batch (does not change the images).")
-    ] = 256,
+    batch_size: Annotated[int, typer.Option(help="Samples per network batch (does not change the images).")] = 256,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Sample a trained model and save a PNG grid (with the settings in the PNG's metadata)."""

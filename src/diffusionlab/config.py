@@ -57,9 +57,7 @@ MODEL_SIZES: dict[str, dict[str, Any]] = {
 class DiffusionConfig(_Strict):
     """The forward process (name + options, as ``processes.make_process`` takes) and the parameterisation."""
 
-    process: dict[str, Any] = Field(
-        default_factory=lambda: {"name": "ddpm", "schedule": "cosine", "num_steps": 1000}
-    )
+    process: dict[str, Any] = Field(default_factory=lambda: {"name": "ddpm", "schedule": "cosine", "num_steps": 1000})
     parameterisation: Literal["eps", "x0", "v", "edm", "velocity"] = "v"
     sigma_data: float = 0.5
 

@@ -195,7 +195,10 @@ class Denoiser(nn.Module):
         if self.parameterisation == "v":
             return (alpha**2 + sigma**2) / sigma**2
         if self.parameterisation == "velocity":
-            d_alpha, d_sigma = broadcast_like(self.process.d_alpha(t), like), broadcast_like(self.process.d_sigma(t), like)
+            d_alpha, d_sigma = (
+                broadcast_like(self.process.d_alpha(t), like),
+                broadcast_like(self.process.d_sigma(t), like),
+            )
             return (d_alpha - d_sigma * alpha / sigma) ** 2
         _, c_out, _ = self.edm_coefficients(sigma / alpha)
         return 1.0 / c_out**2

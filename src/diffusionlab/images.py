@@ -45,9 +45,7 @@ def make_grid(
     return canvas
 
 
-def save_png(
-    image: Image.Image, path: str | os.PathLike[str], metadata: Mapping[str, str] | None = None
-) -> None:
+def save_png(image: Image.Image, path: str | os.PathLike[str], metadata: Mapping[str, str] | None = None) -> None:
     """Save a PIL image as PNG atomically, with optional text metadata (tEXt chunks)."""
     info = PngImagePlugin.PngInfo()
     for k, v in (metadata or {}).items():

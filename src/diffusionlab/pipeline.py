@@ -32,9 +32,7 @@ CONFIG_NAME, MODEL_NAME, EMA_NAME = "config.json", "model.safetensors", "ema.saf
 def build_network(cfg: NetworkConfig) -> nn.Module:
     """The network a ``NetworkConfig`` describes, freshly initialised."""
     if cfg.kind == "mlp":
-        return MLP(
-            dim=cfg.dim, width=cfg.width, depth=cfg.depth, num_classes=cfg.num_classes, dropout=cfg.dropout
-        )
+        return MLP(dim=cfg.dim, width=cfg.width, depth=cfg.depth, num_classes=cfg.num_classes, dropout=cfg.dropout)
     return UNet2D(
         in_channels=cfg.in_channels,
         base_channels=cfg.base_channels,
@@ -65,9 +63,7 @@ def _load_weights(module: nn.Module, path: Path) -> None:
 class Pipeline:
     """A diffusion model ready to sample: ``Pipeline.load(folder).sample(16, labels=[3] * 16, seed=0)``."""
 
-    def __init__(
-        self, config: ModelConfig, network: nn.Module | None = None, ema: nn.Module | None = None
-    ) -> None:
+    def __init__(self, config: ModelConfig, network: nn.Module | None = None, ema: nn.Module | None = None) -> None:
         self.config = config
         self.network = network if network is not None else build_network(config.network)
         self.ema = ema
@@ -142,16 +138,12 @@ class Pipeline:
         k = self.config.network.num_classes
         if not k:
             raise ValueError("labels were given, but this model was trained without classes (unconditional).")
-        t = torch.as_tensor(
-            [labels] * (n or 1) if isinstance(labels, int) else labels, dtype=torch.long
-        ).flatten()
+        t = torch.as_tensor([labels] * (n or 1) if isinstance(labels, int) else labels, dtype=torch.long).flatten()
         bad = t[(t < 0) | (t >= k)]
         if len(bad):
             raise ValueError(f"label {int(bad[0])} is outside this model's classes 0..{k - 1}.")
         if n is not None and len(t) != n:
-            raise ValueError(
-                f"{len(t)} labels were given for {n} samples; give one label per sample or one int."
-            )
+            raise ValueError(f"{len(t)} labels were given for {n} samples; give one label per sample or one int.")
         return t
 
     def sample(
@@ -190,9 +182,7 @@ class Pipeline:
         if label_t is None and self.config.network.num_classes and guidance != 0.0:
             guidance = 0.0  # no labels: sample the unconditional model
         if guidance < 0:
-            raise ValueError(
-                f"guidance={guidance} must be >= 0 (0 unconditional, 1 conditional, > 1 stronger)."
-            )
+            raise ValueError(f"guidance={guidance} must be >= 0 (0 unconditional, 1 conditional, > 1 stronger).")
         denoiser = self.denoiser(use_ema)
         device = self.device
         if label_t is None and self.config.network.num_classes:

@@ -68,9 +68,7 @@ def load_dataset(
     applies to digits/MNIST/CIFAR-10 and is ignored for a plain image folder.
     """
     if channels is not None and (channels not in (1, 3) or isinstance(channels, bool)):
-        raise DataError(
-            f"channels must be 1 (grayscale), 3 (RGB) or None (the source's own), got {channels!r}."
-        )
+        raise DataError(f"channels must be 1 (grayscale), 3 (RGB) or None (the source's own), got {channels!r}.")
     spec = os.fspath(name_or_path)
     key, _, rest = spec.partition(":")
     key = key.strip().lower()

@@ -70,9 +70,7 @@ class ImageDataset(Dataset):
             if not isinstance(labels, Tensor) or labels.dim() != 1 or labels.is_floating_point():
                 raise DataError("labels must be a 1-D integer tensor of shape (N,).")
             if labels.shape[0] != images.shape[0]:
-                raise DataError(
-                    f"got {images.shape[0]} images but {labels.shape[0]} labels; expected equal counts."
-                )
+                raise DataError(f"got {images.shape[0]} images but {labels.shape[0]} labels; expected equal counts.")
             labels = labels.to(torch.long).contiguous()
         if class_names is not None:
             class_names = [str(c) for c in class_names]

@@ -85,9 +85,7 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(data, np.ndarray) or labels is None:
         raise DataError(f"CIFAR-10 file '{path}' lacks the b'data' array or the b'labels' list.")
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-        raise DataError(
-            f"CIFAR-10 file '{path}' has data {data.dtype} {data.shape}; expected uint8 (N, 3072)."
-        )
+        raise DataError(f"CIFAR-10 file '{path}' has data {data.dtype} {data.shape}; expected uint8 (N, 3072).")
     labels = np.asarray(labels, dtype=np.int64)
     if labels.shape != (data.shape[0],):
         raise DataError(f"CIFAR-10 file '{path}' has {data.shape[0]} images but {labels.size} labels.")

@@ -53,9 +53,7 @@ class MLP(nn.Module):
                 labels = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
             emb = emb + self.label_embedding(labels)
         elif labels is not None:
-            raise ValueError(
-                "labels were given to an MLP built without num_classes (an unconditional model)."
-            )
+            raise ValueError("labels were given to an MLP built without num_classes (an unconditional model).")
         h = self.inp(x)
         for block in self.blocks:
             h = block(h, emb)

@@ -132,13 +132,9 @@ class UNet2D(nn.Module):
                 ch = out_ch
             if level > 0:
                 self.up.append(
-                    nn.ModuleList(
-                        [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch, ch, 3, padding=1)]
-                    )
+                    nn.ModuleList([nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch, ch, 3, padding=1)])
                 )
-        self.head = nn.Sequential(
-            nn.GroupNorm(_groups(ch), ch), nn.SiLU(), nn.Conv2d(ch, out_channels, 3, padding=1)
-        )
+        self.head = nn.Sequential(nn.GroupNorm(_groups(ch), ch), nn.SiLU(), nn.Conv2d(ch, out_channels, 3, padding=1))
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
 
@@ -164,9 +160,7 @@ class UNet2D(nn.Module):
                 labels = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
             emb = emb + self.label_embedding(labels)
         elif labels is not None:
-            raise ValueError(
-                "labels were given to a UNet built without num_classes (an unconditional model)."
-            )
+            raise ValueError("labels were given to a UNet built without num_classes (an unconditional model).")
         h = self.stem(x)
         skips = [h]
         for blocks in self.down:

@@ -72,7 +72,9 @@ def sample(
     is the same at any batch size and position. ``options`` go to the solver (e.g. ``eta`` for DDIM).
     """
     fn = SAMPLERS[check_sampler(sampler)]
-    allowed = [p for p in inspect.signature(fn).parameters if p not in ("denoiser", "x", "ts", "cond", "noise", "progress")]
+    allowed = [
+        p for p in inspect.signature(fn).parameters if p not in ("denoiser", "x", "ts", "cond", "noise", "progress")
+    ]
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise ValueError(f"option(s) {unknown} are not known to sampler {sampler!r}; it takes {allowed}.")

@@ -47,4 +47,10 @@ class ClassifierFreeGuidance:
         w = self.scale
         x0 = pred.x0[n:] + w * (pred.x0[:n] - pred.x0[n:])
         eps = pred.eps[n:] + w * (pred.eps[:n] - pred.eps[n:])
-        return Prediction(x, x0, eps, pred.alpha[:n] if pred.alpha.ndim else pred.alpha, pred.sigma[:n] if pred.sigma.ndim else pred.sigma)
+        return Prediction(
+            x,
+            x0,
+            eps,
+            pred.alpha[:n] if pred.alpha.ndim else pred.alpha,
+            pred.sigma[:n] if pred.sigma.ndim else pred.sigma,
+        )

@@ -96,9 +96,7 @@ class Trainer:
         self.start_step = 0
         resume_from = latest_checkpoint(self.out_dir) if resume else None
         if resume and resume_from is None:
-            raise CheckpointError(
-                f"--resume was given but {self.out_dir / 'checkpoints'} holds no checkpoint."
-            )
+            raise CheckpointError(f"--resume was given but {self.out_dir / 'checkpoints'} holds no checkpoint.")
         if resume_from is not None:
             saved = Pipeline.load(resume_from)
             # the model is the checkpoint's; how long to train and how to log may change on resume
@@ -118,16 +116,10 @@ class Trainer:
         tc = config.train
         world = self.accelerator.num_processes
         if tc.batch_size % world:
-            raise ValueError(
-                f"batch_size={tc.batch_size} must be divisible by the number of processes ({world})."
-            )
-        self.optimizer = torch.optim.AdamW(
-            self.pipeline.network.parameters(), lr=tc.lr, weight_decay=tc.weight_decay
-        )
+            raise ValueError(f"batch_size={tc.batch_size} must be divisible by the number of processes ({world}).")
+        self.optimizer = torch.optim.AdamW(self.pipeline.network.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         if tc.lr_schedule == "onecycle":
-            self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
-                self.optimizer, max_lr=tc.lr, total_steps=tc.steps
-            )
+            self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=tc.lr, total_steps=tc.steps)
         else:
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(
                 self.optimizer, lr_lambda(tc.lr_schedule, tc.warmup_steps, tc.steps)
@@ -151,9 +143,7 @@ class Trainer:
             if h != w:
                 raise DataError(f"training images must be square, got {h}x{w}.")
             net = net.model_copy(update={"in_channels": c})
-            config = config.model_copy(
-                update={"data": config.data.model_copy(update={"channels": c, "image_size": h})}
-            )
+            config = config.model_copy(update={"data": config.data.model_copy(update={"channels": c, "image_size": h})})
         if net.num_classes == 0 and self.data.labels is None:  # "conditional if the data has labels"
             net = net.model_copy(update={"num_classes": None})
         if self.data.labels is not None and net.num_classes is not None:
@@ -230,11 +220,7 @@ class Trainer:
                 f"the loss became {loss.item()} at step {step}; lower --lr (now {tc.lr}) or use mixed_precision='no'."
             )
         self.accelerator.backward(loss)
-        grad_norm = (
-            self.accelerator.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
-            if tc.grad_clip > 0
-            else 0.0
-        )
+        grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), tc.grad_clip) if tc.grad_clip > 0 else 0.0
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -307,9 +293,7 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             self.pipeline.network = self.accelerator.unwrap_model(self.model)
-            save_checkpoint(
-                self.pipeline, self._state(step), self.out_dir, step, self.config.train.keep_checkpoints
-            )
+            save_checkpoint(self.pipeline, self._state(step), self.out_dir, step, self.config.train.keep_checkpoints)
         self.accelerator.wait_for_everyone()
 
     def finish(self, step: int) -> None:
@@ -317,9 +301,7 @@ class Trainer:
         self.pipeline.network = self.accelerator.unwrap_model(self.model)
         self.pipeline.save(self.out_dir)
         if self.config.network.kind == "unet":
-            self.pipeline.sample_class_grid(
-                self.out_dir / "samples.png", per_class=8, seed=self.config.train.seed
-            )
+            self.pipeline.sample_class_grid(self.out_dir / "samples.png", per_class=8, seed=self.config.train.seed)
 
     def _write_samples(self, step: int) -> None:
         if not self.accelerator.is_main_process or self.config.network.kind != "unet":
