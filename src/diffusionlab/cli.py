@@ -82,7 +82,7 @@ def train(
     ] = "cosine",
     parameterisation: Annotated[
         str, typer.Option(help="What the network predicts: eps, x0, v, edm or velocity.")
-    ] = "eps",
+    ] = "v",
     steps: Annotated[int, typer.Option(help="Optimisation steps (the LR schedule's length).")] = 3000,
     minutes: Annotated[float | None, typer.Option(help="Stop early after this many minutes (and save).")] = None,
     batch_size: Annotated[int, typer.Option(help="Global batch size (split across processes).")] = 64,

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from .io import atomic_path
 
-__all__ = ["to_uint8", "make_grid", "save_grid", "save_png"]
+__all__ = ["to_uint8", "make_grid", "save_grid", "save_png", "save_scatter"]
 
 
 def to_uint8(images: Tensor) -> np.ndarray:
@@ -64,3 +64,28 @@ def save_grid(
 ) -> None:
     """Save (N, C, H, W) images in [0, 1] as one PNG grid."""
     save_png(make_grid(images, nrow, scale=scale, row_labels=row_labels), path, metadata)
+
+
+def save_scatter(
+    points: Tensor,
+    path: str | os.PathLike[str],
+    reference: Tensor | None = None,
+    size: int = 384,
+    extent: float = 3.5,
+) -> None:
+    """Save 2-D points as a PNG scatter plot (red), over optional reference points (grey)."""
+    canvas = Image.new("RGB", (size, size), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    draw.line([(size // 2, 0), (size // 2, size)], fill=(230, 230, 230))
+    draw.line([(0, size // 2), (size, size // 2)], fill=(230, 230, 230))
+
+    def dots(p: Tensor, colour: tuple[int, int, int]) -> None:
+        xy = ((p.detach().float().cpu()[:, :2] / extent + 1) * size / 2).round().long().tolist()
+        for x, y in xy:
+            if 0 <= x < size and 0 <= y < size:
+                draw.rectangle((x, size - 1 - y, x + 1, size - y), fill=colour)
+
+    if reference is not None:
+        dots(reference, (200, 200, 200))
+    dots(points, (200, 30, 30))
+    save_png(canvas, path)

@@ -13,6 +13,8 @@ from ..denoisers import DenoiserLike
 from .grids import SPACINGS, check_steps, time_grid
 from .guidance import ClassifierFreeGuidance, null_conditioning
 from .noise import NoiseSource, sample_seed
+from .ode import dpm_2s, dpmpp_2m, dpmpp_3m, euler, heun, two_stage_nfe, unipc
+from .sde import annealed_langevin, annealed_langevin_nfe, dpmpp_2m_sde, euler_ancestral, euler_maruyama, pc, pc_nfe
 from .solvers import check_eta, ddim, ddpm
 from .thresholding import THRESHOLDINGS, Thresholded, dynamic_threshold
 
@@ -32,16 +34,61 @@ __all__ = [
     "dynamic_threshold",
     "ddpm",
     "ddim",
+    "euler",
+    "heun",
+    "dpm_2s",
+    "dpmpp_2m",
+    "dpmpp_3m",
+    "unipc",
+    "euler_ancestral",
+    "euler_maruyama",
+    "pc",
+    "annealed_langevin",
+    "dpmpp_2m_sde",
     "nfe",
 ]
 
-SAMPLERS: dict[str, Callable[..., Tensor]] = {"ddpm": ddpm, "ddim": ddim}
-_NFE_PER_STEP = {"ddpm": 1, "ddim": 1}
+SAMPLERS: dict[str, Callable[..., Tensor]] = {
+    "ddpm": ddpm,
+    "ddim": ddim,
+    "euler": euler,
+    "heun": heun,
+    "dpm_2s": dpm_2s,
+    "dpmpp_2m": dpmpp_2m,
+    "dpmpp_3m": dpmpp_3m,
+    "unipc": unipc,
+    "euler_ancestral": euler_ancestral,
+    "euler_maruyama": euler_maruyama,
+    "pc": pc,
+    "annealed_langevin": annealed_langevin,
+    "dpmpp_2m_sde": dpmpp_2m_sde,
+}
+# evaluations per step, or a function (steps, **options) -> evaluations where the options change the count
+_NFE_PER_STEP: dict[str, int | Callable[..., int]] = {
+    "ddpm": 1,
+    "ddim": 1,
+    "euler": 1,
+    "heun": two_stage_nfe,
+    "dpm_2s": two_stage_nfe,
+    "dpmpp_2m": 1,
+    "dpmpp_3m": 1,
+    "unipc": 1,
+    "euler_ancestral": 1,
+    "euler_maruyama": 1,
+    "pc": pc_nfe,
+    "annealed_langevin": annealed_langevin_nfe,
+    "dpmpp_2m_sde": 1,
+}
 
 
-def nfe(sampler: str, steps: int) -> int:
-    """Network evaluations a sampler spends for ``steps`` steps (guidance doubles the batch, not the count)."""
-    return _NFE_PER_STEP[check_sampler(sampler)] * check_steps(steps)
+def nfe(sampler: str, steps: int, **options: Any) -> int:
+    """Network evaluations a sampler spends for ``steps`` steps with ``options`` (guidance doubles the batch,
+    not the count). Exact for grids that end at t = 0, as every ``time_grid`` does: heun and dpm_2s take one
+    evaluation for the first-order step into the data, 2 steps - 1 in all (one fewer again from flow's t = 1 on a
+    uniform grid, where alpha = 0 makes their first step first order too)."""
+    count = _NFE_PER_STEP[check_sampler(sampler)]
+    steps = check_steps(steps)
+    return count(steps, **options) if callable(count) else count * steps
 
 
 def check_sampler(name: str) -> str:

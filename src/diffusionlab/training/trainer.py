@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from ..config import ModelConfig
 from ..data import DataError, load_dataset, load_toy_dataset
 from ..denoisers import Denoiser
+from ..images import save_scatter
 from ..io import CheckpointError
 from ..losses import denoising_loss, sample_times
 from ..pipeline import Pipeline
@@ -297,24 +298,30 @@ class Trainer:
         self.accelerator.wait_for_everyone()
 
     def finish(self, step: int) -> None:
-        """Write the final model folder and its ``samples.png`` grid into the output folder."""
+        """Write the final model folder and its ``samples.png`` picture into the output folder."""
         self.pipeline.network = self.accelerator.unwrap_model(self.model)
         self.pipeline.save(self.out_dir)
+        self.write_samples(self.out_dir / "samples.png", per_class=8)
+
+    def write_samples(self, path: Path, per_class: int) -> None:
+        """A labelled grid of images (one row per class), or a scatter plot of 2-D points over the data."""
         if self.config.network.kind == "unet":
-            self.pipeline.sample_class_grid(self.out_dir / "samples.png", per_class=8, seed=self.config.train.seed)
+            self.pipeline.sample_class_grid(path, per_class=per_class, seed=self.config.train.seed)
+        else:
+            points = self.pipeline.sample(2000, seed=self.config.train.seed)
+            save_scatter(points, path, reference=self.data.x[:2000])
 
     def _write_samples(self, step: int) -> None:
-        if not self.accelerator.is_main_process or self.config.network.kind != "unet":
+        if not self.accelerator.is_main_process:
             return
         path = self.out_dir / "samples" / f"step-{step:06d}.png"
-        images = self.pipeline.sample_class_grid(path, per_class=4, seed=self.config.train.seed)
+        self.write_samples(path, per_class=4)
         writer = self._tensorboard()
         if writer is not None:
             from PIL import Image
 
             grid = np.asarray(Image.open(path).convert("RGB"))
             writer.add_image("samples", grid, step, dataformats="HWC")
-        del images
 
     def _log_scalars(self, step: int, loss: float, smooth: float, grad_norm: float) -> None:
         writer = self._tensorboard()
