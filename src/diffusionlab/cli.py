@@ -161,7 +161,13 @@ def sample(
     per_class: Annotated[
         int | None, typer.Option(help="Sample this many of every class, one labelled row per class.")
     ] = None,
-    sampler: Annotated[str | None, typer.Option(help="ddpm or ddim (default: the model's).")] = None,
+    sampler: Annotated[
+        str | None,
+        typer.Option(
+            help="ddpm, ddim, euler, heun, euler_ancestral, euler_maruyama, pc, annealed_langevin, dpm_2s, "
+            "dpmpp_2m, dpmpp_3m, dpmpp_2m_sde or unipc (default: the model's)."
+        ),
+    ] = None,
     steps: Annotated[int | None, typer.Option(help="Solver steps (default: the model's).")] = None,
     spacing: Annotated[
         str | None, typer.Option(help="Time grid: uniform, leading, trailing, linspace, karras or log_snr.")

@@ -108,7 +108,7 @@ class SampleConfig(_Strict):
 
     sampler: str = "ddim"
     steps: int = 50
-    spacing: str = "uniform"
+    spacing: str | None = None  # None: the process's default (karras for edm/ve, else uniform)
     guidance: float = 2.0  # bench/digits_quality.py: 98.8% of samples of the asked digit at 1, 100% at 2
     thresholding: Literal["none", "clip", "dynamic"] = "clip"  # keep x0 in the data range [-1, 1] (images)
 

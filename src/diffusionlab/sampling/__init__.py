@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from ..denoisers import DenoiserLike
-from .grids import SPACINGS, check_steps, time_grid
+from .grids import SPACINGS, check_steps, default_spacing, time_grid
 from .guidance import ClassifierFreeGuidance, null_conditioning
 from .noise import NoiseSource, sample_seed
 from .ode import dpm_2s, dpmpp_2m, dpmpp_3m, euler, heun, two_stage_nfe, unipc
@@ -24,6 +24,7 @@ __all__ = [
     "sample",
     "time_grid",
     "check_steps",
+    "default_spacing",
     "check_eta",
     "NoiseSource",
     "sample_seed",
@@ -106,7 +107,7 @@ def sample(
     indices: Sequence[int] | None = None,
     sampler: str = "ddim",
     steps: int = 50,
-    spacing: str = "uniform",
+    spacing: str | None = None,
     seed: int = 0,
     cond: Mapping[str, Tensor] | None = None,
     device: torch.device | str = "cpu",
@@ -129,7 +130,7 @@ def sample(
         if num_samples is None or num_samples <= 0:
             raise ValueError(f"num_samples={num_samples!r} must be a positive integer.")
         indices = range(num_samples)
-    ts = time_grid(denoiser.process, steps, spacing)
+    ts = time_grid(denoiser.process, steps, spacing or default_spacing(denoiser.process))
     noise = NoiseSource(seed, indices, device)
     process = denoiser.process
     init_std = float(torch.sqrt(process.alpha(ts[0]) ** 2 + process.sigma(ts[0]) ** 2))

@@ -13,10 +13,16 @@ from torch import Tensor
 
 from ..processes import DiscreteVPProcess, GaussianProcess
 
-__all__ = ["SPACINGS", "time_grid", "check_steps"]
+__all__ = ["SPACINGS", "time_grid", "check_steps", "default_spacing"]
 
 SPACINGS = ("uniform", "leading", "trailing", "linspace", "karras", "log_snr")
 _DISCRETE_ONLY = ("leading", "trailing", "linspace")
+
+
+def default_spacing(process: GaussianProcess) -> str:
+    """The grid a process samples best with by default: EDM's Karras grid for the variance-exploding processes
+    (uniform t is far too coarse at small sigma there), uniform t for the rest (DDIM's choice)."""
+    return "karras" if process.name in ("edm", "ve") else "uniform"
 
 
 def check_steps(steps: int) -> int:

@@ -197,7 +197,7 @@ def dpm_2s(
 
     r1 is recomputed from the midpoint time actually reached, so the step stays second order. The first-order part
     is written as DDIM's alpha_s x0_hat + sigma_s eps_hat (the same number, Lu et al. 2022a sec. 4.1), which keeps
-    float32 exact where alpha_t is tiny. Two evaluations per step; the step into t = 0 takes one.
+    float32 accurate where alpha_t is tiny. Two evaluations per step; the step into t = 0 takes one.
     """
     process = denoiser.process
     for i in _steps(ts, progress, "dpm_2s"):
@@ -270,14 +270,19 @@ def dpmpp_3m(
     noise: Noise | None = None,
     progress: bool = False,
 ) -> Tensor:
-    """DPM-Solver++(3M), data prediction: the third-order multistep of Lu et al. 2022a (sec. 3.3, Algorithm 5
-    with the ``multistep_dpm_solver_third_update`` of their code) in the data-prediction form of Lu et al. 2022b.
+    """DPM-Solver++(3M), data prediction: the third-order member of the multistep DPM-Solver++ family (Lu et al.
+    2022b, sec. 4; the 3M update of their code), from their exponential-integrator form of the PF-ODE:
 
-    With m0, m1, m2 the last three x0_hat, h = lambda_{t'} - lambda_t, r0 = h0 / h, r1 = h1 / h:
-    D1_0 = (m0 - m1) / r0, D1_1 = (m1 - m2) / r1, D1 = D1_0 + r0 / (r0 + r1) (D1_0 - D1_1),
-    D2 = (D1_0 - D1_1) / (r0 + r1), phi = e^{-h} - 1 and
-    x' = (sigma_t' / sigma_t) x - alpha_t' phi m0 + alpha_t' (phi / h + 1) D1 - alpha_t' ((phi + h) / h^2 - 1/2) D2.
+    x' = (sigma_t' / sigma_t) x + sigma_t' int e^lambda x0_hat(lambda) dlambda with x0_hat Taylor-expanded to
+    second order: with m0, m1, m2 the last three x0_hat, h = lambda_{t'} - lambda_t, r0 = h0 / h, r1 = h1 / h,
+    D1_0 = (m0 - m1) / r0, D1_1 = (m1 - m2) / r1, D1 = D1_0 + r0 / (r0 + r1) (D1_0 - D1_1) ~ h x0',
+    D2 = (D1_0 - D1_1) / (r0 + r1) ~ h^2 x0'' / 2, phi_1 = e^{-h} - 1, phi_2 = phi_1 / h + 1, phi_3 = phi_2 / h - 1/2:
 
+    x' = (sigma_t' / sigma_t) x - alpha_t' phi_1 m0 + alpha_t' phi_2 D1 - 2 alpha_t' phi_3 D2.
+
+    The factor 2 on the last term is the Taylor coefficient of x0'' (alpha_t' (h^2/2 - h - phi_1) x0''). The
+    3M of diffusers (and of k-diffusion's dpmpp_3m_sde, the same formula) weighs D2 by alpha_t' phi_3 alone, half
+    of it, which leaves it second order as the steps shrink; this one is third order (tests/test_ode_samplers.py).
     Orders 1, 2 at the first two steps, 1 into t = 0 (and 2, 1 at the last two steps of a grid under 15 steps,
     as diffusers' ``lower_order_final``); second-order steps are DPM-Solver++(2M)'s. One evaluation per step.
     """
@@ -300,7 +305,9 @@ def dpmpp_3m(
             d1_0, d1_1 = (m[-1] - m[-2]) / r0, (m[-2] - m[-3]) / r1
             d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
             d2 = (d1_0 - d1_1) / (r0 + r1)
-            x = x + a_next * (phi / h + 1.0) * d1 - a_next * ((phi + h) / h**2 - 0.5) * d2
+            phi_2 = phi / h + 1.0
+            phi_3 = phi_2 / h - 0.5
+            x = x + a_next * phi_2 * d1 - 2.0 * a_next * phi_3 * d2
         hs = [*hs[-1:], h]
     return x
 
@@ -311,8 +318,8 @@ def dpmpp_3m(
 
 
 def _unipc_b(h: float) -> tuple[float, float, float]:
-    """B(h) = e^{-h} - 1 ("bh2") and the right-hand sides b_1, b_2 = k! phi_{k+1}(-h) / B(h) of UniPC's order
-    conditions (Zhao et al. 2023, Algorithm 2 and eq. 11; data prediction, so hh = -h)."""
+    """B(h) = e^{-h} - 1 ("bh2") and the right-hand sides b_k = k! (-h) phi_{k+1}(-h) / B(h), k = 1, 2, of UniPC's
+    order conditions (Zhao et al. 2023, sec. 3; data prediction, so hh = -h), computed as diffusers does."""
     hh = -h
     h_phi_1 = math.expm1(hh)
     b_h = h_phi_1
@@ -330,7 +337,7 @@ def unipc(
     noise: Noise | None = None,
     progress: bool = False,
 ) -> Tensor:
-    """UniPC-2 with B(h) = e^{-h} - 1 ("bh2"), data prediction (Zhao et al. 2023, Algorithms 1-2): at each
+    """UniPC-2 with B(h) = e^{-h} - 1 ("bh2"), data prediction (Zhao et al. 2023, sec. 3 and appendix): at each
     step the new x0_hat first corrects the point it was evaluated at (UniC), then predicts the next one (UniP-2).
     The model is not re-run at the corrected point, so UniC costs no evaluation; one evaluation per step.
 
@@ -354,7 +361,7 @@ def unipc(
         a_next, s_next = _alpha_sigma(process, ts[i + 1])
         lam, lam_next = _lam(a, s), _lam(a_next, s_next)
         m_new = denoiser(x, ts[i], cond).x0
-        if i > 0:  # UniC: correct x_i with m_new (Algorithm 1, line "corrector")
+        if i > 0:  # UniC: correct x_i with m_new
             a_prev, s_prev = _alpha_sigma(process, ts[i - 1])
             h = lam - lams[-1]
             b_h, b1, b2 = _unipc_b(h)

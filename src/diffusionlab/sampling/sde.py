@@ -29,11 +29,13 @@ __all__ = [
     "annealed_langevin",
     "dpmpp_2m_sde",
     "PREDICTORS",
+    "STEP_RULES",
     "pc_nfe",
     "annealed_langevin_nfe",
 ]
 
 PREDICTORS = ("reverse_diffusion", "euler_maruyama")
+STEP_RULES = ("snr", "sigma")
 
 
 def _check_unit(name: str, value: float, meaning: str) -> float:
@@ -183,6 +185,7 @@ def pc(
     snr: float = 0.16,
     corrector_steps: int = 1,
     predictor: str = "reverse_diffusion",
+    step_rule: str = "snr",
     denoise_final: bool = True,
     progress: bool = False,
 ) -> Tensor:
@@ -191,20 +194,28 @@ def pc(
     At each grid time t: ``corrector_steps`` Langevin steps x <- x + e score + sqrt(2 e) z with the step size of
     the signal-to-noise ratio r = ``snr``, e = 2 a (r ||z|| / ||score||)^2 (Algorithms 4 and 5), where
     a = alpha_t^2 / alpha_s^2 for the next grid time s (VP's alpha_i = 1 - beta_i; 1 for VE and EDM). Then one
-    predictor step t -> s: ``reverse_diffusion`` (Song et al. 2021, eq. 47, from the forward transition
+    predictor step t -> s: ``reverse_diffusion`` (Song et al. 2021, appendix E, from the forward transition
     x_t = (alpha_t / alpha_s) x_s + sigma_{t|s} z):
 
         x_s = (2 - alpha_t / alpha_s) x_t + sigma_{t|s}^2 score + sigma_{t|s} z,
 
     or ``euler_maruyama`` (see that sampler). The corrector runs before the predictor, as in score_sde's code,
-    so the last level it sees is t_min (no corrector can run at t = 0). Norms are per sample (score_sde
-    averages them over the batch, which would make a sample depend on its batch). ``denoise_final``: the last
-    step returns x0_hat (Tweedie). Network evaluations: (1 + corrector_steps) per step.
+    so the last level it sees is t_min (no corrector can run at t = 0). ``denoise_final``: the last step
+    returns x0_hat (Tweedie). Network evaluations: (1 + corrector_steps) per step.
+
+    ``step_rule="snr"`` takes the norms per sample, as Algorithm 5 writes them (score_sde averages them over
+    the batch, which would make a sample depend on its batch). A step size that depends on the sample tilts
+    Langevin's stationary law towards large ||score||: about +2/d in variance for d comparable dimensions, on
+    top of the step's own O(snr^2) bias. Small for images; in 2-3 dimensions samples come out several times
+    too spread. ``step_rule="sigma"`` replaces ||z|| / ||score|| by sigma_t, its value where the noise
+    dominates: one step size per level, e = 2 a (snr sigma_t)^2, unbiased as it shrinks, in any dimension.
     """
     snr = _check_positive("snr", snr)
     corrector_steps = _check_count("corrector_steps", corrector_steps, minimum=0)
     if predictor not in PREDICTORS:
         raise ValueError(f"predictor={predictor!r} is not known; expected one of {PREDICTORS}.")
+    if step_rule not in STEP_RULES:
+        raise ValueError(f"step_rule={step_rule!r} is not known; expected one of {STEP_RULES}.")
     process = denoiser.process
     n = len(ts) - 1
     for i in _steps(ts, progress, "pc"):
@@ -214,7 +225,10 @@ def pc(
         for _ in range(corrector_steps):  # Langevin corrector (Algorithm 5)
             score = denoiser(x, t, cond).score
             z = _noise_like(noise, x)
-            ratio = _per_sample_norm(z) / _per_sample_norm(score).clamp(min=torch.finfo(score.dtype).tiny)
+            if step_rule == "snr":  # ||z|| / ||score||, per sample
+                ratio = _per_sample_norm(z) / _per_sample_norm(score).clamp(min=torch.finfo(score.dtype).tiny)
+            else:
+                ratio = torch.tensor(float(process.sigma(t)), dtype=x.dtype, device=x.device)
             e = 2.0 * a_i * (snr * ratio) ** 2
             x = x + e * score + torch.sqrt(2.0 * e) * z
         pred = denoiser(x, t, cond)
@@ -223,7 +237,7 @@ def pc(
         if predictor == "euler_maruyama":
             x = _em_step(process, x, pred.x0, pred.score, t, s, noise)
             continue
-        # reverse diffusion (Song et al. 2021, eq. 47), written for any (alpha, sigma)
+        # reverse diffusion (Song et al. 2021, appendix E), written for any (alpha, sigma)
         a_ts = a_t / a_s
         var_ts = max(float(process.sigma(t)) ** 2 - a_ts**2 * float(process.sigma(s)) ** 2, 0.0)
         x = (2.0 - a_ts) * x + var_ts * pred.score
@@ -263,7 +277,7 @@ def annealed_langevin(
 
     with sigma~_L the smallest level and e = ``step_size`` (default: NCSN's e = 2e-5 at sigma_L = 0.01, scaled
     with sigma~_L^2, i.e. a_i = 0.2 sigma~_i^2). ``denoise_final`` adds one Tweedie step at the smallest level,
-    x0 = x~ + sigma~_L^2 s~ (Song & Ermon 2020, sec. 3; Jolicoeur-Martineau et al. 2021). A level with infinite
+    x0 = x~ + sigma~_L^2 s~ (Jolicoeur-Martineau et al. 2021, as NCSNv2 does). A level with infinite
     sigma~ (alpha = 0: flow's t = 1) is skipped; the chain then starts at the next level from the same noise,
     rescaled to that level's prior std. Network evaluations: T per level, + 1 for the final denoising.
     """
