@@ -4,7 +4,7 @@ process, NFE counts and bad options."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -31,12 +31,7 @@ F64 = torch.float64
 ODE_SAMPLERS = ("euler", "heun", "dpm_2s", "dpmpp_2m", "dpmpp_3m", "unipc")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------------------------------------
