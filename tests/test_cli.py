@@ -110,3 +110,21 @@ def test_unknown_sampler_and_process(tmp_path: Path, model_dir: Path) -> None:
     result = run("sample", str(model_dir), "--sampler", "magic", "--out", str(tmp_path / "s.png"))
     assert_clear_error(result, "magic", "ddim")
     assert_clear_error(run("train", *TINY, "--process", "nope", "--out", str(tmp_path / "o")), "nope")
+
+
+@pytest.mark.parametrize(
+    "option, value, fragment",
+    [
+        ("--label-dropout", "2", "label_dropout"),
+        ("--ema-decay", "1.5", "ema_decay"),
+        ("--lr", "-1", "lr"),
+        ("--minutes", "0", "minutes"),
+    ],
+)
+def test_training_options_out_of_range(tmp_path: Path, option: str, value: str, fragment: str) -> None:
+    assert_clear_error(run("train", *TINY, "--steps", "1", option, value, "--out", str(tmp_path / "o")), fragment)
+
+
+def test_negative_guidance(tmp_path: Path, model_dir: Path) -> None:
+    result = run("sample", str(model_dir), "--guidance", "-1", "--steps", "2", "--out", str(tmp_path / "s.png"))
+    assert_clear_error(result, "guidance=-1")

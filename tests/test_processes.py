@@ -332,13 +332,3 @@ def test_make_process_unknown_name() -> None:
 def test_make_process_bad_options(name: str, kwargs: dict, needle: str) -> None:
     with pytest.raises(ValueError, match=needle):
         make_process(name, **kwargs)
-
-
-def test_check_time() -> None:
-    p = VPProcess()
-    p.check_time(0.0)
-    p.check_time(1.0)
-    with pytest.raises(ValueError, match="t=1.5"):
-        p.check_time(1.5)
-    with pytest.raises(ValueError, match="t=-0.1"):
-        p.check_time(-0.1)

@@ -76,16 +76,16 @@ class TrainConfig(_Strict):
     """How the model is trained (Adam W, warm-up + schedule, EMA, label dropout, checkpoints, logging)."""
 
     steps: int = 3000
-    minutes: float | None = None
+    minutes: float | None = Field(default=None, gt=0)
     batch_size: int = 64
-    lr: float = 2e-3
+    lr: float = Field(default=2e-3, gt=0)
     lr_schedule: Literal["cosine", "constant", "onecycle"] = "cosine"
-    warmup_steps: int = 100
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    ema_start: int = 200
-    label_dropout: float = 0.1
+    warmup_steps: int = Field(default=100, ge=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    grad_clip: float = Field(default=1.0, ge=0)
+    ema_decay: float = Field(default=0.999, ge=0, lt=1)
+    ema_start: int = Field(default=200, ge=0)
+    label_dropout: float = Field(default=0.1, ge=0, le=1)
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     time_sampling: Literal["uniform", "lognormal"] = "uniform"
     weighting: Literal["uniform", "min_snr", "edm"] = "uniform"

@@ -178,11 +178,11 @@ class Pipeline:
             num_samples = len(labels)
         if num_samples <= 0:
             raise ValueError(f"num_samples={num_samples} must be a positive integer.")
+        if guidance < 0:
+            raise ValueError(f"guidance={guidance} must be >= 0 (0 unconditional, 1 conditional, > 1 stronger).")
         label_t = self.check_labels(labels, num_samples)
         if label_t is None and self.config.network.num_classes and guidance != 0.0:
             guidance = 0.0  # no labels: sample the unconditional model
-        if guidance < 0:
-            raise ValueError(f"guidance={guidance} must be >= 0 (0 unconditional, 1 conditional, > 1 stronger).")
         denoiser = self.denoiser(use_ema)
         device = self.device
         if label_t is None and self.config.network.num_classes:

@@ -110,15 +110,6 @@ class GaussianProcess(ABC):
         var = var_ts * s_s**2 / s_t**2
         return coef_xt, coef_x0, var
 
-    def prior_std(self) -> float:
-        """Standard deviation of the noise a sampler starts from at t_max (sigma(t_max))."""
-        return float(self.sigma(self.t_max))
-
-    def check_time(self, t: float, what: str = "t") -> None:
-        """Raise one clear error when a time lies outside [0, t_max]."""
-        if not (0.0 <= t <= self.t_max * (1 + 1e-9)):
-            raise ValueError(f"{what}={t} is outside this {self.name} process's time range [0, {self.t_max}].")
-
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "name")
         return f"{type(self).__name__}({args})"

@@ -29,7 +29,7 @@ from ..denoisers import Denoiser
 from ..images import save_scatter
 from ..io import CheckpointError
 from ..losses import denoising_loss, sample_times
-from ..pipeline import Pipeline
+from ..pipeline import Pipeline, build_network
 from ..sampling import sample_seed
 from .checkpoints import latest_checkpoint, load_training_state, save_checkpoint
 from .ema import ema_decay_at, update_ema
@@ -162,8 +162,6 @@ class Trainer:
             )
         config = config.model_copy(update={"network": net})
         if net.kind == "unet":
-            from ..pipeline import build_network
-
             build_network(net).check_input_size(config.data.image_size, config.data.image_size)
         return config
 
