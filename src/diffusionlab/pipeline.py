@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from torch import Tensor, nn
 
 from .config import ModelConfig, NetworkConfig
-from .denoisers import Denoiser
+from .denoisers import Denoiser, DenoiserLike
 from .images import save_grid
 from .io import CheckpointError, load_json, load_tensors, save_json, save_tensors
 from .networks import MLP, UNet2D
@@ -146,6 +146,46 @@ class Pipeline:
             raise ValueError(f"{len(t)} labels were given for {n} samples; give one label per sample or one int.")
         return t
 
+    def encode(self, images: Tensor) -> Tensor:
+        """Images in [0, 1], shape (N, C, H, W), to the model's space (pixels in [-1, 1])."""
+        if self.config.network.kind == "mlp":
+            return images
+        return images * 2 - 1
+
+    def decode(self, x: Tensor) -> Tensor:
+        """The model's space back to images in [0, 1] (points come back as they are)."""
+        if self.config.network.kind == "mlp":
+            return x
+        return ((x + 1) / 2).clamp(0, 1)
+
+    def guided_denoiser(
+        self,
+        num_samples: int,
+        labels: Sequence[int] | Tensor | int | None = None,
+        guidance: float | None = None,
+        thresholding: str | None = None,
+        use_ema: bool = True,
+    ) -> tuple[DenoiserLike, dict[str, Tensor] | None]:
+        """The denoiser every sampler and task runs (guidance and thresholding applied) and the conditioning
+        of ``num_samples`` samples (on the CPU; slice it per batch). No labels on a class-conditional model
+        means unconditional samples; labels on an unconditional model are one clear error."""
+        defaults = self.config.sample
+        guidance = defaults.guidance if guidance is None else float(guidance)
+        if guidance < 0:
+            raise ValueError(f"guidance={guidance} must be >= 0 (0 unconditional, 1 conditional, > 1 stronger).")
+        label_t = self.check_labels(labels, num_samples)
+        denoiser: DenoiserLike = self.denoiser(use_ema)
+        cond = None
+        if self.config.network.num_classes:
+            if label_t is None:  # no labels: sample the unconditional model
+                label_t, guidance = torch.full((num_samples,), -1, dtype=torch.long), 0.0
+            cond = {"labels": label_t}
+            denoiser = ClassifierFreeGuidance(denoiser, guidance)
+        thresholding = thresholding or defaults.thresholding
+        if self.config.network.kind == "unet" and thresholding != "none":
+            denoiser = Thresholded(denoiser, thresholding)
+        return denoiser, cond
+
     def sample(
         self,
         num_samples: int | None = None,
@@ -171,30 +211,18 @@ class Pipeline:
         sampler = check_sampler(sampler or defaults.sampler)
         steps = check_steps(steps if steps is not None else defaults.steps)
         spacing = spacing or defaults.spacing
-        guidance = defaults.guidance if guidance is None else float(guidance)
         if num_samples is None:
             if labels is None or isinstance(labels, int):
                 raise ValueError("give num_samples, or a list of labels (one per sample).")
             num_samples = len(labels)
         if num_samples <= 0:
             raise ValueError(f"num_samples={num_samples} must be a positive integer.")
-        if guidance < 0:
-            raise ValueError(f"guidance={guidance} must be >= 0 (0 unconditional, 1 conditional, > 1 stronger).")
-        label_t = self.check_labels(labels, num_samples)
-        if label_t is None and self.config.network.num_classes and guidance != 0.0:
-            guidance = 0.0  # no labels: sample the unconditional model
-        denoiser = self.denoiser(use_ema)
+        guided, cond_all = self.guided_denoiser(num_samples, labels, guidance, thresholding, use_ema)
         device = self.device
-        if label_t is None and self.config.network.num_classes:
-            label_t = torch.full((num_samples,), -1, dtype=torch.long)
-        guided = ClassifierFreeGuidance(denoiser, guidance) if label_t is not None else denoiser
-        thresholding = thresholding or defaults.thresholding
-        if self.config.network.kind == "unet" and thresholding != "none":
-            guided = Thresholded(guided, thresholding)
         out = []
         for start in range(0, num_samples, batch_size):
             idx = list(range(start, min(start + batch_size, num_samples)))
-            cond = {"labels": label_t[idx].to(device)} if label_t is not None else None
+            cond = {k: v[idx].to(device) for k, v in cond_all.items()} if cond_all is not None else None
             x = sample(
                 guided,
                 self.sample_shape,
@@ -209,10 +237,7 @@ class Pipeline:
                 **options,
             )
             out.append(x.cpu())
-        x = torch.cat(out)
-        if self.config.network.kind == "mlp":
-            return x
-        return ((x + 1) / 2).clamp(0, 1)
+        return self.decode(torch.cat(out))
 
     def sample_class_grid(
         self,
