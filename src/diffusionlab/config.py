@@ -15,8 +15,13 @@ __all__ = [
     "DataConfig",
     "TrainConfig",
     "SampleConfig",
+    "TextEncoderConfig",
     "ModelConfig",
     "MODEL_SIZES",
+    "LatentConfig",
+    "AutoencoderNetworkConfig",
+    "AutoencoderTrainConfig",
+    "AutoencoderConfig",
 ]
 
 
@@ -36,6 +41,9 @@ class NetworkConfig(_Strict):
     num_heads: int = 4
     dropout: float = 0.0
     num_classes: int | None = None  # None: unconditional; 0 when training: take the dataset's classes
+    text_dim: int | None = None  # token-embedding width of the text encoder; None: no text conditioning
+    cross_attention_levels: list[int] | None = None  # text only; None: every level below full resolution
+    cond_channels: int = 0  # channels of a condition image concatenated to the input (super-resolution, ...)
     dim: int = 2
     width: int = 256
     depth: int = 4
@@ -70,6 +78,15 @@ class DataConfig(_Strict):
     channels: int | None = None
     num_classes: int | None = None
     class_names: list[str] | None = None
+    image_condition: Literal["superres", "colourise"] | None = None  # paired task made on the fly from images
+    superres_factor: int = Field(default=4, ge=2)
+
+
+class TextEncoderConfig(_Strict):
+    """The frozen text encoder of a text-conditional model: "minilm" (bundled) or a local HF folder."""
+
+    name: str = "minilm"
+    max_length: int | None = Field(default=None, gt=2)
 
 
 class TrainConfig(_Strict):
@@ -77,7 +94,8 @@ class TrainConfig(_Strict):
 
     steps: int = 3000
     minutes: float | None = Field(default=None, gt=0)
-    batch_size: int = 64
+    batch_size: int = 64  # global: examples per optimiser step, over all processes and micro-batches
+    grad_accumulation: int = Field(default=1, ge=1)  # micro-batches per process and step: less memory, same maths
     lr: float = Field(default=2e-3, gt=0)
     lr_schedule: Literal["cosine", "constant", "onecycle"] = "cosine"
     warmup_steps: int = Field(default=100, ge=0)
@@ -85,7 +103,7 @@ class TrainConfig(_Strict):
     grad_clip: float = Field(default=1.0, ge=0)
     ema_decay: float = Field(default=0.999, ge=0, lt=1)
     ema_start: int = Field(default=200, ge=0)
-    label_dropout: float = Field(default=0.1, ge=0, le=1)
+    label_dropout: float = Field(default=0.1, ge=0, le=1)  # labels and prompts, for classifier-free guidance
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     time_sampling: Literal["uniform", "lognormal"] = "uniform"
     weighting: Literal["uniform", "min_snr", "edm"] = "uniform"
@@ -94,6 +112,12 @@ class TrainConfig(_Strict):
     sample_every: int = 1000
     checkpoint_every: int = 1000
     keep_checkpoints: int = 2
+    # evaluation every eval_every steps (0: never) with `diffusionlab evaluate`'s metrics, logged as eval/*;
+    # eval_metrics None: the model kind's defaults (images: fid, kid, pr, dc; points: swd, mmd, nll)
+    eval_every: int = Field(default=0, ge=0)
+    eval_metrics: list[Literal["fid", "kid", "pr", "dc", "bpd", "vlb", "swd", "mmd", "true_nll", "nll"]] | None = None
+    eval_samples: int = Field(default=1000, ge=10)
+    eval_features: Literal["auto", "classifier", "pixels"] = "auto"  # auto: a domain classifier if labelled
 
     @field_validator("steps", "batch_size")
     @classmethod
@@ -113,6 +137,17 @@ class SampleConfig(_Strict):
     thresholding: Literal["none", "clip", "dynamic"] = "clip"  # keep x0 in the data range [-1, 1] (images)
 
 
+class LatentConfig(_Strict):
+    """Latent diffusion (Rombach et al. 2022): the model learns an autoencoder's latents, scaled to unit std.
+
+    The model folder holds its own copy of the autoencoder in ``autoencoder/``; ``autoencoder`` here only
+    records the folder training started from.
+    """
+
+    autoencoder: str | None = None
+    scaling_factor: float | None = Field(default=None, gt=0)  # None until training measures it on the data
+
+
 class ModelConfig(_Strict):
     """Everything needed to rebuild a trained model from its folder."""
 
@@ -122,3 +157,38 @@ class ModelConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     sample: SampleConfig = Field(default_factory=SampleConfig)
+    text_encoder: TextEncoderConfig | None = None
+    latent: LatentConfig | None = None  # None: the model runs in pixel space
+
+
+class AutoencoderNetworkConfig(_Strict):
+    """The shape of a KL autoencoder; it down-samples by 2^(len(channel_mults) - 1)."""
+
+    in_channels: int = Field(default=1, ge=1)
+    latent_channels: int = Field(default=4, ge=1)
+    base_channels: int = Field(default=32, ge=1)
+    channel_mults: list[int] = Field(default_factory=lambda: [1, 2], min_length=1)
+    num_res_blocks: int = Field(default=1, ge=1)
+
+
+class AutoencoderTrainConfig(TrainConfig):
+    """How the autoencoder is trained: the diffusion trainer's options plus its loss (label options unused)."""
+
+    lr: float = Field(default=1e-3, gt=0)
+    reconstruction_loss: Literal["l1", "l2"] = "l1"
+    kl_weight: float = Field(default=1e-6, ge=0)  # beta of the KL term, per pixel (Stable Diffusion: 1e-6)
+
+
+class AutoencoderConfig(_Strict):
+    """Everything needed to rebuild a trained autoencoder from its folder (``kind`` tells it from a model's)."""
+
+    format_version: int = 1
+    kind: Literal["autoencoder_kl"] = "autoencoder_kl"
+    network: AutoencoderNetworkConfig = Field(default_factory=AutoencoderNetworkConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: AutoencoderTrainConfig = Field(default_factory=AutoencoderTrainConfig)
+
+    @property
+    def text_encoder(self) -> None:
+        """An autoencoder has no text encoder (the shared trainer asks every config for its own)."""
+        return None

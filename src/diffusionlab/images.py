@@ -49,7 +49,11 @@ def save_png(image: Image.Image, path: str | os.PathLike[str], metadata: Mapping
     """Save a PIL image as PNG atomically, with optional text metadata (tEXt chunks)."""
     info = PngImagePlugin.PngInfo()
     for k, v in (metadata or {}).items():
-        info.add_text(str(k), str(v))
+        try:
+            str(v).encode("latin-1")
+            info.add_text(str(k), str(v))
+        except UnicodeEncodeError:  # tEXt is Latin-1; a prompt in any other script goes in a UTF-8 iTXt chunk
+            info.add_itxt(str(k), str(v))
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG", pnginfo=info)
 

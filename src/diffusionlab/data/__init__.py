@@ -18,7 +18,9 @@ from .base import (
     resize_images,
     stratified_split,
 )
+from .captions import load_captioned_digits
 from .cifar import load_cifar10
+from .conditions import IMAGE_CONDITIONS, condition_channels, low_resolution, make_image_condition
 from .digits import load_digits_dataset
 from .folder import IMAGE_EXTENSIONS, load_image_folder
 from .mnist import load_mnist
@@ -34,6 +36,11 @@ from .toys import (
 )
 
 __all__ = [
+    "IMAGE_CONDITIONS",
+    "condition_channels",
+    "load_captioned_digits",
+    "low_resolution",
+    "make_image_condition",
     "IMAGE_EXTENSIONS",
     "TOY_DATASETS",
     "DataError",
@@ -56,7 +63,13 @@ __all__ = [
     "stratified_split",
 ]
 
-DATASET_FORMS = ("'digits'", "'mnist:<folder>'", "'cifar10:<folder>'", "a path to an existing image folder")
+DATASET_FORMS = (
+    "'digits'",
+    "'captioned-digits'",
+    "'mnist:<folder>'",
+    "'cifar10:<folder>'",
+    "a path to an existing image folder",
+)
 
 
 def load_dataset(
@@ -74,6 +87,8 @@ def load_dataset(
     key = key.strip().lower()
     if spec.strip().lower() == "digits":
         dataset = load_digits_dataset(image_size=image_size, split=split)
+    elif spec.strip().lower() == "captioned-digits":
+        dataset = load_captioned_digits(image_size=image_size, split=split)
     elif key == "mnist" and rest:
         dataset = load_mnist(rest, split=split, image_size=image_size)
     elif key == "cifar10" and rest:

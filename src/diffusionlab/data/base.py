@@ -40,7 +40,8 @@ def resize_images(images: Tensor, size: int) -> Tensor:
 
 
 class ImageDataset(Dataset):
-    """Images (N, C, S, S) float32 in [-1, 1] held in memory, with optional labels (N,) int64.
+    """Images (N, C, S, S) float32 in [-1, 1] held in memory, with optional labels (N,) int64 and optional
+    captions (N lists of one or more phrasings) for text-conditional training.
 
     Index it like any Dataset (``ds[i] -> {"image": (C, S, S), "label": ()}``), or take the whole
     tensors with ``ds.tensors()`` / ``ds.images`` / ``ds.labels`` to sample batches without a DataLoader.
@@ -52,6 +53,7 @@ class ImageDataset(Dataset):
         labels: Tensor | None = None,
         class_names: Sequence[str] | None = None,
         num_classes: int | None = None,
+        captions: Sequence[Sequence[str]] | None = None,
     ) -> None:
         if not isinstance(images, Tensor) or images.dim() != 4 or not images.is_floating_point():
             got = (
@@ -81,6 +83,11 @@ class ImageDataset(Dataset):
             lo, hi = int(labels.min()), int(labels.max())
             if lo < 0 or hi >= num_classes:
                 raise DataError(f"labels must lie in 0..{num_classes - 1}, got values from {lo} to {hi}.")
+        if captions is not None:
+            captions = [[c] if isinstance(c, str) else list(c) for c in captions]
+            if len(captions) != images.shape[0] or any(not c for c in captions):
+                raise DataError(f"got {images.shape[0]} images but {len(captions)} caption lists; expected one each.")
+        self.captions: list[list[str]] | None = captions
         self.images: Tensor = images.contiguous()
         self.labels: Tensor | None = labels
         self.num_classes: int | None = num_classes if labels is not None else None
@@ -113,7 +120,8 @@ class ImageDataset(Dataset):
         """A new dataset holding only the given indices (class names and count are kept)."""
         idx = torch.as_tensor(indices, dtype=torch.long)
         labels = self.labels[idx] if self.labels is not None else None
-        return ImageDataset(self.images[idx], labels, self.class_names, self.num_classes)
+        captions = [self.captions[i] for i in idx.tolist()] if self.captions is not None else None
+        return ImageDataset(self.images[idx], labels, self.class_names, self.num_classes, captions)
 
     def __repr__(self) -> str:
         classes = f", num_classes={self.num_classes}" if self.num_classes is not None else ""
@@ -183,4 +191,4 @@ def convert_channels(dataset: ImageDataset, channels: int) -> ImageDataset:
         images = (dataset.images * weights).sum(dim=1, keepdim=True).clamp_(-1.0, 1.0)
     else:
         raise DataError(f"cannot convert images with {dataset.channels} channels; expected 1 or 3.")
-    return ImageDataset(images, dataset.labels, dataset.class_names, dataset.num_classes)
+    return ImageDataset(images, dataset.labels, dataset.class_names, dataset.num_classes, dataset.captions)

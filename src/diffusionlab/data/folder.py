@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -85,8 +86,35 @@ def load_image_file(path: str | os.PathLike, image_size: int, channels: int = 3)
     return array[:, :, None] if array.ndim == 2 else array
 
 
+CAPTIONS_NAME = "metadata.jsonl"
+
+
+def read_captions(folder: str | os.PathLike, files: list[Path]) -> list[list[str]] | None:
+    """Captions from ``metadata.jsonl`` in the folder (Hugging Face imagefolder style: one JSON object per line
+    with "file_name", relative to the folder, and "text", a string or a list of phrasings), or None if absent."""
+    folder = Path(folder)
+    meta = folder / CAPTIONS_NAME
+    if not meta.is_file():
+        return None
+    by_file: dict[Path, list[str]] = {}
+    for n, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            text = row["text"]
+            by_file[(folder / row["file_name"]).resolve()] = [text] if isinstance(text, str) else [str(t) for t in text]
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise DataError(f"{meta} line {n} is not a JSON object with 'file_name' and 'text' ({err}).") from None
+    missing = [f for f in files if f.resolve() not in by_file]
+    if missing:
+        raise DataError(f"{meta} has no caption for {missing[0]} ({len(missing)} images lack one).")
+    return [by_file[f.resolve()] for f in files]
+
+
 def load_image_folder(path: str | os.PathLike, image_size: int, channels: int = 3) -> ImageDataset:
-    """Load every PNG/JPEG/BMP/WebP image in a folder as (N, C, S, S) in [-1, 1]; subfolders give labels.
+    """Load every PNG/JPEG/BMP/WebP image in a folder as (N, C, S, S) in [-1, 1]; subfolders give labels,
+    a ``metadata.jsonl`` gives captions (for text-conditional training).
 
     Each image's short side is resized to ``image_size`` (LANCZOS) and the centre is cropped square.
     """
@@ -101,4 +129,4 @@ def load_image_folder(path: str | os.PathLike, image_size: int, channels: int = 
         images[i] = torch.from_numpy(array).permute(2, 0, 1).to(torch.float32)
     images.div_(127.5).sub_(1.0)
     label_tensor = torch.tensor(labels, dtype=torch.long) if labels is not None else None
-    return ImageDataset(images, label_tensor, class_names)
+    return ImageDataset(images, label_tensor, class_names, captions=read_captions(path, files))

@@ -1,7 +1,8 @@
-"""Networks: they map (x, noise-level input, labels) to an output of x's shape and know nothing of diffusion."""
+"""Networks: they map (x, noise-level input, conditions) to an output and know nothing of diffusion."""
 
+from .classifier import NoiseAwareClassifier
 from .embeddings import LabelEmbedding, NoiseLevelEmbedding, SinusoidalEmbedding
 from .mlp import MLP
 from .unet import UNet2D
 
-__all__ = ["UNet2D", "MLP", "SinusoidalEmbedding", "NoiseLevelEmbedding", "LabelEmbedding"]
+__all__ = ["UNet2D", "MLP", "NoiseAwareClassifier", "SinusoidalEmbedding", "NoiseLevelEmbedding", "LabelEmbedding"]

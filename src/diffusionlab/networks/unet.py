@@ -3,6 +3,11 @@
 Residual blocks with GroupNorm and a scale-shift injection of the noise-level + class embedding into every
 block (Dhariwal & Nichol 2021, "AdaGN"), self-attention at chosen levels (by depth, not by pixel size, so one
 network serves any resolution), optional dropout. In the spirit of the seed's DoubleConv/Down/Up UNet.
+
+Conditioning: class labels (embedding added to the noise embedding), text (cross-attention on a text encoder's
+token embeddings at chosen levels and in the middle block, plus their masked mean added to the noise
+embedding, as in Imagen, Saharia et al. 2022, sec. 2.2) and a condition image concatenated to the input
+(SR3, Saharia et al. 2021; the seed's ``UNet_conditional``).
 """
 
 from __future__ import annotations
@@ -67,11 +72,39 @@ class SelfAttention(nn.Module):
         return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
 
 
+class CrossAttention(nn.Module):
+    """Multi-head attention from pixels (queries) to text tokens (keys/values), padding tokens masked out
+    (Rombach et al. 2022, sec. 3.3)."""
+
+    def __init__(self, channels: int, context_dim: int, num_heads: int = 4) -> None:
+        super().__init__()
+        if channels % num_heads:
+            raise ValueError(f"attention channels={channels} must be divisible by num_heads={num_heads}.")
+        self.num_heads = num_heads
+        self.norm = nn.GroupNorm(_groups(channels), channels)
+        self.q = nn.Conv2d(channels, channels, 1)
+        self.kv = nn.Linear(context_dim, 2 * channels)
+        self.proj = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: Tensor, context: Tensor, context_mask: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        heads, d = self.num_heads, c // self.num_heads
+        q = self.q(self.norm(x)).reshape(b, heads, d, h * w).transpose(-1, -2)
+        k, v = self.kv(context).reshape(b, -1, 2, heads, d).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=context_mask[:, None, None, :])
+        return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
+
+
 class UNet2D(nn.Module):
-    """Noise-conditional UNet: ``forward(x, c_noise, labels=None) -> same shape as x`` (out_channels).
+    """Noise-conditional UNet: ``forward(x, c_noise, labels=None, text=None, text_mask=None, cond_image=None)``
+    returns a tensor shaped like x (out_channels).
 
     ``channel_mults`` gives one level per entry; the input's height and width must be divisible by
-    2^(len(channel_mults) - 1). ``attention_levels`` are level indices (0 = full resolution).
+    2^(len(channel_mults) - 1). ``attention_levels`` and ``cross_attention_levels`` are level indices
+    (0 = full resolution). ``text_dim`` > 0 builds text conditioning, ``cond_channels`` > 0 takes a condition
+    image of that many channels (resized to x's size) concatenated to the input.
     """
 
     def __init__(
@@ -85,20 +118,26 @@ class UNet2D(nn.Module):
         num_heads: int = 4,
         dropout: float = 0.0,
         num_classes: int | None = None,
+        text_dim: int | None = None,
+        cross_attention_levels: Sequence[int] = (),
+        cond_channels: int = 0,
     ) -> None:
         super().__init__()
         out_channels = out_channels or in_channels
-        if any(not 0 <= lvl < len(channel_mults) for lvl in attention_levels):
-            raise ValueError(
-                f"attention_levels={list(attention_levels)} must be level indices in [0, {len(channel_mults) - 1}]."
-            )
+        named_levels = (("attention_levels", attention_levels), ("cross_attention_levels", cross_attention_levels))
+        for name, levels in named_levels:
+            if any(not 0 <= lvl < len(channel_mults) for lvl in levels):
+                raise ValueError(f"{name}={list(levels)} must be level indices in [0, {len(channel_mults) - 1}].")
         self.in_channels, self.num_classes = in_channels, num_classes
+        self.text_dim, self.cond_channels = text_dim or None, int(cond_channels)
         self.num_levels = len(channel_mults)
         self.noise_embedding = NoiseLevelEmbedding(base_channels)
         emb_dim = self.noise_embedding.out_dim
         self.label_embedding = LabelEmbedding(num_classes, emb_dim) if num_classes else None
+        self.text_embedding = nn.Linear(text_dim, emb_dim) if text_dim else None
+        cross = set(cross_attention_levels) if text_dim else set()
 
-        self.stem = nn.Conv2d(in_channels, base_channels, 3, padding=1)
+        self.stem = nn.Conv2d(in_channels + self.cond_channels, base_channels, 3, padding=1)
         chans = [base_channels * m for m in channel_mults]
         self.down = nn.ModuleList()
         skip_chs = [base_channels]
@@ -108,19 +147,18 @@ class UNet2D(nn.Module):
                 blocks = nn.ModuleList([ResBlock(ch, out_ch, emb_dim, dropout)])
                 if level in attention_levels:
                     blocks.append(SelfAttention(out_ch, num_heads))
+                if level in cross:
+                    blocks.append(CrossAttention(out_ch, text_dim, num_heads))
                 self.down.append(blocks)
                 ch = out_ch
                 skip_chs.append(ch)
             if level < self.num_levels - 1:
                 self.down.append(nn.ModuleList([nn.Conv2d(ch, ch, 3, stride=2, padding=1)]))
                 skip_chs.append(ch)
-        self.mid = nn.ModuleList(
-            [
-                ResBlock(ch, ch, emb_dim, dropout),
-                SelfAttention(ch, num_heads),
-                ResBlock(ch, ch, emb_dim, dropout),
-            ]
-        )
+        self.mid = nn.ModuleList([ResBlock(ch, ch, emb_dim, dropout), SelfAttention(ch, num_heads)])
+        if text_dim:
+            self.mid.append(CrossAttention(ch, text_dim, num_heads))
+        self.mid.append(ResBlock(ch, ch, emb_dim, dropout))
         self.up = nn.ModuleList()
         for level in reversed(range(self.num_levels)):
             out_ch = chans[level]
@@ -128,6 +166,8 @@ class UNet2D(nn.Module):
                 blocks = nn.ModuleList([ResBlock(ch + skip_chs.pop(), out_ch, emb_dim, dropout)])
                 if level in attention_levels:
                     blocks.append(SelfAttention(out_ch, num_heads))
+                if level in cross:
+                    blocks.append(CrossAttention(out_ch, text_dim, num_heads))
                 self.up.append(blocks)
                 ch = out_ch
             if level > 0:
@@ -152,7 +192,15 @@ class UNet2D(nn.Module):
                 f"height and width must be positive multiples of {m}."
             )
 
-    def forward(self, x: Tensor, c_noise: Tensor, labels: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        c_noise: Tensor,
+        labels: Tensor | None = None,
+        text: Tensor | None = None,
+        text_mask: Tensor | None = None,
+        cond_image: Tensor | None = None,
+    ) -> Tensor:
         self.check_input_size(x.shape[-2], x.shape[-1])
         emb = self.noise_embedding(c_noise.expand(x.shape[0]) if c_noise.ndim == 0 else c_noise)
         if self.label_embedding is not None:
@@ -161,20 +209,44 @@ class UNet2D(nn.Module):
             emb = emb + self.label_embedding(labels)
         elif labels is not None:
             raise ValueError("labels were given to a UNet built without num_classes (an unconditional model).")
+        context = None
+        if self.text_embedding is not None:
+            if text is None:
+                raise ValueError("this UNet is text-conditional: give token embeddings (the empty prompt for none).")
+            mask = text_mask if text_mask is not None else torch.ones(text.shape[:2], dtype=torch.bool, device=x.device)
+            context = (text, mask)
+            weights = mask.to(text.dtype)[..., None]
+            emb = emb + self.text_embedding((text * weights).sum(1) / weights.sum(1).clamp(min=1.0))
+        elif text is not None:
+            raise ValueError("text was given to a UNet built without text_dim (a model without text conditioning).")
+        if self.cond_channels:
+            if cond_image is None or cond_image.shape[1] != self.cond_channels:
+                got = "none" if cond_image is None else f"{cond_image.shape[1]} channels"
+                raise ValueError(f"this UNet takes a condition image of {self.cond_channels} channels, got {got}.")
+            if cond_image.shape[-2:] != x.shape[-2:]:
+                cond_image = F.interpolate(cond_image, size=x.shape[-2:], mode="bicubic", align_corners=False)
+            x = torch.cat([x, cond_image.to(x.dtype)], dim=1)
+        elif cond_image is not None:
+            raise ValueError("a condition image was given to a UNet built without cond_channels.")
         h = self.stem(x)
         skips = [h]
         for blocks in self.down:
-            h = _run(blocks, h, emb)
+            h = _run(blocks, h, emb, context)
             skips.append(h)
-        h = _run(self.mid, h, emb)
+        h = _run(self.mid, h, emb, context)
         for blocks in self.up:
             if isinstance(blocks[0], ResBlock):
                 h = torch.cat([h, skips.pop()], dim=1)
-            h = _run(blocks, h, emb)
+            h = _run(blocks, h, emb, context)
         return self.head(h)
 
 
-def _run(blocks: nn.ModuleList, h: Tensor, emb: Tensor) -> Tensor:
+def _run(blocks: nn.ModuleList, h: Tensor, emb: Tensor, context: tuple[Tensor, Tensor] | None) -> Tensor:
     for block in blocks:
-        h = block(h, emb) if isinstance(block, ResBlock) else block(h)
+        if isinstance(block, ResBlock):
+            h = block(h, emb)
+        elif isinstance(block, CrossAttention):
+            h = block(h, *context)
+        else:
+            h = block(h)
     return h
