@@ -1,6 +1,7 @@
-"""Evaluation: domain classifiers (also feature extractors for FID-like metrics), sample-quality metrics.
+"""Evaluation: sample-quality metrics on pluggable features, likelihoods in bits/dim, toy-data metrics.
 
-Floor 3: imports torch, numpy, ``diffusionlab.io`` and ``diffusionlab.data``; never training, pipeline or cli.
+Floor 3: imports torch, numpy, scipy, sklearn and our floors 1-3 (data, io, processes, denoisers, losses,
+sampling); never pipeline, training or cli (``evaluate_model`` takes any object with a Pipeline's interface).
 """
 
 from __future__ import annotations
@@ -15,14 +16,104 @@ from .classifier import (
     save_classifier,
     train_classifier,
 )
+from .evaluate import (
+    FEATURES,
+    IMAGE_METRICS,
+    POINT_METRICS,
+    EvaluableModel,
+    default_features,
+    default_metrics,
+    evaluate_model,
+    format_results,
+    load_reference_data,
+    make_feature_extractor,
+    parse_metrics,
+)
+from .features import (
+    ClassifierFeatures,
+    FeatureExtractor,
+    InceptionFeatures,
+    PixelFeatures,
+    domain_classifier,
+    extract_features,
+    features_cache_dir,
+    reference_features,
+)
+from .inception import FIDInceptionV3, load_inception
+from .likelihood import (
+    PROBES,
+    BitsPerDim,
+    Likelihood,
+    VariationalBound,
+    bits_per_dim,
+    ddpm_vlb,
+    dequantize,
+    discretized_gaussian_log_likelihood,
+    ode_log_likelihood,
+    probability_flow_velocity,
+    quantize,
+)
+from .metrics import (
+    FeatureStatistics,
+    density_coverage,
+    feature_statistics,
+    fid_from_features,
+    frechet_distance,
+    kernel_inception_distance,
+    precision_recall,
+)
+from .toy import gaussian_mixture_log_prob, median_bandwidth, mmd_rbf, sliced_wasserstein
 
 __all__ = [
+    "FEATURES",
+    "IMAGE_METRICS",
+    "POINT_METRICS",
+    "PROBES",
+    "BitsPerDim",
+    "ClassifierFeatures",
     "DomainClassifier",
+    "EvaluableModel",
+    "FIDInceptionV3",
+    "FeatureExtractor",
+    "FeatureStatistics",
+    "InceptionFeatures",
+    "Likelihood",
+    "PixelFeatures",
+    "VariationalBound",
     "accuracy",
+    "bits_per_dim",
     "classifier_cache_dir",
+    "ddpm_vlb",
+    "default_features",
+    "default_metrics",
+    "density_coverage",
+    "dequantize",
     "digits_classifier",
+    "discretized_gaussian_log_likelihood",
+    "domain_classifier",
+    "evaluate_model",
+    "extract_features",
+    "feature_statistics",
+    "features_cache_dir",
+    "fid_from_features",
+    "format_results",
+    "frechet_distance",
+    "gaussian_mixture_log_prob",
+    "kernel_inception_distance",
     "load_classifier",
+    "load_inception",
+    "load_reference_data",
+    "make_feature_extractor",
+    "median_bandwidth",
+    "mmd_rbf",
+    "ode_log_likelihood",
+    "parse_metrics",
+    "precision_recall",
     "predict",
+    "probability_flow_velocity",
+    "quantize",
+    "reference_features",
     "save_classifier",
+    "sliced_wasserstein",
     "train_classifier",
 ]

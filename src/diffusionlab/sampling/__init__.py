@@ -11,7 +11,7 @@ from torch import Tensor
 
 from ..denoisers import DenoiserLike
 from .grids import SPACINGS, check_steps, default_spacing, time_grid
-from .guidance import ClassifierFreeGuidance, null_conditioning
+from .guidance import ClassifierFreeGuidance, ClassifierGuidance, check_guidance_interval, null_conditioning
 from .noise import NoiseSource, sample_seed
 from .ode import dpm_2s, dpmpp_2m, dpmpp_3m, euler, heun, two_stage_nfe, unipc
 from .sde import annealed_langevin, annealed_langevin_nfe, dpmpp_2m_sde, euler_ancestral, euler_maruyama, pc, pc_nfe
@@ -29,6 +29,8 @@ __all__ = [
     "NoiseSource",
     "sample_seed",
     "ClassifierFreeGuidance",
+    "ClassifierGuidance",
+    "check_guidance_interval",
     "null_conditioning",
     "THRESHOLDINGS",
     "Thresholded",
