@@ -1,0 +1,74 @@
+"""Applications of a trained model: inpainting and outpainting, image-to-image, denoising, anomaly detection and
+data augmentation (floor 5: imports pipeline, sampling, processes, denoisers, data and images; never training or
+the faces).
+
+Every task takes and returns images in [0, 1] (N, C, H, W) and reaches the model only through ``pipe.encode``,
+``pipe.decode``, ``pipe.sample_shape`` and ``pipe.guided_denoiser``, so latent models work too.
+"""
+
+from __future__ import annotations
+
+from .anomaly import ANOMALY_METHODS, anomaly_scores, denoising_error, log_snr_levels, reconstruct, write_scores_csv
+from .augment import check_empty_folder, sample_image_folder, write_image_folder
+from .common import check_images, pixel_shape, read_image, save_image
+from .denoise import (
+    DENOISE_MODES,
+    denoise,
+    encoding_scale,
+    estimate_noise_sigma,
+    noise_time,
+    posterior_mean,
+    posterior_sample,
+)
+from .img2img import check_strength, img2img, sdedit, start_index
+from .inpaint import (
+    INPAINT_METHODS,
+    KnownRegion,
+    check_mask,
+    inpaint,
+    model_space_keep,
+    outpaint,
+    outpaint_canvas,
+    read_mask,
+    rect_mask,
+    repaint,
+    repaint_schedule,
+)
+
+__all__ = [
+    "ANOMALY_METHODS",
+    "DENOISE_MODES",
+    "INPAINT_METHODS",
+    "KnownRegion",
+    "anomaly_scores",
+    "check_empty_folder",
+    "check_images",
+    "check_mask",
+    "check_strength",
+    "denoise",
+    "denoising_error",
+    "encoding_scale",
+    "estimate_noise_sigma",
+    "img2img",
+    "inpaint",
+    "log_snr_levels",
+    "model_space_keep",
+    "noise_time",
+    "outpaint",
+    "outpaint_canvas",
+    "pixel_shape",
+    "posterior_mean",
+    "posterior_sample",
+    "read_image",
+    "read_mask",
+    "reconstruct",
+    "rect_mask",
+    "repaint",
+    "repaint_schedule",
+    "sample_image_folder",
+    "save_image",
+    "sdedit",
+    "start_index",
+    "write_image_folder",
+    "write_scores_csv",
+]
