@@ -21,6 +21,16 @@ app = typer.Typer(
 )
 
 
+# options that several commands share, with one help text each
+ModelFolder = Annotated[Path, typer.Argument(help="A model folder (config.json + *.safetensors), e.g. runs/digits.")]
+Progress = Annotated[bool, typer.Option(help="Show a progress bar.")]
+Prompt = Annotated[str | None, typer.Option(help="Text prompt (text-conditional models).")]
+ImageSeed = Annotated[int, typer.Option(help="Seed of the noise: same seed, same image.")]
+Guidance = Annotated[
+    float | None, typer.Option(help="Classifier-free guidance w: 0 unconditional, 1 conditional, >1 stronger.")
+]
+
+
 class ModelSize(str, Enum):
     tiny = "tiny"
     small = "small"
@@ -118,7 +128,7 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in --out.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of every random draw of the run.")] = 0,
     cpu: Annotated[bool, typer.Option("--cpu", help="Train on the CPU even if a GPU is present.")] = False,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    progress: Progress = True,
     autoencoder: Annotated[
         Path | None,
         typer.Option(
@@ -267,7 +277,7 @@ def _bf16_autocast(enabled: bool) -> Any:
 
 @app.command()
 def sample(
-    model: Annotated[Path, typer.Argument(help="A model folder (config.json + *.safetensors), e.g. runs/digits.")],
+    model: ModelFolder,
     out: Annotated[Path, typer.Option(help="Output PNG grid.")] = Path("samples.png"),
     num_samples: Annotated[int | None, typer.Option("--num-samples", "-n", help="How many samples.")] = None,
     labels: Annotated[
@@ -287,11 +297,8 @@ def sample(
     spacing: Annotated[
         str | None, typer.Option(help="Time grid: uniform, leading, trailing, linspace, karras or log_snr.")
     ] = None,
-    guidance: Annotated[
-        float | None,
-        typer.Option(help="Classifier-free guidance w: 0 unconditional, 1 conditional, >1 stronger."),
-    ] = None,
-    prompt: Annotated[str | None, typer.Option(help="Text prompt (text-conditional models).")] = None,
+    guidance: Guidance = None,
+    prompt: Prompt = None,
     negative_prompt: Annotated[
         str | None, typer.Option(help="Prompt to guide away from (replaces the empty prompt in guidance).")
     ] = None,
@@ -327,7 +334,7 @@ def sample(
             "OUT_DIR/<class name>/<index>.png, an ImageFolder that `train --dataset OUT_DIR` reads with its labels."
         ),
     ] = None,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    progress: Progress = True,
 ) -> None:
     """Sample a trained model and save a PNG grid (with the settings in the PNG's metadata)."""
     from .images import save_grid
@@ -430,7 +437,7 @@ def train_classifier_command(
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 128,
     lr: Annotated[float, typer.Option(help="Peak learning rate (one-cycle).")] = 1e-3,
     seed: Annotated[int, typer.Option(help="Seed of every random draw.")] = 0,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    progress: Progress = True,
 ) -> None:
     """Train a noise-aware classifier on x_t for classifier guidance; writes MODEL/classifier.safetensors."""
     from .pipeline import Pipeline
@@ -482,7 +489,7 @@ def train_autoencoder(
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in --out.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of every random draw of the run.")] = 0,
     cpu: Annotated[bool, typer.Option("--cpu", help="Train on the CPU even if a GPU is present.")] = False,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    progress: Progress = True,
 ) -> None:
     """Train the autoencoder of a latent diffusion model (then: train --autoencoder OUT); writes OUT/config.json,
     model.safetensors, ema.safetensors and reconstructions.png."""
@@ -528,7 +535,7 @@ def train_autoencoder(
 
 @app.command()
 def evaluate(
-    model: Annotated[Path, typer.Argument(help="A model folder (config.json + *.safetensors), e.g. runs/digits.")],
+    model: ModelFolder,
     metrics: Annotated[
         str | None,
         typer.Option(
@@ -620,7 +627,7 @@ def _task_meta(model: Path, **settings: Any) -> dict[str, str]:
 
 @app.command()
 def inpaint(
-    model: Annotated[Path, typer.Argument(help="A model folder (config.json + *.safetensors), e.g. runs/digits.")],
+    model: ModelFolder,
     image: Annotated[Path, typer.Option(help="The image to complete: a PNG of the model's size and channels.")],
     out: Annotated[Path, typer.Option(help="Output PNG (the image's size).")] = Path("inpainted.png"),
     mask: Annotated[
@@ -638,10 +645,8 @@ def inpaint(
         str, typer.Option(help="repaint (RePaint, with resampling jumps) or replace (the replacement method).")
     ] = "repaint",
     label: Annotated[int | None, typer.Option(help="Class label to fill with (default: unconditional).")] = None,
-    prompt: Annotated[str | None, typer.Option(help="Text prompt (text-conditional models).")] = None,
-    guidance: Annotated[
-        float | None, typer.Option(help="Classifier-free guidance w: 0 unconditional, 1 conditional, >1 stronger.")
-    ] = None,
+    prompt: Prompt = None,
+    guidance: Guidance = None,
     steps: Annotated[int | None, typer.Option(help="Solver steps (default: the model's).")] = None,
     jump_length: Annotated[int, typer.Option(help="RePaint: levels of each jump back up (j).")] = 10,
     jump_n_sample: Annotated[int, typer.Option(help="RePaint: passes through each jump's levels (r).")] = 10,
@@ -649,8 +654,8 @@ def inpaint(
     reconstruction_guidance: Annotated[
         float, typer.Option(help="replace: weight w_r of reconstruction guidance (Ho et al. 2022), e.g. 16; 0 = off.")
     ] = 0.0,
-    seed: Annotated[int, typer.Option(help="Seed of the noise: same seed, same image.")] = 0,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    seed: ImageSeed = 0,
+    progress: Progress = True,
 ) -> None:
     """Fill part of an image (inpainting) or extend it (outpainting); the known pixels are kept exactly.
 
@@ -720,21 +725,19 @@ def _existing(path: Path | None, option: str) -> Path:
 
 @app.command()
 def img2img(
-    model: Annotated[Path, typer.Argument(help="A model folder (config.json + *.safetensors), e.g. runs/digits.")],
+    model: ModelFolder,
     image: Annotated[Path, typer.Option(help="The input image: a PNG of the model's size and channels.")],
     out: Annotated[Path, typer.Option(help="Output PNG.")] = Path("img2img.png"),
     strength: Annotated[
         float, typer.Option(help="In (0, 1]: how far to noise the input (near 0 keeps it, 1 ignores it).")
     ] = 0.6,
     label: Annotated[int | None, typer.Option(help="Class label to steer towards (default: unconditional).")] = None,
-    prompt: Annotated[str | None, typer.Option(help="Text prompt (text-conditional models).")] = None,
-    guidance: Annotated[
-        float | None, typer.Option(help="Classifier-free guidance w: 0 unconditional, 1 conditional, >1 stronger.")
-    ] = None,
+    prompt: Prompt = None,
+    guidance: Guidance = None,
     sampler: Annotated[str | None, typer.Option(help="Any of `sample --sampler` (default: the model's).")] = None,
     steps: Annotated[int | None, typer.Option(help="Steps of a full run; strength s runs about s * steps.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the noise: same seed, same image.")] = 0,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    seed: ImageSeed = 0,
+    progress: Progress = True,
 ) -> None:
     """Image-to-image (SDEdit): noise the input to --strength and denoise it, optionally towards --label."""
     from .pipeline import Pipeline

@@ -20,7 +20,6 @@ from ..data import DataError
 from ..images import save_grid
 from ..networks.autoencoder import Autoencoder, gaussian_kl
 from ..sampling import sample_seed
-from .ema import ema_decay_at, update_ema
 from .trainer import Trainer, micro_batches
 
 __all__ = ["AutoencoderTrainer", "autoencoder_loss", "psnr", "reconstruction_psnr"]
@@ -129,18 +128,9 @@ class AutoencoderTrainer(Trainer):
             terms += weight * torch.stack([rec, kl]).float()
         if acc.num_processes > 1:
             total, terms = acc.reduce(total, "mean"), acc.reduce(terms, "mean")
-        if not torch.isfinite(total):
-            self.optimizer.zero_grad(set_to_none=True)
-            raise FloatingPointError(
-                f"the loss became {total.item()} at step {step}; lower --lr (now {tc.lr}) or use mixed_precision='no'."
-            )
-        grad_norm = acc.clip_grad_norm_(self.model.parameters(), tc.grad_clip) if tc.grad_clip > 0 else 0.0
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        update_ema(self.pipeline.ema, acc.unwrap_model(self.model), ema_decay_at(step, tc.ema_decay, tc.ema_start))
+        grad_norm = self.apply_gradients(step, total)
         self.last_terms = (float(terms[0]), float(terms[1]))
-        return float(total), float(grad_norm)
+        return float(total), grad_norm
 
     # ------------------------------------------------------------------ files
     def finish(self, step: int) -> None:

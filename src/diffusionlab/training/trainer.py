@@ -200,7 +200,7 @@ class Trainer:
         self.caption_ids = [[position[c] for c in caps] for caps in self.data.captions]
         self.max_phrasings = max(len(ids) for ids in self.caption_ids)
         self.caption_table = torch.tensor(
-            [ids + ids[: 1] * (self.max_phrasings - len(ids)) for ids in self.caption_ids], dtype=torch.long
+            [ids + ids[:1] * (self.max_phrasings - len(ids)) for ids in self.caption_ids], dtype=torch.long
         )
         self.phrasing_counts = torch.tensor([len(ids) for ids in self.caption_ids])
         net = config.network.model_copy(update={"text_dim": encoder.dim, "num_classes": None})
@@ -316,17 +316,23 @@ class Trainer:
             total += loss.detach().float()
         if acc.num_processes > 1:
             total = acc.reduce(total, "mean")  # every process sees the same loss, so all stop together on a NaN
-        if not torch.isfinite(total):
+        return float(total), self.apply_gradients(step, total)
+
+    def apply_gradients(self, step: int, loss: Tensor) -> float:
+        """Finish an optimiser step whose gradients are accumulated: refuse a non-finite loss, clip, step AdamW and
+        the LR schedule, update the EMA; returns the gradient norm before clipping."""
+        tc, acc = self.config.train, self.accelerator
+        if not torch.isfinite(loss):
             self.optimizer.zero_grad(set_to_none=True)
             raise FloatingPointError(
-                f"the loss became {total.item()} at step {step}; lower --lr (now {tc.lr}) or use mixed_precision='no'."
+                f"the loss became {loss.item()} at step {step}; lower --lr (now {tc.lr}) or use mixed_precision='no'."
             )
         grad_norm = acc.clip_grad_norm_(self.model.parameters(), tc.grad_clip) if tc.grad_clip > 0 else 0.0
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         update_ema(self.pipeline.ema, acc.unwrap_model(self.model), ema_decay_at(step, tc.ema_decay, tc.ema_start))
-        return float(total), float(grad_norm)
+        return float(grad_norm)
 
     # ------------------------------------------------------------------ the loop
     def train(self, stop_after: int | None = None) -> Pipeline:
