@@ -128,3 +128,10 @@ def test_training_options_out_of_range(tmp_path: Path, option: str, value: str, 
 def test_negative_guidance(tmp_path: Path, model_dir: Path) -> None:
     result = run("sample", str(model_dir), "--guidance", "-1", "--steps", "2", "--out", str(tmp_path / "s.png"))
     assert_clear_error(result, "guidance=-1")
+
+
+def test_a_fresh_run_never_overwrites_an_earlier_one(model_dir: Path) -> None:
+    before = {p.name: p.read_bytes() for p in model_dir.glob("*.safetensors")}
+    result = run("train", *TINY, "--steps", "2", "--out", str(model_dir))
+    assert_clear_error(result, str(model_dir), "already holds a training run", "--resume")
+    assert {p.name: p.read_bytes() for p in model_dir.glob("*.safetensors")} == before

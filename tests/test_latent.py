@@ -158,6 +158,7 @@ def assert_clear_error(result, *fragments: str) -> None:  # type: ignore[no-unty
 
 def test_cli_trains_an_autoencoder_then_a_latent_model(tmp_path: Path) -> None:
     small = ["--image-size", "8", "--batch-size", "8", "--sample-every", "0", "--no-progress", "--steps", "2"]
+    bad_out = ["--out", str(tmp_path / "never-written")]  # the bad-input runs below must not touch ./runs
     ae = tmp_path / "ae"
     result = run("train-autoencoder", *small, "--latent-channels", "2", "--base-channels", "8", "--out", str(ae))
     assert result.exit_code == 0, result.output
@@ -169,14 +170,18 @@ def test_cli_trains_an_autoencoder_then_a_latent_model(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert (tmp_path / "grid.png").is_file()
     # bad input: one clear line each
-    assert_clear_error(run("train-autoencoder", *small, "--downsample-factor", "3"), "--downsample-factor=3")
+    assert_clear_error(run("train-autoencoder", *small, *bad_out, "--downsample-factor", "3"), "--downsample-factor=3")
     assert_clear_error(run("sample", str(ae), "--out", str(tmp_path / "x.png")), "is an autoencoder")
-    assert_clear_error(run("train", *small, "--autoencoder", str(tmp_path / "nope")), "nope")
-    assert_clear_error(run("train", *small, "--autoencoder", str(ae), "--channels", "3"), "1-channel images, got 3")
+    assert_clear_error(run("train", *small, *bad_out, "--autoencoder", str(tmp_path / "nope")), "nope")
+    assert_clear_error(
+        run("train", *small, *bad_out, "--autoencoder", str(ae), "--channels", "3"), "1-channel images, got 3"
+    )
     deep = AutoencoderConfig(
         network=AutoencoderNetworkConfig(latent_channels=2, base_channels=8, channel_mults=[1, 2, 2])
     )
     Autoencoder(deep).save(tmp_path / "deep")  # f = 4: 8x8 images give 2x2 latents, too small for the small UNet
     assert_clear_error(
-        run("train", *small, "--model-size", "small", "--autoencoder", str(tmp_path / "deep")), "latents are 2x2"
+        run("train", *small, *bad_out, "--model-size", "small", "--autoencoder", str(tmp_path / "deep")),
+        "latents are 2x2",
     )
+    assert not (tmp_path / "never-written").exists()

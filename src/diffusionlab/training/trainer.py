@@ -34,7 +34,7 @@ from ..io import CheckpointError
 from ..losses import denoising_loss, sample_times
 from ..networks.autoencoder import Autoencoder
 from ..networks.text import TextEmbedding, TextEncoder
-from ..pipeline import Pipeline, build_network, fit_latent_space
+from ..pipeline import CONFIG_NAME, Pipeline, build_network, fit_latent_space
 from ..sampling import sample_seed
 from .checkpoints import latest_checkpoint, load_training_state, save_checkpoint
 from .ema import ema_decay_at, update_ema
@@ -83,6 +83,16 @@ def lr_lambda(schedule: str, warmup: int, total: int) -> Callable[[int], float]:
     return f
 
 
+def _refuse_to_overwrite(out_dir: Path) -> None:
+    """A fresh run never writes over another run's model or checkpoints (which --resume would then mix up)."""
+    previous = latest_checkpoint(out_dir)
+    if (out_dir / CONFIG_NAME).is_file() or previous is not None:
+        held = previous.relative_to(out_dir) if previous is not None else CONFIG_NAME
+        raise CheckpointError(
+            f"{out_dir} already holds a training run ({held}); pass --resume to continue it, or choose a new --out."
+        )
+
+
 def micro_batches(n: int, k: int) -> list[slice]:
     """Cut n examples into k consecutive micro-batches whose sizes differ by at most one."""
     if not 1 <= k <= n:
@@ -121,6 +131,8 @@ class Trainer:
         resume_from = latest_checkpoint(self.out_dir) if resume else None
         if resume and resume_from is None:
             raise CheckpointError(f"--resume was given but {self.out_dir / 'checkpoints'} holds no checkpoint.")
+        if not resume:
+            _refuse_to_overwrite(self.out_dir)
         if resume_from is not None:
             saved = self.pipeline_class.load(resume_from)
             # the model is the checkpoint's; how long to train and how to log may change on resume
