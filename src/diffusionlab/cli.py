@@ -869,6 +869,30 @@ def anomaly(
     _run(run)
 
 
+@app.command()
+def serve(
+    model: ModelFolder,
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+) -> None:
+    """Serve a model over HTTP: the web page at http://HOST:PORT/, the API under /api (docs at /docs)."""
+
+    def run() -> None:
+        if not 0 < port < 65536:
+            _fail(f"--port={port} must be a TCP port, 1..65535.")
+        try:
+            import uvicorn
+
+            from .server import create_app
+        except ImportError:
+            _fail("serving needs FastAPI and uvicorn: pip install 'diffusionlab[server]'.")
+        application = create_app(model)
+        typer.echo(f"serving {model} at http://{host}:{port}/ (Ctrl-C stops)")
+        uvicorn.run(application, host=host, port=port, log_level="warning")
+
+    _run(run)
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="diffusionlab")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -12,13 +14,19 @@ from torch import Tensor
 
 from .io import atomic_path
 
-__all__ = ["to_uint8", "make_grid", "save_grid", "save_png", "save_scatter"]
+__all__ = ["to_uint8", "to_pil", "make_grid", "save_grid", "png_bytes", "save_png", "save_scatter"]
 
 
 def to_uint8(images: Tensor) -> np.ndarray:
     """Images in [0, 1], shape (N, C, H, W) -> uint8 array (N, H, W, C)."""
     x = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
     return x.permute(0, 2, 3, 1).numpy()
+
+
+def to_pil(image: Tensor) -> Image.Image:
+    """One (C, H, W) image in [0, 1] as an 8-bit PIL image of the same size: grayscale for C = 1, else RGB."""
+    array = to_uint8(image[None])[0]
+    return Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array, "L" if array.shape[2] == 1 else "RGB")
 
 
 def make_grid(
@@ -45,8 +53,8 @@ def make_grid(
     return canvas
 
 
-def save_png(image: Image.Image, path: str | os.PathLike[str], metadata: Mapping[str, str] | None = None) -> None:
-    """Save a PIL image as PNG atomically, with optional text metadata (tEXt chunks)."""
+def png_bytes(image: Image.Image, metadata: Mapping[str, str] | None = None) -> bytes:
+    """A PIL image encoded as PNG, with optional text metadata (tEXt chunks; iTXt where not Latin-1)."""
     info = PngImagePlugin.PngInfo()
     for k, v in (metadata or {}).items():
         try:
@@ -54,8 +62,16 @@ def save_png(image: Image.Image, path: str | os.PathLike[str], metadata: Mapping
             info.add_text(str(k), str(v))
         except UnicodeEncodeError:  # tEXt is Latin-1; a prompt in any other script goes in a UTF-8 iTXt chunk
             info.add_itxt(str(k), str(v))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def save_png(image: Image.Image, path: str | os.PathLike[str], metadata: Mapping[str, str] | None = None) -> None:
+    """Save a PIL image as PNG atomically, with optional text metadata."""
+    data = png_bytes(image, metadata)
     with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG", pnginfo=info)
+        Path(tmp).write_bytes(data)
 
 
 def save_grid(

@@ -8,6 +8,7 @@ latent models, whose model space is not the pixel space.
 from __future__ import annotations
 
 import inspect
+import io
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,7 +21,7 @@ from torch import Tensor
 
 from ..data import DataError
 from ..denoisers import DenoiserLike
-from ..images import save_png, to_uint8
+from ..images import save_png, to_pil
 from ..pipeline import Pipeline
 from ..processes import GaussianProcess
 from ..sampling import SAMPLERS, NoiseSource, check_sampler, default_spacing, sample_seed, time_grid
@@ -42,18 +43,17 @@ __all__ = [
 _GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 
 
-def read_image(path: str | os.PathLike[str]) -> Tensor:
-    """One image file as (C, H, W) float32 in [0, 1] at its own size: C = 1 for grayscale files, else 3 (RGB).
-
-    An alpha channel is dropped; nothing is resized, so every pixel is the file's own.
+def read_image(source: str | os.PathLike[str] | bytes) -> Tensor:
+    """One image file (a path, or its bytes) as (C, H, W) float32 in [0, 1] at its own size: C = 1 for grayscale
+    files, else 3 (RGB). An alpha channel is dropped; nothing is resized, so every pixel is the file's own.
     """
-    path = Path(path)
+    what = "the uploaded image" if isinstance(source, bytes) else f"image file '{Path(source)}'"
     try:
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else Path(source)) as img:
             img.load()
             img = img.convert("L" if img.mode in _GRAY_MODES else "RGB")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise DataError(f"cannot read image file '{path}' ({err}).") from None
+        raise DataError(f"cannot read {what} ({err}).") from None
     array = np.asarray(img, dtype=np.uint8)
     array = array[:, :, None] if array.ndim == 2 else array
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255.0
@@ -61,9 +61,7 @@ def read_image(path: str | os.PathLike[str]) -> Tensor:
 
 def save_image(image: Tensor, path: str | os.PathLike[str], metadata: Mapping[str, str] | None = None) -> None:
     """Save one (C, H, W) image in [0, 1] as an 8-bit PNG of the same size, atomically."""
-    array = to_uint8(image[None])[0]
-    pil = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array, "L" if array.shape[2] == 1 else "RGB")
-    save_png(pil, path, metadata)
+    save_png(to_pil(image), path, metadata)
 
 
 @torch.no_grad()

@@ -191,9 +191,9 @@ def rect_mask(height: int, width: int, box: Sequence[int]) -> Tensor:
     return mask
 
 
-def read_mask(path: str | os.PathLike[str]) -> Tensor:
-    """A mask PNG as (H, W) bool: white (>= 128 in grayscale) = fill, black = keep."""
-    image = read_image(path)
+def read_mask(source: str | os.PathLike[str] | bytes) -> Tensor:
+    """A mask PNG (a path, or its bytes) as (H, W) bool: white (>= 128 in grayscale) = fill, black = keep."""
+    image = read_image(source)
     gray = image[0] if image.shape[0] == 1 else (0.299 * image[0] + 0.587 * image[1] + 0.114 * image[2])
     return gray >= 128 / 255
 

@@ -1,0 +1,128 @@
+"""The HTTP API and web page: the same images as the Python API, settings in the PNG, one-sentence errors."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diffusionlab.config import MODEL_SIZES, DataConfig, ModelConfig, NetworkConfig, SampleConfig
+from diffusionlab.images import make_grid
+from diffusionlab.pipeline import Pipeline
+
+fastapi = pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from diffusionlab.server import MAX_SAMPLES, create_app  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained class-conditional 8x8 grayscale model with 3 named classes (fast; outputs are noise-like)."""
+    torch.manual_seed(0)
+    config = ModelConfig(
+        network=NetworkConfig(**MODEL_SIZES["tiny"], num_classes=3),
+        data=DataConfig(image_size=8, channels=1, num_classes=3, class_names=["cat", "dog", "owl"]),
+        sample=SampleConfig(steps=3),
+    )
+    out = tmp_path_factory.mktemp("model")
+    Pipeline(config).save(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def client(model_dir: Path) -> TestClient:
+    return TestClient(create_app(model_dir))
+
+
+def png_b64(array: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def decode(response) -> Image.Image:  # type: ignore[no-untyped-def]
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/png"
+    return Image.open(io.BytesIO(response.content))
+
+
+def test_page_and_model_description(client: TestClient) -> None:
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert 'id="sample"' in page.text and "/api/sample" in page.text
+    info = client.get("/api/model").json()
+    assert info["kind"] == "image" and info["image_size"] == 8 and info["channels"] == 1
+    assert info["class_names"] == ["cat", "dog", "owl"] and info["defaults"]["steps"] == 3
+    assert "dpmpp_2m" in info["samplers"] and info["text"] is False
+
+
+def test_sample_is_the_python_api_grid_and_carries_its_settings(client: TestClient, model_dir: Path) -> None:
+    body = {"num_samples": 4, "labels": [0, 1, 2, 1], "sampler": "ddim", "steps": 3, "guidance": 2.0, "seed": 5}
+    first = client.post("/api/sample", json=body)
+    again = client.post("/api/sample", json=body)
+    assert first.content == again.content  # same request, same bytes
+    image = decode(first)
+    pipe = Pipeline.load(model_dir)
+    expected = pipe.sample(4, labels=[0, 1, 2, 1], sampler="ddim", steps=3, guidance=2.0, seed=5)
+    assert np.array_equal(np.asarray(image), np.asarray(make_grid(expected, nrow=4, scale=2)))
+    assert image.text["seed"] == "5" and image.text["sampler"] == "ddim" and image.text["labels"] == "[0, 1, 2, 1]"
+    other = client.post("/api/sample", json={**body, "seed": 6})
+    assert other.content != first.content
+
+
+def test_one_label_for_all_samples(client: TestClient) -> None:
+    one = client.post("/api/sample", json={"num_samples": 3, "labels": [2], "seed": 1})
+    each = client.post("/api/sample", json={"num_samples": 3, "labels": [2, 2, 2], "seed": 1})
+    assert np.array_equal(np.asarray(decode(one)), np.asarray(decode(each)))
+
+
+def test_inpaint_keeps_the_known_pixels_and_img2img_answers(client: TestClient) -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (8, 8), dtype=np.uint8)
+    mask = np.zeros((8, 8), np.uint8)
+    mask[4:] = 255  # fill the bottom half
+    result = np.asarray(decode(client.post("/api/inpaint", json={"image": png_b64(image), "mask": png_b64(mask)})))
+    assert result.shape == (8, 8)
+    assert np.array_equal(result[:4], image[:4])
+    assert not np.array_equal(result[4:], image[4:])
+    edited = decode(client.post("/api/img2img", json={"image": png_b64(image), "strength": 0.5, "label": 1}))
+    assert edited.size == (8, 8) and edited.text["strength"] == "0.5" and edited.text["task"] == "img2img"
+
+
+@pytest.mark.parametrize(
+    "path, body, status, fragment",
+    [
+        ("/api/sample", {"labels": [7]}, 400, "label"),
+        ("/api/sample", {"num_samples": 3, "labels": [0, 1]}, 400, "got 2 labels for 3 samples"),
+        ("/api/sample", {"sampler": "magic"}, 400, "magic"),
+        ("/api/sample", {"prompt": "a cat"}, 400, "prompt"),
+        ("/api/sample", {"steps": 0}, 422, "steps"),
+        ("/api/sample", {"num_samples": MAX_SAMPLES + 1}, 422, "num_samples"),
+        ("/api/sample", {"guidance": -1}, 422, "guidance"),
+        ("/api/sample", {"colour": "red"}, 422, "colour"),
+        ("/api/img2img", {"image": "not base64!", "strength": 0.5}, 400, "base64"),
+        ("/api/img2img", {"image": png_b64(np.zeros((8, 8), np.uint8)), "strength": 1.5}, 400, "strength"),
+        ("/api/img2img", {"image": png_b64(np.zeros((6, 8), np.uint8))}, 400, "8x8"),
+        ("/api/img2img", {"image": png_b64(np.zeros((8, 8, 3), np.uint8))}, 400, "3 channels"),
+        (
+            "/api/inpaint",
+            {"image": png_b64(np.zeros((8, 8), np.uint8)), "mask": png_b64(np.zeros((4, 4), np.uint8))},
+            400,
+            "mask is 4x4",
+        ),
+    ],
+)
+def test_bad_input_is_one_clear_sentence(client: TestClient, path: str, body: dict, status: int, fragment: str) -> None:
+    response = client.post(path, json=body)
+    assert response.status_code == status, response.text
+    detail = response.json()["detail"]
+    text = detail if isinstance(detail, str) else " ".join(f"{d['loc'][-1]} {d['msg']}" for d in detail)
+    assert fragment in text and "\n" not in text and "Traceback" not in text, text
