@@ -129,3 +129,15 @@ def test_trainer_logs_evaluations_without_changing_training(tmp_path: Path) -> N
     assert [e.step for e in fid] == [1, 2] and "eval/kid" in events.Tags()["scalars"]
     with pytest.raises(ValueError, match="'swd'"):
         Trainer(tiny_config(eval_every=1, eval_metrics=["swd"]), tmp_path / "c", progress=False, cpu=True).train()
+
+
+def test_train_command_evaluates_every_n_steps(tmp_path: Path) -> None:
+    out = tmp_path / "moons"
+    base = ["train", "--dataset", "toy:eight_gaussians", "--steps", "2", "--batch-size", "8", "--no-progress"]
+    evals = ["--sample-every", "0", "--eval-every", "1", "--eval-samples", "50", "--eval-metrics", "swd,mmd"]
+    result = run(*base, *evals, "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "eval at step 2: swd" in result.output
+    data = json.loads((out / "eval" / "step-000002.json").read_text())
+    assert set(data["metrics"]) == {"swd", "mmd"} and data["metrics"]["swd"] > 0
+    assert_clear_error(run(*base, *evals[:-1], "fid", "--out", str(tmp_path / "x")), "'fid'")

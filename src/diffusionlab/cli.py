@@ -125,6 +125,13 @@ def train(
     checkpoint_every: Annotated[
         int, typer.Option(help="Write a checkpoint every N steps (0: only at the end).")
     ] = 1000,
+    eval_every: Annotated[
+        int, typer.Option(help="Evaluate the EMA model every N steps (0: never); logged as eval/* and eval/*.json.")
+    ] = 0,
+    eval_metrics: Annotated[
+        str | None, typer.Option(help="Metrics of --eval-every, as `evaluate --metrics` (default: the model's kind's).")
+    ] = None,
+    eval_samples: Annotated[int, typer.Option(help="Samples per evaluation of --eval-every.")] = 1000,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in --out.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of every random draw of the run.")] = 0,
     cpu: Annotated[bool, typer.Option("--cpu", help="Train on the CPU even if a GPU is present.")] = False,
@@ -183,6 +190,11 @@ def train(
                 mixed_precision=mixed_precision,
                 sample_every=sample_every,
                 checkpoint_every=checkpoint_every,
+                eval_every=eval_every,
+                eval_metrics=None
+                if eval_metrics is None
+                else [m for m in eval_metrics.replace(" ", "").split(",") if m],
+                eval_samples=eval_samples,
                 seed=seed,
             ),
         )
