@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,3 +16,20 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def pets_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained class-conditional 8x8 grayscale model folder "pets" with 3 named classes (fast; noise-like)."""
+    from diffusionlab.config import MODEL_SIZES, DataConfig, ModelConfig, NetworkConfig, SampleConfig
+    from diffusionlab.pipeline import Pipeline
+
+    torch.manual_seed(0)
+    config = ModelConfig(
+        network=NetworkConfig(**MODEL_SIZES["tiny"], num_classes=3),
+        data=DataConfig(image_size=8, channels=1, num_classes=3, class_names=["cat", "dog", "owl"]),
+        sample=SampleConfig(steps=3),
+    )
+    out = tmp_path_factory.mktemp("model") / "pets"
+    Pipeline(config).save(out)
+    return out

@@ -8,10 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from diffusionlab.config import MODEL_SIZES, DataConfig, ModelConfig, NetworkConfig, SampleConfig
 from diffusionlab.images import make_grid
 from diffusionlab.pipeline import Pipeline
 
@@ -24,17 +22,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An untrained class-conditional 8x8 grayscale model with 3 named classes (fast; outputs are noise-like)."""
-    torch.manual_seed(0)
-    config = ModelConfig(
-        network=NetworkConfig(**MODEL_SIZES["tiny"], num_classes=3),
-        data=DataConfig(image_size=8, channels=1, num_classes=3, class_names=["cat", "dog", "owl"]),
-        sample=SampleConfig(steps=3),
-    )
-    out = tmp_path_factory.mktemp("model")
-    Pipeline(config).save(out)
-    return out
+def model_dir(pets_model: Path) -> Path:
+    return pets_model
 
 
 @pytest.fixture(scope="module")

@@ -7,14 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
 from diffusionlab.cli import app
-from diffusionlab.config import MODEL_SIZES, DataConfig, ModelConfig, NetworkConfig, SampleConfig
 from diffusionlab.data import load_image_folder
-from diffusionlab.pipeline import Pipeline
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
@@ -34,17 +31,8 @@ def assert_clear_error(result, *fragments: str) -> None:  # type: ignore[no-unty
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An untrained class-conditional 8x8 grayscale model with 3 named classes (fast; outputs are noise-like)."""
-    torch.manual_seed(0)
-    config = ModelConfig(
-        network=NetworkConfig(**MODEL_SIZES["tiny"], num_classes=3),
-        data=DataConfig(image_size=8, channels=1, num_classes=3, class_names=["cat", "dog", "owl"]),
-        sample=SampleConfig(steps=3),
-    )
-    out = tmp_path_factory.mktemp("model")
-    Pipeline(config).save(out)
-    return out
+def model_dir(pets_model: Path) -> Path:
+    return pets_model
 
 
 def png(path: Path, size: tuple[int, int] = (8, 8), mode: str = "L", seed: int = 0) -> Path:

@@ -122,7 +122,7 @@ def create_app(model: Pipeline | str | Path, name: str | None = None) -> Any:
     pipe = model if isinstance(model, Pipeline) else Pipeline.load(model)
     name = name or (Path(model).name if not isinstance(model, Pipeline) else "model")
     info = model_info(pipe, name)
-    lock = threading.Lock()  # one request at a time: the network is not re-entrant under autograd settings
+    lock = threading.Lock()  # one request at a time: parallel requests would only fight over the same cores
     page = resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
     app = FastAPI(title="diffusionlab", description=f"The diffusion model {name!r}.", version="1")
 
