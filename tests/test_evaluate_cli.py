@@ -8,16 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
+from cli_helpers import assert_clear_error, run
 
-from diffusionlab.cli import app
 from diffusionlab.config import MODEL_SIZES, DataConfig, DiffusionConfig, ModelConfig, NetworkConfig, TrainConfig
 from diffusionlab.evaluation import evaluate_model, parse_metrics
 from diffusionlab.pipeline import Pipeline
 from diffusionlab.training import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-runner = CliRunner()
 
 
 def tiny_config(dataset: str = "digits", **train: object) -> ModelConfig:
@@ -50,18 +48,6 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DIFFUSIONLAB_CACHE", str(tmp_path / "cache"))
 
 
-def run(*args: str):  # type: ignore[no-untyped-def]
-    return runner.invoke(app, list(args))
-
-
-def assert_clear_error(result, *fragments: str) -> None:  # type: ignore[no-untyped-def]
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip() and ln.startswith("error: ")]
-    assert len(lines) == 1 and "Traceback" not in result.output, result.stderr
-    for f in fragments:
-        assert f in lines[0], (f, lines[0])
-
-
 def test_evaluate_every_image_metric(digits_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     args = ["--metrics", "fid,kid,pr,dc,bpd,vlb", "-n", "20", "--steps", "2", "--features", "pixels"]
@@ -92,14 +78,14 @@ def test_evaluate_a_toy_model(toy_model: Path) -> None:
 
 def test_bad_options_are_clear_errors(digits_model: Path, tmp_path: Path) -> None:
     base = ["evaluate", str(digits_model), "-n", "20", "--steps", "2", "--no-progress"]
-    assert_clear_error(run(*base, "--metrics", "fid,nope"), "'nope'")
-    assert_clear_error(run(*base, "--metrics", "swd"), "'swd'", "image model")
-    assert_clear_error(run(*base, "--features", "inception"), "--inception-weights")
-    assert_clear_error(
-        run(*base, "--features", "inception", "--inception-weights", str(tmp_path / "w.pth")), "w.pth does not exist"
-    )
-    assert_clear_error(run(*base, "--features", "vgg"), "features='vgg'")
-    assert_clear_error(run(*base, "-n", "3"), "num_samples=3")
+    assert_clear_error(run(*base, "--metrics", "fid,nope"), "'nope'", progress_on_stderr=True)
+    assert_clear_error(run(*base, "--metrics", "swd"), "'swd'", "image model", progress_on_stderr=True)
+    assert_clear_error(run(*base, "--features", "inception"), "--inception-weights", progress_on_stderr=True)
+    weights = str(tmp_path / "w.pth")
+    result = run(*base, "--features", "inception", "--inception-weights", weights)
+    assert_clear_error(result, "w.pth does not exist", progress_on_stderr=True)
+    assert_clear_error(run(*base, "--features", "vgg"), "features='vgg'", progress_on_stderr=True)
+    assert_clear_error(run(*base, "-n", "3"), "num_samples=3", progress_on_stderr=True)
 
 
 def test_vlb_needs_a_discrete_process_and_true_nll_a_known_density() -> None:
@@ -140,4 +126,4 @@ def test_train_command_evaluates_every_n_steps(tmp_path: Path) -> None:
     assert "eval at step 2: swd" in result.output
     data = json.loads((out / "eval" / "step-000002.json").read_text())
     assert set(data["metrics"]) == {"swd", "mmd"} and data["metrics"]["swd"] > 0
-    assert_clear_error(run(*base, *evals[:-1], "fid", "--out", str(tmp_path / "x")), "'fid'")
+    assert_clear_error(run(*base, *evals[:-1], "fid", "--out", str(tmp_path / "x")), "'fid'", progress_on_stderr=True)

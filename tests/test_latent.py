@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
+from cli_helpers import assert_clear_error, run
 
-from diffusionlab.cli import app
 from diffusionlab.config import (
     MODEL_SIZES,
     AutoencoderConfig,
@@ -30,7 +29,6 @@ from diffusionlab.training import Trainer
 from diffusionlab.training.autoencoder import AutoencoderTrainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-runner = CliRunner()
 
 
 def states_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -142,18 +140,6 @@ def test_a_diffusers_autoencoder_serves_a_latent_model(tmp_path: Path) -> None:
     assert torch.equal(
         loaded.sample(labels=[5, 6], steps=2, seed=3), pipe.pipeline.sample(labels=[5, 6], steps=2, seed=3)
     )
-
-
-def run(*args: str):  # type: ignore[no-untyped-def]
-    return runner.invoke(app, list(args))
-
-
-def assert_clear_error(result, *fragments: str) -> None:  # type: ignore[no-untyped-def]
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for f in fragments:
-        assert f in lines[0], (f, lines[0])
 
 
 def test_cli_trains_an_autoencoder_then_a_latent_model(tmp_path: Path) -> None:

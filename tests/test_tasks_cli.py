@@ -7,27 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import assert_clear_error, run
 from PIL import Image
-from typer.testing import CliRunner
 
-from diffusionlab.cli import app
 from diffusionlab.data import load_image_folder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-runner = CliRunner()
-
-
-def run(*args: str):  # type: ignore[no-untyped-def]
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_clear_error(result, *fragments: str) -> None:  # type: ignore[no-untyped-def]
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.output
-    for f in fragments:
-        assert f in lines[0], (f, lines[0])
 
 
 @pytest.fixture(scope="module")
