@@ -115,3 +115,10 @@ def test_bad_input_is_one_clear_sentence(client: TestClient, path: str, body: di
     detail = response.json()["detail"]
     text = detail if isinstance(detail, str) else " ".join(f"{d['loc'][-1]} {d['msg']}" for d in detail)
     assert fragment in text and "\n" not in text and "Traceback" not in text, text
+
+
+def test_serve_command_checks_its_options(model_dir: Path, tmp_path: Path) -> None:
+    from cli_helpers import assert_clear_error, run
+
+    assert_clear_error(run("serve", model_dir, "--port", "70000"), "--port=70000")
+    assert_clear_error(run("serve", tmp_path / "nothing"), "nothing")
