@@ -57,8 +57,10 @@ def main() -> None:
         ("diffusion, one sample", draws[0]),
         (f"diffusion, mean of {args.samples}", draws.mean(0)),
     ]
-    print(f"\nmodel {args.model}: {factor}x super-resolution {size // factor}x{size // factor} -> {size}x{size}, "
-          f"{n} held-out digits, {pipe.config.sample.sampler} {args.steps} steps")
+    print(
+        f"\nmodel {args.model}: {factor}x super-resolution {size // factor}x{size // factor} -> {size}x{size}, "
+        f"{n} held-out digits, {pipe.config.sample.sampler} {args.steps} steps"
+    )
     print("\n| method | PSNR (dB) | classifier recognises the digit |")
     print("|---|---|---|")
     for name, images in rows:

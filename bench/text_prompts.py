@@ -89,8 +89,10 @@ def main() -> None:
                 save_grid(
                     picks, OUT / "text_prompts.png", nrow=args.per_prompt, row_labels=[prompts[i][0] for i in show]
                 )
-    print(f"\nmodel {args.model}, {pipe.config.sample.sampler} {pipe.config.sample.steps} steps, "
-          f"{args.per_prompt} samples per prompt, seed 0")
+    print(
+        f"\nmodel {args.model}, {pipe.config.sample.sampler} {pipe.config.sample.steps} steps, "
+        f"{args.per_prompt} samples per prompt, seed 0"
+    )
     print("\n| guidance | prompts | count | asked digit | asked stroke weight (chance 50%) |")
     print("|---|---|---|---|---|")
     for w, name, n, cls, weight in rows:
