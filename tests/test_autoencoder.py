@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from factories import tiny_diffusers_vae
 
 from diffusionlab.config import AutoencoderConfig, AutoencoderNetworkConfig, AutoencoderTrainConfig, DataConfig
 from diffusionlab.io import CheckpointError
@@ -125,19 +126,7 @@ def test_folder_errors_are_clear(tmp_path: Path) -> None:
 
 
 def test_diffusers_autoencoder_folder_loads_and_round_trips(tmp_path: Path) -> None:
-    diffusers = pytest.importorskip("diffusers")
-    torch.manual_seed(0)
-    vae = diffusers.AutoencoderKL(
-        in_channels=1,
-        out_channels=1,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(8, 16),
-        latent_channels=2,
-        norm_num_groups=4,
-        layers_per_block=1,
-    ).eval()
-    vae.save_pretrained(tmp_path / "vae")
+    vae = tiny_diffusers_vae(tmp_path / "vae")
     ae = Autoencoder.load(tmp_path / "vae")
     assert ae.config is None and ae.downsample_factor == 2 and ae.latent_shape((1, 16, 12)) == (2, 8, 6)
     x = torch.rand(2, 1, 16, 12) * 2 - 1

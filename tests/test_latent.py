@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from cli_helpers import assert_clear_error, run
+from factories import tiny_diffusers_vae
 
 from diffusionlab.config import (
     MODEL_SIZES,
@@ -120,18 +121,7 @@ def test_resume_uses_the_checkpoint_copy_of_the_autoencoder(ae_dir: Path, latent
 
 
 def test_a_diffusers_autoencoder_serves_a_latent_model(tmp_path: Path) -> None:
-    diffusers = pytest.importorskip("diffusers")
-    torch.manual_seed(0)
-    diffusers.AutoencoderKL(
-        in_channels=1,
-        out_channels=1,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(8, 16),
-        latent_channels=2,
-        norm_num_groups=4,
-        layers_per_block=1,
-    ).save_pretrained(tmp_path / "vae")
+    tiny_diffusers_vae(tmp_path / "vae")
     pipe = Trainer(latent_config(tmp_path / "vae", steps=2), tmp_path / "m", progress=False, log_tensorboard=False)
     pipe.train()
     loaded = Pipeline.load(tmp_path / "m")
