@@ -9,9 +9,10 @@ from torch import Tensor, nn
 from diffusionlab.denoisers import (
     PARAMETERISATIONS,
     CallableDenoiser,
+    Coefficients,
     Denoiser,
     Prediction,
-    convert_output,
+    make_parameterisation,
     noise_conditioning,
 )
 from diffusionlab.processes import (
@@ -189,15 +190,15 @@ def test_callable_denoiser_in_a_vp_process() -> None:
     torch.testing.assert_close(p2.eps, (x.float() - 0.5 * x.float()) / 2.0)
 
 
-def test_convert_output_round_trip_float32() -> None:
+def test_prediction_round_trip_float32() -> None:
     process, t = FlowProcess(), torch.tensor([0.2, 0.7])
     x0, eps = (v.float() for v in truth((2, 6)))
     x = process.add_noise(x0, t, eps)
-    a, s = broadcast_like(process.alpha(t), x), broadcast_like(process.sigma(t), x)
-    da, ds = broadcast_like(process.d_alpha(t), x), broadcast_like(process.d_sigma(t), x)
-    for param in ("eps", "x0", "v", "velocity"):
+    c = Coefficients(process, t, x)
+    for name in ("eps", "x0", "v", "velocity"):
+        param = make_parameterisation(name)
         target = Denoiser(FixedNetwork(torch.zeros(())), process, param).target(x0, eps, t)
-        out_x0, out_eps = convert_output(param, target, x, a, s, da, ds)
+        out_x0, out_eps = param.prediction(target, x, c)
         assert out_x0.dtype == torch.float32
         torch.testing.assert_close(out_x0, x0, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(out_eps, eps, atol=1e-5, rtol=1e-5)
@@ -217,8 +218,13 @@ def test_scalar_time_is_broadcast() -> None:
 def test_unknown_parameterisation() -> None:
     with pytest.raises(ValueError, match="'epsilon'"):
         Denoiser(FixedNetwork(torch.zeros(())), VPProcess(), "epsilon")
-    x = torch.zeros(2, 2)
     with pytest.raises(ValueError, match="'score'"):
-        convert_output("score", x, x, torch.ones(()), torch.ones(()))
-    with pytest.raises(ValueError, match="d_alpha"):
-        convert_output("velocity", x, x, torch.ones(()), torch.ones(()))
+        make_parameterisation("score")
+
+
+def test_parameterisations_are_chosen_once_and_round_trip_their_config() -> None:
+    for name, cls in PARAMETERISATIONS.items():
+        param = make_parameterisation(**{"name": name, "sigma_data": 0.7} if name == "edm" else {"name": name})
+        assert type(param) is cls and param.config()["name"] == name
+        assert type(make_parameterisation(**param.config())) is cls
+    assert make_parameterisation("edm", sigma_data=0.7).sigma_data == 0.7

@@ -92,7 +92,7 @@ def test_vlb_needs_a_discrete_process_and_true_nll_a_known_density() -> None:
     flow = tiny_config().model_copy(update={"diffusion": DiffusionConfig(process={"name": "flow"})})
     with pytest.raises(ValueError, match="discrete-time process"):
         parse_metrics("bpd,vlb", flow)
-    moons = tiny_config("toy:two_moons").model_copy(update={"network": NetworkConfig(kind="mlp")})
+    moons = tiny_config("toy:two_moons").model_copy(update={"network": NetworkConfig(kind="mlp"), "space": "points"})
     with pytest.raises(ValueError, match="known density"):
         parse_metrics("true_nll", moons)
     assert parse_metrics(None, moons) == ("swd", "mmd", "nll")

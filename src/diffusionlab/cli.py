@@ -350,7 +350,7 @@ def sample(
 ) -> None:
     """Sample a trained model and save a PNG grid (with the settings in the PNG's metadata)."""
     from .images import save_grid
-    from .pipeline import Pipeline
+    from .pipeline import Pipeline, write_class_grid
     from .tasks.distributed_sampling import world_size
 
     def run() -> None:
@@ -410,7 +410,7 @@ def sample(
                 grid = {"nrow": per_class, "row_labels": names, "scale": 2, "metadata": meta}
                 _sample_distributed(pipe, out, len(every) if every else per_class**2, every, grid, kw)
                 return
-            images = pipe.sample_class_grid(out, per_class=per_class, metadata=meta, **kw)
+            images = write_class_grid(pipe, out, per_class=per_class, metadata=meta, **kw)
             k = pipe.config.network.num_classes
             if out_dir is not None:
                 every = [c for c in range(k) for _ in range(per_class)] if k else None

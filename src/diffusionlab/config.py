@@ -5,13 +5,33 @@ One name per concept: the fields here are the CLI's options and the API's keywor
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .processes import (
+    DiscreteVPProcess,
+    EDMProcess,
+    FlowProcess,
+    GaussianProcess,
+    SubVPProcess,
+    VEProcess,
+    VPProcess,
+)
 
 __all__ = [
     "NetworkConfig",
+    "ProcessConfig",
+    "DDPMProcessConfig",
+    "VPProcessConfig",
+    "SubVPProcessConfig",
+    "VEProcessConfig",
+    "EDMProcessConfig",
+    "FlowProcessConfig",
     "DiffusionConfig",
+    "SPACES",
+    "FORMAT_VERSION",
+    "migrate_model_config",
     "DataConfig",
     "TrainConfig",
     "SampleConfig",
@@ -62,10 +82,83 @@ MODEL_SIZES: dict[str, dict[str, Any]] = {
 }
 
 
-class DiffusionConfig(_Strict):
-    """The forward process (name + options, as ``processes.make_process`` takes) and the parameterisation."""
+class _ProcessConfig(_Strict):
+    """One forward process's options; ``build()`` makes the process (the only place its name is read)."""
 
-    process: dict[str, Any] = Field(default_factory=lambda: {"name": "ddpm", "schedule": "cosine", "num_steps": 1000})
+    def build(self) -> GaussianProcess:
+        """The process these options describe."""
+        return self._process_class(**self.model_dump(exclude={"name"}, exclude_none=True))  # type: ignore[attr-defined]
+
+
+class DDPMProcessConfig(_ProcessConfig):
+    """DDPM's discrete beta schedule as a continuous VP process (Ho et al. 2020; Nichol & Dhariwal 2021)."""
+
+    _process_class = DiscreteVPProcess
+    name: Literal["ddpm"] = "ddpm"
+    schedule: Literal["linear", "cosine", "geometric"] = "linear"
+    num_steps: int = Field(default=1000, ge=1)
+    beta_start: float | None = None  # linear; None: the schedule's default
+    beta_end: float | None = None  # linear
+    s: float | None = None  # cosine offset
+    max_beta: float | None = None  # cosine
+    beta: float | None = None  # geometric
+
+
+class VPProcessConfig(_ProcessConfig):
+    """The VP SDE with linear beta(t) (Song et al. 2021, eq. 11)."""
+
+    _process_class = VPProcess
+    name: Literal["vp"] = "vp"
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    t_min: float = 1e-3
+
+
+class SubVPProcessConfig(VPProcessConfig):
+    """The sub-VP SDE (Song et al. 2021, eq. 12)."""
+
+    _process_class = SubVPProcess
+    name: Literal["subvp"] = "subvp"  # type: ignore[assignment]
+
+
+class VEProcessConfig(_ProcessConfig):
+    """The VE SDE with geometric sigma(t) (Song et al. 2021, eq. 9)."""
+
+    _process_class = VEProcess
+    name: Literal["ve"] = "ve"
+    sigma_min: float = 0.01
+    sigma_max: float = 50.0
+    t_min: float = 1e-5
+
+
+class EDMProcessConfig(_ProcessConfig):
+    """EDM's sigma = t (Karras et al. 2022, table 1)."""
+
+    _process_class = EDMProcess
+    name: Literal["edm"] = "edm"
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    sigma_data: float = 0.5
+
+
+class FlowProcessConfig(_ProcessConfig):
+    """Flow matching's alpha = 1 - t, sigma = t (Lipman et al. 2023)."""
+
+    _process_class = FlowProcess
+    name: Literal["flow"] = "flow"
+    t_min: float = 1e-4
+
+
+ProcessConfig = Annotated[
+    DDPMProcessConfig | VPProcessConfig | SubVPProcessConfig | VEProcessConfig | EDMProcessConfig | FlowProcessConfig,
+    Field(discriminator="name"),
+]
+
+
+class DiffusionConfig(_Strict):
+    """The forward process (one typed config per process, told apart by ``name``) and the parameterisation."""
+
+    process: ProcessConfig = Field(default_factory=lambda: DDPMProcessConfig(schedule="cosine", num_steps=1000))
     parameterisation: Literal["eps", "x0", "v", "edm", "velocity"] = "v"
     sigma_data: float = 0.5
 
@@ -148,10 +241,16 @@ class LatentConfig(_Strict):
     scaling_factor: float | None = Field(default=None, gt=0)  # None until training measures it on the data
 
 
+SPACES = ("image", "latent_image", "points")  # the model spaces (diffusionlab.spaces), one per kind of sample
+FORMAT_VERSION = 2
+
+
 class ModelConfig(_Strict):
     """Everything needed to rebuild a trained model from its folder."""
 
-    format_version: int = 1
+    format_version: Literal[2] = FORMAT_VERSION
+    # what one sample is (see diffusionlab.spaces); None: inferred as format 1 did, from the network and `latent`
+    space: Literal["image", "latent_image", "points"] | None = None
     network: NetworkConfig = Field(default_factory=NetworkConfig)
     diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -159,6 +258,12 @@ class ModelConfig(_Strict):
     sample: SampleConfig = Field(default_factory=SampleConfig)
     text_encoder: TextEncoderConfig | None = None
     latent: LatentConfig | None = None  # None: the model runs in pixel space
+
+    @model_validator(mode="after")
+    def _space(self) -> ModelConfig:
+        if self.space is None:
+            self.space = _implied_space(self.network.kind, self.latent is not None)
+        return self
 
 
 class AutoencoderNetworkConfig(_Strict):
@@ -192,3 +297,23 @@ class AutoencoderConfig(_Strict):
     def text_encoder(self) -> None:
         """An autoencoder has no text encoder (the shared trainer asks every config for its own)."""
         return None
+
+
+def migrate_model_config(raw: dict[str, Any]) -> dict[str, Any]:
+    """A config.json of any earlier format as the current one (plain data in, plain data out).
+
+    Format 1 had no ``space``: a model was points if its network was the MLP, latent images if it had a
+    ``latent`` section, else pixel images.
+    """
+    raw = dict(raw)
+    if raw.get("format_version", 1) == 1:
+        kind = (raw.get("network") or {}).get("kind", NetworkConfig.model_fields["kind"].default)
+        raw["space"] = _implied_space(kind, bool(raw.get("latent")))
+        raw["format_version"] = 2
+    return raw
+
+
+def _implied_space(network_kind: str, latent: bool) -> str:
+    """The space a config without one means (format 1's rule): an MLP makes points, a latent section latent
+    images, else pixel images."""
+    return {"mlp": "points"}.get(network_kind, "latent_image" if latent else "image")

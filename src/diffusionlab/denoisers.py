@@ -1,15 +1,18 @@
 """Denoisers: a network's raw output turned into every quantity a sampler or loss may ask for.
 
-A network predicts one thing (``eps``, ``x0``, ``v``, EDM's ``F`` or a flow ``velocity``); the denoiser wraps
-it with a process and answers ``x0``, ``eps``, ``score``, ``v`` and the probability-flow velocity at any time.
+A network predicts one thing (``eps``, ``x0``, ``v``, EDM's ``F`` or a flow ``velocity``), each a
+``Parameterisation`` class chosen once from the config; the denoiser wraps it with a process and answers
+``x0``, ``eps``, ``score``, ``v`` and the probability-flow velocity at any time.
 Samplers talk to denoisers, never to networks (floor 2: imports processes only).
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from functools import cached_property
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -18,15 +21,20 @@ from .processes import EDMProcess, GaussianProcess, broadcast_like
 
 __all__ = [
     "PARAMETERISATIONS",
+    "Parameterisation",
+    "EpsPrediction",
+    "X0Prediction",
+    "VPrediction",
+    "EDMPreconditioning",
+    "FlowVelocity",
+    "make_parameterisation",
+    "Coefficients",
     "Prediction",
     "DenoiserLike",
     "Denoiser",
     "CallableDenoiser",
     "noise_conditioning",
-    "convert_output",
 ]
-
-PARAMETERISATIONS = ("eps", "x0", "v", "edm", "velocity")
 
 Conditioning = Mapping[str, Tensor] | None
 
@@ -79,129 +87,214 @@ def _times(t: Tensor | float, x: Tensor) -> Tensor:
     return t.expand(x.shape[0]) if t.ndim == 0 else t
 
 
-def convert_output(
-    parameterisation: str,
-    out: Tensor,
-    x: Tensor,
-    alpha: Tensor,
-    sigma: Tensor,
-    d_alpha: Tensor | None = None,
-    d_sigma: Tensor | None = None,
-) -> tuple[Tensor, Tensor]:
-    """Turn a raw output in a parameterisation into (x0, eps), given x = alpha x0 + sigma eps.
+class Coefficients:
+    """alpha(t), sigma(t) (and on demand their time derivatives) of a process, shaped to broadcast against x."""
 
-    eps: x0 = (x - sigma eps) / alpha (Ho et al. 2020, eq. 11). x0: eps = (x - alpha x0) / sigma.
-    v (normalised, n = sqrt(alpha^2 + sigma^2)): x0 = (alpha x - sigma n v) / n^2, eps = (sigma x + alpha n v) / n^2
-    (Salimans & Ho 2022, sec. 4). velocity u = alpha' x0 + sigma' eps (flow matching, Lipman et al. 2023):
-    solve the 2x2 system with x. (EDM's F is handled by the Denoiser, which knows the preconditioning.)
-    """
-    if parameterisation == "eps":
-        return (x - sigma * out) / alpha, out
-    if parameterisation == "x0":
-        return out, (x - alpha * out) / sigma
-    if parameterisation == "v":
-        n = torch.sqrt(alpha**2 + sigma**2)
-        return (alpha * x - sigma * n * out) / n**2, (sigma * x + alpha * n * out) / n**2
-    if parameterisation == "velocity":
-        if d_alpha is None or d_sigma is None:
-            raise ValueError("the velocity parameterisation needs d_alpha and d_sigma.")
-        det = alpha * d_sigma - sigma * d_alpha
-        return (d_sigma * x - sigma * out) / det, (alpha * out - d_alpha * x) / det
-    raise ValueError(f"parameterisation={parameterisation!r} is not known; expected one of {PARAMETERISATIONS}.")
+    def __init__(self, process: GaussianProcess, t: Tensor, like: Tensor) -> None:
+        self.process, self.t, self.like = process, t, like
+        self.alpha = broadcast_like(process.alpha(t), like)
+        self.sigma = broadcast_like(process.sigma(t), like)
+
+    @cached_property
+    def d_alpha(self) -> Tensor:
+        """d alpha / dt."""
+        return broadcast_like(self.process.d_alpha(self.t), self.like)
+
+    @cached_property
+    def d_sigma(self) -> Tensor:
+        """d sigma / dt."""
+        return broadcast_like(self.process.d_sigma(self.t), self.like)
 
 
-class Denoiser(nn.Module):
-    """A network plus a process plus a parameterisation; ``denoiser(x, t, cond)`` returns a ``Prediction``.
+class Parameterisation(ABC):
+    """What a network predicts, and how its raw output turns into (x0, eps) given x = alpha x0 + sigma eps.
 
-    The network is called as ``network(c_in * x, c_noise, **cond)``. For ``eps``/``x0``/``v``/``velocity``,
-    c_in = 1 / sqrt(alpha^2 + sigma^2) (1 for VP processes, so DDPM networks see x_t as usual). For ``edm``,
-    EDM's preconditioning is applied in the equivalent VE frame (Karras et al. 2022, table 1 and eq. 7):
-    x0 = c_skip x/alpha + c_out F(c_in x/alpha, c_noise).
+    Every parameterisation except EDM's feeds the network c_in x with c_in = 1 / sqrt(alpha^2 + sigma^2)
+    (1 for VP processes, so DDPM networks see x_t as usual).
     """
 
-    def __init__(
-        self, network: nn.Module, process: GaussianProcess, parameterisation: str = "eps", sigma_data: float = 0.5
-    ) -> None:
-        super().__init__()
-        if parameterisation not in PARAMETERISATIONS:
-            raise ValueError(
-                f"parameterisation={parameterisation!r} is not known; expected one of {PARAMETERISATIONS}."
-            )
-        self.network = network
-        self.process = process
-        self.parameterisation = parameterisation
+    name: ClassVar[str]
+
+    def network_input(self, x: Tensor, c: Coefficients) -> Tensor:
+        """The network's input for the noisy sample x."""
+        return 1.0 / torch.sqrt(c.alpha**2 + c.sigma**2) * x
+
+    @abstractmethod
+    def prediction(self, out: Tensor, x: Tensor, c: Coefficients) -> tuple[Tensor, Tensor]:
+        """(x0, eps) from the network's raw output ``out`` at x."""
+
+    @abstractmethod
+    def target(self, x0: Tensor, eps: Tensor, c: Coefficients) -> Tensor:
+        """What the raw output should equal for clean data x0 and noise eps (the regression target)."""
+
+    @abstractmethod
+    def target_weight(self, c: Coefficients) -> Tensor:
+        """(d target / d x0_hat)^2 at fixed x: an error e in x0 is an error sqrt(w) e in the target space.
+
+        Used to express any loss weighting, which the literature writes on the x0 error, in the target's space.
+        """
+
+    def config(self) -> dict[str, Any]:
+        """Plain data that ``make_parameterisation(**config)`` turns back into this object."""
+        return {"name": self.name}
+
+
+class EpsPrediction(Parameterisation):
+    """The network predicts the noise: x0 = (x - sigma eps) / alpha (Ho et al. 2020, eq. 11)."""
+
+    name = "eps"
+
+    def prediction(self, out: Tensor, x: Tensor, c: Coefficients) -> tuple[Tensor, Tensor]:
+        return (x - c.sigma * out) / c.alpha, out
+
+    def target(self, x0: Tensor, eps: Tensor, c: Coefficients) -> Tensor:
+        return eps
+
+    def target_weight(self, c: Coefficients) -> Tensor:
+        return (c.alpha / c.sigma) ** 2  # the SNR
+
+
+class X0Prediction(Parameterisation):
+    """The network predicts the data: eps = (x - alpha x0) / sigma."""
+
+    name = "x0"
+
+    def prediction(self, out: Tensor, x: Tensor, c: Coefficients) -> tuple[Tensor, Tensor]:
+        return out, (x - c.alpha * out) / c.sigma
+
+    def target(self, x0: Tensor, eps: Tensor, c: Coefficients) -> Tensor:
+        return x0
+
+    def target_weight(self, c: Coefficients) -> Tensor:
+        return torch.ones_like((c.alpha / c.sigma) ** 2)
+
+
+class VPrediction(Parameterisation):
+    """v = (alpha eps - sigma x0) / n, n = sqrt(alpha^2 + sigma^2) (Salimans & Ho 2022, sec. 4, normalised):
+    x0 = (alpha x - sigma n v) / n^2, eps = (sigma x + alpha n v) / n^2."""
+
+    name = "v"
+
+    def prediction(self, out: Tensor, x: Tensor, c: Coefficients) -> tuple[Tensor, Tensor]:
+        n = torch.sqrt(c.alpha**2 + c.sigma**2)
+        return (c.alpha * x - c.sigma * n * out) / n**2, (c.sigma * x + c.alpha * n * out) / n**2
+
+    def target(self, x0: Tensor, eps: Tensor, c: Coefficients) -> Tensor:
+        return (c.alpha * eps - c.sigma * x0) / torch.sqrt(c.alpha**2 + c.sigma**2)
+
+    def target_weight(self, c: Coefficients) -> Tensor:
+        return (c.alpha**2 + c.sigma**2) / c.sigma**2
+
+
+class FlowVelocity(Parameterisation):
+    """The flow-matching velocity u = alpha' x0 + sigma' eps (Lipman et al. 2023, eq. 20): (x0, eps) solve the
+    2x2 system of u and x = alpha x0 + sigma eps."""
+
+    name = "velocity"
+
+    def prediction(self, out: Tensor, x: Tensor, c: Coefficients) -> tuple[Tensor, Tensor]:
+        det = c.alpha * c.d_sigma - c.sigma * c.d_alpha
+        return (c.d_sigma * x - c.sigma * out) / det, (c.alpha * out - c.d_alpha * x) / det
+
+    def target(self, x0: Tensor, eps: Tensor, c: Coefficients) -> Tensor:
+        return c.d_alpha * x0 + c.d_sigma * eps
+
+    def target_weight(self, c: Coefficients) -> Tensor:
+        return (c.d_alpha - c.d_sigma * c.alpha / c.sigma) ** 2
+
+
+class EDMPreconditioning(Parameterisation):
+    """EDM's F with its preconditioning, in the equivalent VE frame x~ = x / alpha, sigma~ = sigma / alpha:
+    x0 = c_skip x~ + c_out F(c_in x~, c_noise) (Karras et al. 2022, table 1 and eq. 7)."""
+
+    name = "edm"
+
+    def __init__(self, sigma_data: float = 0.5) -> None:
         self.sigma_data = float(sigma_data)
 
-    def edm_coefficients(self, ve_sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """EDM preconditioning (Karras et al. 2022, table 1): c_skip, c_out, c_in for a VE noise level."""
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "sigma_data": self.sigma_data}
+
+    def coefficients(self, ve_sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """c_skip, c_out, c_in for a VE noise level (Karras et al. 2022, table 1)."""
         sd2 = self.sigma_data**2
         c_skip = sd2 / (ve_sigma**2 + sd2)
         c_out = ve_sigma * self.sigma_data / torch.sqrt(ve_sigma**2 + sd2)
         c_in = 1.0 / torch.sqrt(ve_sigma**2 + sd2)
         return c_skip, c_out, c_in
 
+    def network_input(self, x: Tensor, c: Coefficients) -> Tensor:
+        return self.coefficients(c.sigma / c.alpha)[2] * (x / c.alpha)
+
+    def prediction(self, out: Tensor, x: Tensor, c: Coefficients) -> tuple[Tensor, Tensor]:
+        c_skip, c_out, _ = self.coefficients(c.sigma / c.alpha)
+        x0 = c_skip * (x / c.alpha) + c_out * out
+        return x0, (x - c.alpha * x0) / c.sigma
+
+    def target(self, x0: Tensor, eps: Tensor, c: Coefficients) -> Tensor:
+        # F_target = (x0 - c_skip x~) / c_out with x~ = x0 + sigma~ eps (Karras et al. 2022, eq. 8)
+        ve = c.sigma / c.alpha
+        c_skip, c_out, _ = self.coefficients(ve)
+        return (x0 - c_skip * (x0 + ve * eps)) / c_out
+
+    def target_weight(self, c: Coefficients) -> Tensor:
+        return 1.0 / self.coefficients(c.sigma / c.alpha)[1] ** 2
+
+
+PARAMETERISATIONS: dict[str, type[Parameterisation]] = {
+    cls.name: cls for cls in (EpsPrediction, X0Prediction, VPrediction, EDMPreconditioning, FlowVelocity)
+}
+
+
+def make_parameterisation(name: str, sigma_data: float = 0.5) -> Parameterisation:
+    """The parameterisation a config names (the one place a name becomes an object)."""
+    if name not in PARAMETERISATIONS:
+        raise ValueError(f"parameterisation={name!r} is not known; expected one of {tuple(PARAMETERISATIONS)}.")
+    cls = PARAMETERISATIONS[name]
+    return cls(sigma_data) if cls is EDMPreconditioning else cls()
+
+
+class Denoiser(nn.Module):
+    """A network plus a process plus a parameterisation; ``denoiser(x, t, cond)`` returns a ``Prediction``.
+
+    The network is called as ``network(parameterisation.network_input(x), c_noise, **cond)``.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        process: GaussianProcess,
+        parameterisation: Parameterisation | str = "eps",
+        sigma_data: float = 0.5,
+    ) -> None:
+        super().__init__()
+        self.network = network
+        self.process = process
+        self.parameterisation = (
+            parameterisation
+            if isinstance(parameterisation, Parameterisation)
+            else make_parameterisation(parameterisation, sigma_data)
+        )
+
     def forward_raw(self, x: Tensor, t: Tensor | float, cond: Conditioning = None) -> tuple[Tensor, Prediction]:
         """Run the network once; return its raw output (the training target's space) and the prediction."""
         t = _times(t, x)
-        alpha, sigma = broadcast_like(self.process.alpha(t), x), broadcast_like(self.process.sigma(t), x)
+        c = Coefficients(self.process, t, x)
         c_noise = noise_conditioning(self.process, t).to(torch.float32)
-        cond = dict(cond or {})
-        if self.parameterisation == "edm":
-            ve = sigma / alpha
-            c_skip, c_out, c_in = self.edm_coefficients(ve)
-            out = self.network(c_in * (x / alpha), c_noise, **cond)
-            x0 = c_skip * (x / alpha) + c_out * out
-            eps = (x - alpha * x0) / sigma
-            return out, Prediction(x, x0, eps, alpha, sigma)
-        c_in = 1.0 / torch.sqrt(alpha**2 + sigma**2)
-        out = self.network(c_in * x, c_noise, **cond)
-        d_alpha = d_sigma = None
-        if self.parameterisation == "velocity":
-            d_alpha, d_sigma = broadcast_like(self.process.d_alpha(t), x), broadcast_like(self.process.d_sigma(t), x)
-        x0, eps = convert_output(self.parameterisation, out, x, alpha, sigma, d_alpha, d_sigma)
-        return out, Prediction(x, x0, eps, alpha, sigma)
+        out = self.network(self.parameterisation.network_input(x, c), c_noise, **dict(cond or {}))
+        x0, eps = self.parameterisation.prediction(out, x, c)
+        return out, Prediction(x, x0, eps, c.alpha, c.sigma)
 
     def forward(self, x: Tensor, t: Tensor | float, cond: Conditioning = None) -> Prediction:
         return self.forward_raw(x, t, cond)[1]
 
     def target(self, x0: Tensor, eps: Tensor, t: Tensor) -> Tensor:
         """What the raw output should equal for clean data x0 and noise eps at time t (the regression target)."""
-        alpha, sigma = broadcast_like(self.process.alpha(t), x0), broadcast_like(self.process.sigma(t), x0)
-        if self.parameterisation == "eps":
-            return eps
-        if self.parameterisation == "x0":
-            return x0
-        if self.parameterisation == "v":
-            return (alpha * eps - sigma * x0) / torch.sqrt(alpha**2 + sigma**2)
-        if self.parameterisation == "velocity":
-            d_alpha, d_sigma = broadcast_like(self.process.d_alpha(t), x0), broadcast_like(self.process.d_sigma(t), x0)
-            return d_alpha * x0 + d_sigma * eps
-        # edm: F_target = (x0 - c_skip x~) / c_out with x~ = x / alpha (Karras et al. 2022, eq. 8)
-        ve = sigma / alpha
-        c_skip, c_out, _ = self.edm_coefficients(ve)
-        return (x0 - c_skip * (x0 + ve * eps)) / c_out
+        return self.parameterisation.target(x0, eps, Coefficients(self.process, t, x0))
 
     def target_weight(self, t: Tensor, like: Tensor) -> Tensor:
-        """(d target / d x0_hat)^2 at fixed x: an error of e in x0 is an error of sqrt(w) e in the target space.
-
-        Used to express any loss weighting, which the literature writes on the x0 error, in the target's space.
-        """
-        alpha, sigma = broadcast_like(self.process.alpha(t), like), broadcast_like(self.process.sigma(t), like)
-        snr = (alpha / sigma) ** 2
-        if self.parameterisation == "eps":
-            return snr
-        if self.parameterisation == "x0":
-            return torch.ones_like(snr)
-        if self.parameterisation == "v":
-            return (alpha**2 + sigma**2) / sigma**2
-        if self.parameterisation == "velocity":
-            d_alpha, d_sigma = (
-                broadcast_like(self.process.d_alpha(t), like),
-                broadcast_like(self.process.d_sigma(t), like),
-            )
-            return (d_alpha - d_sigma * alpha / sigma) ** 2
-        _, c_out, _ = self.edm_coefficients(sigma / alpha)
-        return 1.0 / c_out**2
+        """(d target / d x0_hat)^2 at fixed x (see ``Parameterisation.target_weight``)."""
+        return self.parameterisation.target_weight(Coefficients(self.process, t, like))
 
 
 class CallableDenoiser(nn.Module):

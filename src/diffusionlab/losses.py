@@ -7,17 +7,28 @@ weighting written on the x0 error in the literature is converted with ``Denoiser
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from .denoisers import Denoiser
+from .denoisers import Coefficients, Denoiser
 from .processes import DiscreteVPProcess, GaussianProcess, broadcast_like
 
 __all__ = [
     "TIME_SAMPLINGS",
     "WEIGHTINGS",
+    "TimeSampling",
+    "UniformTimes",
+    "LogNormalTimes",
+    "Weighting",
+    "UniformWeighting",
+    "MinSNRWeighting",
+    "EDMWeighting",
+    "make_time_sampling",
+    "make_weighting",
     "sample_times",
     "x0_weight",
     "denoising_loss",
@@ -25,64 +36,150 @@ __all__ = [
     "ddpm_vlb_term",
 ]
 
-TIME_SAMPLINGS = ("uniform", "lognormal")
-WEIGHTINGS = ("uniform", "min_snr", "edm")
+
+class TimeSampling(ABC):
+    """How training times are drawn: ``sampling(process, n, generator, device) -> t`` of shape (n,)."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def __call__(
+        self,
+        process: GaussianProcess,
+        n: int,
+        generator: torch.Generator | None = None,
+        device: torch.device | str = "cpu",
+    ) -> Tensor: ...
 
 
-def sample_times(
-    process: GaussianProcess,
-    n: int,
-    method: str = "uniform",
-    generator: torch.Generator | None = None,
-    device: torch.device | str = "cpu",
-    p_mean: float = -1.2,
-    p_std: float = 1.2,
-) -> Tensor:
-    """Draw n training times.
+class UniformTimes(TimeSampling):
+    """t ~ U[t_min, t_max]; for a discrete DDPM process, uniform over its T grid times (Ho et al. 2020, Alg. 1)."""
 
-    uniform: t ~ U[t_min, t_max]; for a discrete DDPM process, uniform over its T grid times (Ho et al. 2020,
-    Algorithm 1). lognormal: ln sigma_VE ~ N(p_mean, p_std^2) mapped to the process's time through its
-    log-SNR (Karras et al. 2022, table 1, "noise distribution"), valid for every process.
-    """
-    if method == "uniform":
+    name = "uniform"
+
+    def __call__(self, process, n, generator=None, device="cpu"):  # type: ignore[no-untyped-def]
         if isinstance(process, DiscreteVPProcess):
             k = torch.randint(0, process.num_steps, (n,), generator=generator)
             return ((k + 1).double() / process.num_steps).to(device)
         u = torch.rand(n, generator=generator, dtype=torch.float64)
         return (process.t_min + u * (process.t_max - process.t_min)).to(device)
-    if method == "lognormal":
-        log_sigma = p_mean + p_std * torch.randn(n, generator=generator, dtype=torch.float64)
+
+
+class LogNormalTimes(TimeSampling):
+    """ln sigma_VE ~ N(p_mean, p_std^2), mapped to the process's time through its log-SNR (Karras et al. 2022,
+    table 1, "noise distribution"); valid for every process."""
+
+    name = "lognormal"
+
+    def __init__(self, p_mean: float = -1.2, p_std: float = 1.2) -> None:
+        self.p_mean, self.p_std = p_mean, p_std
+
+    def __call__(self, process, n, generator=None, device="cpu"):  # type: ignore[no-untyped-def]
+        log_sigma = self.p_mean + self.p_std * torch.randn(n, generator=generator, dtype=torch.float64)
         t = process.t_from_log_snr(-2.0 * log_sigma)
         return t.clamp(process.t_min, process.t_max).to(device)
-    raise ValueError(f"time_sampling={method!r} is not known; expected one of {TIME_SAMPLINGS}.")
+
+
+class Weighting(ABC):
+    """A loss weighting, written as the weight on the squared x0 error: ``weighting(denoiser, t, like)``."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def __call__(self, denoiser: Denoiser, t: Tensor, like: Tensor) -> Tensor: ...
+
+
+class UniformWeighting(Weighting):
+    """Uniform in the network's target space (DDPM's L_simple for eps, Ho et al. 2020, eq. 14)."""
+
+    name = "uniform"
+
+    def __call__(self, denoiser: Denoiser, t: Tensor, like: Tensor) -> Tensor:
+        return denoiser.target_weight(t, like)
+
+
+class MinSNRWeighting(Weighting):
+    """min(SNR, gamma) (Hang et al. 2023, eq. 10)."""
+
+    name = "min_snr"
+
+    def __init__(self, gamma: float = 5.0) -> None:
+        self.gamma = gamma
+
+    def __call__(self, denoiser: Denoiser, t: Tensor, like: Tensor) -> Tensor:
+        c = Coefficients(denoiser.process, t, like)
+        return ((c.alpha / c.sigma) ** 2).clamp(max=self.gamma)
+
+
+class EDMWeighting(Weighting):
+    """lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2 (Karras et al. 2022, table 1)."""
+
+    name = "edm"
+
+    def __init__(self, sigma_data: float = 0.5) -> None:
+        self.sigma_data = sigma_data
+
+    def __call__(self, denoiser: Denoiser, t: Tensor, like: Tensor) -> Tensor:
+        c = Coefficients(denoiser.process, t, like)
+        ve, sd = c.sigma / c.alpha, self.sigma_data
+        return (ve**2 + sd**2) / (ve * sd) ** 2
+
+
+TIME_SAMPLINGS: dict[str, type[TimeSampling]] = {c.name: c for c in (UniformTimes, LogNormalTimes)}
+WEIGHTINGS: dict[str, type[Weighting]] = {c.name: c for c in (UniformWeighting, MinSNRWeighting, EDMWeighting)}
+
+
+def make_time_sampling(name: str | TimeSampling, p_mean: float = -1.2, p_std: float = 1.2) -> TimeSampling:
+    """The time sampling a config names (an object passes through)."""
+    if isinstance(name, TimeSampling):
+        return name
+    if name not in TIME_SAMPLINGS:
+        raise ValueError(f"time_sampling={name!r} is not known; expected one of {tuple(TIME_SAMPLINGS)}.")
+    return LogNormalTimes(p_mean, p_std) if TIME_SAMPLINGS[name] is LogNormalTimes else UniformTimes()
+
+
+def make_weighting(name: str | Weighting, sigma_data: float = 0.5, gamma: float = 5.0) -> Weighting:
+    """The weighting a config names (an object passes through)."""
+    if isinstance(name, Weighting):
+        return name
+    if name not in WEIGHTINGS:
+        raise ValueError(f"weighting={name!r} is not known; expected one of {tuple(WEIGHTINGS)}.")
+    options = {MinSNRWeighting: (gamma,), EDMWeighting: (sigma_data,)}.get(WEIGHTINGS[name], ())
+    return WEIGHTINGS[name](*options)
+
+
+def sample_times(
+    process: GaussianProcess,
+    n: int,
+    method: str | TimeSampling = "uniform",
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    p_mean: float = -1.2,
+    p_std: float = 1.2,
+) -> Tensor:
+    """Draw n training times with a named (or given) time sampling."""
+    return make_time_sampling(method, p_mean, p_std)(process, n, generator, device)
 
 
 def x0_weight(
-    process: GaussianProcess, t: Tensor, weighting: str, denoiser: Denoiser, like: Tensor, gamma: float = 5.0
+    process: GaussianProcess,
+    t: Tensor,
+    weighting: str | Weighting,
+    denoiser: Denoiser,
+    like: Tensor,
+    gamma: float = 5.0,
 ) -> Tensor:
-    """Weight on the squared x0 error for a named weighting.
-
-    uniform: uniform in the network's target space (DDPM's L_simple for eps). min_snr: min(SNR, gamma)
-    (Hang et al. 2023, eq. 10). edm: lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2
-    (Karras et al. 2022, table 1).
-    """
-    if weighting == "uniform":
-        return denoiser.target_weight(t, like)
-    alpha, sigma = broadcast_like(process.alpha(t), like), broadcast_like(process.sigma(t), like)
-    if weighting == "min_snr":
-        return ((alpha / sigma) ** 2).clamp(max=gamma)
-    if weighting == "edm":
-        ve, sd = sigma / alpha, denoiser.sigma_data
-        return (ve**2 + sd**2) / (ve * sd) ** 2
-    raise ValueError(f"weighting={weighting!r} is not known; expected one of {WEIGHTINGS}.")
+    """Weight on the squared x0 error for a named (or given) weighting at times t."""
+    sigma_data = getattr(denoiser.parameterisation, "sigma_data", 0.5)
+    return make_weighting(weighting, sigma_data, gamma)(denoiser, t, like)
 
 
 def denoising_loss(
     denoiser: Denoiser,
     x0: Tensor,
     cond: Mapping[str, Tensor] | None = None,
-    time_sampling: str = "uniform",
-    weighting: str = "uniform",
+    time_sampling: str | TimeSampling = "uniform",
+    weighting: str | Weighting = "uniform",
     generator: torch.Generator | None = None,
     min_snr_gamma: float = 5.0,
     t: Tensor | None = None,
@@ -94,14 +191,15 @@ def denoising_loss(
     averaged over every dimension first (Ho et al. 2020, eq. 14).
     """
     process = denoiser.process
+    weigh = make_weighting(weighting, getattr(denoiser.parameterisation, "sigma_data", 0.5), min_snr_gamma)
     if t is None:
-        t = sample_times(process, x0.shape[0], time_sampling, generator=generator, device=x0.device)
+        t = make_time_sampling(time_sampling)(process, x0.shape[0], generator, x0.device)
     if eps is None:
         eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
     x_t = process.add_noise(x0, t, eps)
     out, _ = denoiser.forward_raw(x_t, t, cond)
     target = denoiser.target(x0, eps, t)
-    w = x0_weight(process, t, weighting, denoiser, x0, min_snr_gamma) / denoiser.target_weight(t, x0)
+    w = weigh(denoiser, t, x0) / denoiser.target_weight(t, x0)
     per_sample = (w * (out - target) ** 2).flatten(1).mean(1)
     return per_sample.mean()
 

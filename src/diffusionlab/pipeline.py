@@ -16,21 +16,25 @@ import torch
 from pydantic import ValidationError
 from torch import Tensor, nn
 
-from .config import ModelConfig, NetworkConfig
-from .denoisers import Denoiser, DenoiserLike
-from .images import save_grid
+from .conditioning import check_labels, iter_batches, network_conditioning
+from .config import FORMAT_VERSION, ModelConfig, migrate_model_config
+from .denoisers import Denoiser, DenoiserLike, make_parameterisation
 from .io import CheckpointError, load_json, load_tensors, save_json, save_tensors
-from .networks import MLP, NoiseAwareClassifier, UNet2D
-from .networks.autoencoder import Autoencoder, latent_scaling_factor
+from .networks import NoiseAwareClassifier
+from .networks.autoencoder import Autoencoder
 from .networks.text import TextEmbedding, TextEncoder
-from .processes import GaussianProcess, make_process
-from .sampling import ClassifierFreeGuidance, ClassifierGuidance, Thresholded, check_sampler, check_steps, sample
+from .processes import GaussianProcess
+from .sampling import ClassifierFreeGuidance, ClassifierGuidance, StepCallback, Thresholded, sample
+from .sampling.request import SampleRequest, precision
+from .spaces import ModelSpace, build_network, make_space
 
 __all__ = [
     "Pipeline",
     "build_network",
     "build_process",
-    "fit_latent_space",
+    "write_class_grid",
+    "write_prompt_grid",
+    "write_condition_grid",
     "CONFIG_NAME",
     "MODEL_NAME",
     "EMA_NAME",
@@ -42,31 +46,9 @@ AUTOENCODER_DIR = "autoencoder"  # a latent model's own copy of its autoencoder,
 CLASSIFIER_NAME, CLASSIFIER_CONFIG_NAME = "classifier.safetensors", "classifier.json"
 
 
-def build_network(cfg: NetworkConfig) -> nn.Module:
-    """The network a ``NetworkConfig`` describes, freshly initialised."""
-    if cfg.kind == "mlp":
-        return MLP(dim=cfg.dim, width=cfg.width, depth=cfg.depth, num_classes=cfg.num_classes, dropout=cfg.dropout)
-    return UNet2D(
-        in_channels=cfg.in_channels,
-        base_channels=cfg.base_channels,
-        channel_mults=tuple(cfg.channel_mults),
-        num_res_blocks=cfg.num_res_blocks,
-        attention_levels=tuple(cfg.attention_levels),
-        num_heads=cfg.num_heads,
-        dropout=cfg.dropout,
-        num_classes=cfg.num_classes,
-        text_dim=cfg.text_dim,
-        cross_attention_levels=tuple(
-            range(1, len(cfg.channel_mults)) if cfg.cross_attention_levels is None else cfg.cross_attention_levels
-        ),
-        cond_channels=cfg.cond_channels,
-    )
-
-
 def build_process(config: ModelConfig) -> GaussianProcess:
     """The forward process a config names."""
-    opts = dict(config.diffusion.process)
-    return make_process(opts.pop("name", "ddpm"), **opts)
+    return config.diffusion.process.build()
 
 
 def _load_weights(module: nn.Module, path: Path) -> None:
@@ -78,30 +60,29 @@ def _load_weights(module: nn.Module, path: Path) -> None:
         raise CheckpointError(f"{path} does not fit the network in config.json ({first}).") from None
 
 
-def fit_latent_space(config: ModelConfig, images: Tensor, autoencoder: Autoencoder) -> tuple[ModelConfig, Tensor]:
-    """Set up latent diffusion (Rombach et al. 2022): encode training images in [-1, 1] to posterior means, scale
-    them to unit std (``config.latent.scaling_factor``, measured here unless set) and fit the network to them."""
-    if config.latent is None:
-        raise ValueError("config.latent is None: this is a pixel-space model, with no latent space to fit.")
-    if config.network.kind != "unet" or images.ndim != 4:
-        raise ValueError(f"latent diffusion needs images (N, C, H, W); got data of shape {tuple(images.shape)}.")
-    if config.data.image_condition is not None:
-        raise ValueError(f"image_condition={config.data.image_condition!r} is not supported on latent models.")
-    shape = autoencoder.latent_shape(tuple(images.shape[1:]))
-    with torch.no_grad():
-        latents = autoencoder.encode(images)
-    scale = config.latent.scaling_factor or latent_scaling_factor(latents)
-    net = config.network.model_copy(update={"in_channels": shape[0]})
+def _read_config(folder: Path) -> ModelConfig:
+    """A model folder's config.json, migrated from any earlier format, or one clear error."""
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder} is not a folder; expected a model folder with {CONFIG_NAME}.")
+    if not (folder / CONFIG_NAME).is_file():
+        raise CheckpointError(f"{folder} has no {CONFIG_NAME}; it is not a diffusionlab model folder.")
+    raw = load_json(folder / CONFIG_NAME)
+    if isinstance(raw, dict) and (raw.get("kind") == "autoencoder_kl" or "_class_name" in raw):
+        raise CheckpointError(
+            f"{folder} is an autoencoder, not a diffusion model; train one in its latent space with "
+            f"`diffusionlab train --autoencoder {folder}`."
+        )
+    version = raw.get("format_version", 1) if isinstance(raw, dict) else None
+    if isinstance(version, int) and version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{folder / CONFIG_NAME}: format_version {version} is newer than this diffusionlab reads "
+            f"({FORMAT_VERSION}); upgrade diffusionlab to load it."
+        )
     try:
-        build_network(net).check_input_size(shape[1], shape[2])
-    except ValueError as err:
-        raise ValueError(f"the autoencoder's latents are {shape[1]}x{shape[2]}: {err}") from None
-    update = {
-        "network": net,
-        "latent": config.latent.model_copy(update={"scaling_factor": scale}),
-        "sample": config.sample.model_copy(update={"thresholding": "none"}),  # latents have no [-1, 1] range
-    }
-    return config.model_copy(update=update), latents * scale
+        return ModelConfig.model_validate(migrate_model_config(raw) if isinstance(raw, dict) else raw)
+    except ValidationError as err:
+        msg = err.errors()[0]["msg"]
+        raise CheckpointError(f"{folder / CONFIG_NAME} is not a valid model config ({msg}).") from None
 
 
 class Pipeline:
@@ -121,30 +102,16 @@ class Pipeline:
         if autoencoder is not None:
             autoencoder.network.requires_grad_(False)
         self.process = build_process(config)
+        d = config.diffusion
+        self.parameterisation = make_parameterisation(d.parameterisation, d.sigma_data)
         self.classifier: NoiseAwareClassifier | None = None  # for classifier guidance (train-classifier)
         self._text_encoder: TextEncoder | None = None
 
-    # ------------------------------------------------------------------ construction and files
     @classmethod
     def load(cls, folder: str | os.PathLike[str], device: str | torch.device = "cpu") -> Pipeline:
-        """Load a model folder (config.json + model.safetensors [+ ema.safetensors])."""
+        """Load a model folder (config.json + model.safetensors [+ ema.safetensors]), of any format version."""
         folder = Path(folder)
-        if not folder.is_dir():
-            raise CheckpointError(f"{folder} is not a folder; expected a model folder with {CONFIG_NAME}.")
-        if not (folder / CONFIG_NAME).is_file():
-            raise CheckpointError(f"{folder} has no {CONFIG_NAME}; it is not a diffusionlab model folder.")
-        raw = load_json(folder / CONFIG_NAME)
-        if isinstance(raw, dict) and (raw.get("kind") == "autoencoder_kl" or "_class_name" in raw):
-            raise CheckpointError(
-                f"{folder} is an autoencoder, not a diffusion model; train one in its latent space with "
-                f"`diffusionlab train --autoencoder {folder}`."
-            )
-        try:
-            config = ModelConfig.model_validate(raw)
-        except ValidationError as err:
-            raise CheckpointError(
-                f"{folder / CONFIG_NAME} is not a valid model config ({err.errors()[0]['msg']})."
-            ) from None
+        config = _read_config(folder)
         pipe = cls(config)
         _load_weights(pipe.network, folder / MODEL_NAME)
         if (folder / EMA_NAME).is_file():
@@ -178,12 +145,10 @@ class Pipeline:
         save_json(self.classifier.hparams, Path(folder) / CLASSIFIER_CONFIG_NAME)
 
     def to(self, device: str | torch.device) -> Pipeline:
-        self.network.to(device)
-        for module in (self.ema, self.classifier, self._text_encoder):
+        """Move every network to ``device``."""
+        for module in (self.network, self.ema, self.classifier, self._text_encoder, self.autoencoder):
             if module is not None:
                 module.to(device)
-        if self.autoencoder is not None:
-            self.autoencoder.to(device)
         return self
 
     @property
@@ -194,8 +159,7 @@ class Pipeline:
         """The denoiser of the EMA network (or the raw one), in eval mode."""
         net = self.ema if (use_ema and self.ema is not None) else self.network
         net.eval()
-        d = self.config.diffusion
-        return Denoiser(net, self.process, d.parameterisation, d.sigma_data)
+        return Denoiser(net, self.process, self.parameterisation)
 
     def copy_for_ema(self) -> nn.Module:
         """A frozen copy of the network to hold EMA weights."""
@@ -203,57 +167,25 @@ class Pipeline:
         ema.requires_grad_(False)
         return ema
 
-    # ------------------------------------------------------------------ sampling
+    # ------------------------------------------------------------------ the model space
+    @property
+    def space(self) -> ModelSpace:
+        """What one sample is (``config.space``): its shape, encode/decode, clipping, how samples are written."""
+        return make_space(self.config, self.autoencoder)
+
     @property
     def sample_shape(self) -> tuple[int, ...]:
-        c = self.config
-        if c.network.kind == "mlp":
-            return (c.network.dim,)
-        shape = (c.data.channels, c.data.image_size, c.data.image_size)
-        return self._latent_autoencoder().latent_shape(shape) if c.latent is not None else shape
+        return self.space.sample_shape
 
-    def check_labels(
-        self, labels: Sequence[int] | Tensor | int | None, n: int | None, num_classes: int | None = None
-    ) -> Tensor | None:
-        """Labels as a long tensor of length n, or one clear error (unconditional model, out of range)."""
-        if labels is None:
-            return None
-        k = num_classes or self.config.network.num_classes
-        if not k:
-            raise ValueError("labels were given, but this model was trained without classes (unconditional).")
-        t = torch.as_tensor([labels] * (n or 1) if isinstance(labels, int) else labels, dtype=torch.long).flatten()
-        bad = t[(t < 0) | (t >= k)]
-        if len(bad):
-            raise ValueError(f"label {int(bad[0])} is outside this model's classes 0..{k - 1}.")
-        if n is not None and len(t) != n:
-            raise ValueError(f"{len(t)} labels were given for {n} samples; give one label per sample or one int.")
-        return t
-
-    def _latent_autoencoder(self) -> Autoencoder:
-        if self.autoencoder is None or self.config.latent is None or self.config.latent.scaling_factor is None:
-            raise ValueError(
-                "this latent model has no autoencoder or scaling factor yet; load it with Pipeline.load(folder)."
-            )
-        return self.autoencoder
-
-    def encode(self, images: Tensor) -> Tensor:
-        """Images in [0, 1], shape (N, C, H, W), to the model's space: pixels in [-1, 1], or for a latent model
-        the autoencoder's posterior means times the scaling factor."""
-        if self.config.network.kind == "mlp":
-            return images
-        if self.config.latent is not None:
-            return self._latent_autoencoder().encode(images * 2 - 1) * self.config.latent.scaling_factor
-        return images * 2 - 1
+    def encode(self, data: Tensor) -> Tensor:
+        """Data as users hold it (images in [0, 1], (N, C, H, W); points) to the model's space."""
+        return self.space.encode(data)
 
     def decode(self, x: Tensor) -> Tensor:
-        """The model's space back to images in [0, 1] (a latent model decodes; points come back as they are)."""
-        if self.config.network.kind == "mlp":
-            return x
-        if self.config.latent is not None:
-            x = self._latent_autoencoder().decode(x / self.config.latent.scaling_factor)
-        return ((x + 1) / 2).clamp(0, 1)
+        """The model's space back to data as users hold it (images in [0, 1]; points as they are)."""
+        return self.space.decode(x)
 
-    # ------------------------------------------------------------------ conditioning
+    # ------------------------------------------------------------------ conditioning and guidance
     @property
     def text_encoder(self) -> TextEncoder:
         """The model's frozen text encoder, loaded on first use (one clear error for a model without text)."""
@@ -268,239 +200,136 @@ class Pipeline:
         """Token embeddings of prompts, padded to one length (the empty prompt "" is the unconditional one)."""
         return self.text_encoder(list(prompts))
 
-    def _text_conditioning(
-        self, n: int, prompt: str | Sequence[str] | None, negative_prompt: str | None
-    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        prompts = [prompt or ""] * n if prompt is None or isinstance(prompt, str) else list(prompt)
-        if len(prompts) != n:
-            raise ValueError(f"{len(prompts)} prompts were given for {n} samples; give one prompt or one per sample.")
-        unique = sorted(set(prompts))
-        emb = self.encode_prompts([*unique, negative_prompt or ""])
-        where = torch.tensor([unique.index(p) for p in prompts])
-        cond = {"text": emb.tokens[where].cpu(), "text_mask": emb.mask[where].cpu()}
-        uncond = {"text": emb.tokens[-1:], "text_mask": emb.mask[-1:]}
-        return cond, uncond
-
-    def _image_conditioning(self, n: int, cond_image: Tensor | None) -> Tensor | None:
-        want = self.config.network.cond_channels
-        kind = self.config.data.image_condition
-        if cond_image is None:
-            if want:
-                raise ValueError(f"this model is conditioned on an image ({kind}): give cond_image.")
-            return None
-        if not want:
-            raise ValueError("a condition image was given, but this model was trained without image conditioning.")
-        image = cond_image[None] if cond_image.ndim == 3 else cond_image
-        size = self.config.data.image_size
-        expect = size // self.config.data.superres_factor if kind == "superres" else size
-        if image.ndim != 4 or image.shape[1] != want or tuple(image.shape[-2:]) != (expect, expect):
-            raise ValueError(
-                f"cond_image has shape {tuple(cond_image.shape)}; this {kind} model expects "
-                f"({want}, {expect}, {expect}) images in [0, 1]."
-            )
-        if image.shape[0] == 1:
-            image = image.expand(n, -1, -1, -1)
-        elif image.shape[0] != n:
-            raise ValueError(f"{image.shape[0]} condition images were given for {n} samples; give one or one each.")
-        return image.float() * 2 - 1
+    def check_labels(
+        self, labels: Sequence[int] | Tensor | int | None, n: int | None, num_classes: int | None = None
+    ) -> Tensor | None:
+        """Labels as a long tensor of length n, or one clear error (unconditional model, out of range)."""
+        return check_labels(labels, n, num_classes or self.config.network.num_classes)
 
     def guided_denoiser(
-        self,
-        num_samples: int,
-        labels: Sequence[int] | Tensor | int | None = None,
-        guidance: float | None = None,
-        thresholding: str | None = None,
-        use_ema: bool = True,
-        prompt: str | Sequence[str] | None = None,
-        negative_prompt: str | None = None,
-        cond_image: Tensor | None = None,
-        guidance_rescale: float = 0.0,
-        guidance_interval: tuple[float, float] | None = None,
-        classifier_scale: float = 0.0,
+        self, num_samples: int, request: SampleRequest | None = None, **settings: Any
     ) -> tuple[DenoiserLike, dict[str, Tensor] | None]:
         """The denoiser every sampler and task runs (guidance and thresholding applied) and the conditioning
-        of ``num_samples`` samples (on the CPU; slice it per batch).
+        of ``num_samples`` samples (on the CPU; slice it per batch). ``settings`` build the request by name.
 
-        No labels (or no prompt) on a conditional model means unconditional samples; a label, prompt or condition
-        image given to a model trained without that conditioning is one clear error. ``classifier_scale`` > 0
-        adds classifier guidance from the model's noise-aware classifier (``diffusionlab train-classifier``).
+        No labels (or no prompt) on a conditional model samples the unconditional model, where no guidance
+        applies; ``classifier_scale`` > 0 adds classifier guidance from the model's noise-aware classifier.
         """
-        defaults = self.config.sample
-        guidance = defaults.guidance if guidance is None else float(guidance)
-        if guidance < 0:
-            raise ValueError(f"guidance={guidance} must be >= 0 (0 unconditional, 1 conditional, > 1 stronger).")
-        net = self.config.network
-        if (prompt is not None or negative_prompt is not None) and not net.text_dim:
+        req = (request or SampleRequest.from_settings(**settings)).resolve(self.config.sample)
+        g, c, net = req.guidance, req.conditioning, self.config.network
+        if (c.prompt is not None or c.negative_prompt is not None) and not net.text_dim:
             raise ValueError("a prompt was given, but this model was trained without text conditioning.")
-        if classifier_scale and self.classifier is None:
+        if g.classifier_scale and self.classifier is None:
             raise ValueError(
-                f"classifier_scale={classifier_scale} needs a noise-aware classifier; train one with "
+                f"classifier_scale={g.classifier_scale} needs a noise-aware classifier; train one with "
                 "`diffusionlab train-classifier MODEL`."
             )
-        if classifier_scale and labels is None:
+        if g.classifier_scale and c.labels is None:
             raise ValueError("classifier guidance needs the labels to guide towards; give labels.")
-        k = net.num_classes or (self.classifier.num_classes if classifier_scale else None)
-        label_t = self.check_labels(labels, num_samples, num_classes=k)
-        denoiser: DenoiserLike = self.denoiser(use_ema)
-        cond: dict[str, Tensor] = {}
-        uncond: dict[str, Tensor] = {}
-        if net.num_classes:
-            if label_t is None:  # no labels: sample the unconditional model
-                label_t, guidance = torch.full((num_samples,), -1, dtype=torch.long), 0.0
-            cond["labels"] = label_t
-        if net.text_dim:
-            if not prompt and not negative_prompt:
-                guidance = 0.0 if guidance != 1.0 else guidance  # empty prompt: the unconditional model
-            text, uncond = self._text_conditioning(num_samples, prompt, negative_prompt)
-            cond.update(text)
-        image = self._image_conditioning(num_samples, cond_image)
-        if image is not None:
-            cond["cond_image"] = image
+        classes = net.num_classes or (self.classifier.num_classes if g.classifier_scale else None)
+        encoder = self.text_encoder if net.text_dim else None
+        nc = network_conditioning(self.config, num_samples, c, encoder, classes)
+        denoiser: DenoiserLike = self.denoiser(req.use_ema)
         if net.num_classes or net.text_dim:
-            denoiser = ClassifierFreeGuidance(denoiser, guidance, uncond, guidance_rescale, guidance_interval)
-        if classifier_scale:
-            cond["labels"] = label_t
+            scale = g.guidance if nc.guided else 0.0  # nothing to guide towards: the unconditional model
+            denoiser = ClassifierFreeGuidance(denoiser, scale, nc.uncond, g.guidance_rescale, g.guidance_interval)
+        if g.classifier_scale:
             classifier = self.classifier.to(self.device).eval()
-            denoiser = ClassifierGuidance(denoiser, classifier, classifier_scale, keep_labels=bool(net.num_classes))
-        thresholding = thresholding or defaults.thresholding
-        if net.kind == "unet" and self.config.latent is None and thresholding != "none":  # pixel range only
-            denoiser = Thresholded(denoiser, thresholding)
-        return denoiser, cond or None
+            denoiser = ClassifierGuidance(denoiser, classifier, g.classifier_scale, keep_labels=bool(net.num_classes))
+        if self.space.clip_x0 and g.thresholding != "none":
+            denoiser = Thresholded(denoiser, g.thresholding)
+        return denoiser, nc.cond or None
 
+    # ------------------------------------------------------------------ sampling
     def sample(
         self,
         num_samples: int | None = None,
         labels: Sequence[int] | Tensor | int | None = None,
-        sampler: str | None = None,
-        steps: int | None = None,
-        spacing: str | None = None,
-        guidance: float | None = None,
-        seed: int = 0,
-        thresholding: str | None = None,
+        *,
+        request: SampleRequest | None = None,
         batch_size: int = 256,
-        use_ema: bool = True,
-        progress: bool = False,
-        prompt: str | Sequence[str] | None = None,
-        negative_prompt: str | None = None,
-        cond_image: Tensor | None = None,
-        guidance_rescale: float = 0.0,
-        guidance_interval: tuple[float, float] | None = None,
-        classifier_scale: float = 0.0,
         indices: Sequence[int] | None = None,
-        **options: Any,
+        progress: bool = False,
+        callback: StepCallback | None = None,
+        **settings: Any,
     ) -> Tensor:
-        """Generate samples; images come back in [0, 1] with shape (N, C, H, W), points as they are.
+        """Generate samples, decoded by the model space: images in [0, 1] (N, C, H, W), points as they are.
 
-        Sample i is drawn from the noise stream (seed, i), so it does not depend on ``batch_size``.
-        ``guidance`` is the classifier-free scale w (0 unconditional, 1 conditional, > 1 stronger), towards
-        ``labels`` or ``prompt`` and away from ``negative_prompt``. ``cond_image`` (in [0, 1]) conditions a
-        super-resolution or colourisation model. ``thresholding`` keeps image x0 estimates in [-1, 1]: "clip"
-        (default), "dynamic" or "none". ``options`` go to the sampler (e.g. ``eta``). ``indices`` draws only
-        those samples of the ``num_samples`` (one process's share when several split a run), the same as in a
-        full run.
+        ``settings`` are the request's fields by name (``sampler``, ``steps``, ``spacing``, ``guidance``,
+        ``prompt``, ``negative_prompt``, ``cond_image``, ``thresholding``, ``mixed_precision``, ``seed``, ...;
+        any other name is a solver option such as ``eta``), or pass one ``SampleRequest``. Sample i is drawn
+        from the noise stream (seed, i), so it does not depend on ``batch_size``; ``indices`` draws only those
+        samples of the ``num_samples`` (one process's share when several split a run), the same as in a full run.
         """
-        defaults = self.config.sample
-        sampler = check_sampler(sampler or defaults.sampler)
-        steps = check_steps(steps if steps is not None else defaults.steps)
-        spacing = spacing or defaults.spacing
-        if num_samples is None:
-            if labels is not None and not isinstance(labels, int):
-                num_samples = len(labels)
-            elif prompt is not None and not isinstance(prompt, str):
-                num_samples = len(prompt)
-            else:
-                raise ValueError("give num_samples, or a list of labels or prompts (one per sample).")
-        if num_samples <= 0:
-            raise ValueError(f"num_samples={num_samples} must be a positive integer.")
-        guided, cond_all = self.guided_denoiser(
-            num_samples,
-            labels,
-            guidance,
-            thresholding,
-            use_ema,
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            cond_image=cond_image,
-            guidance_rescale=guidance_rescale,
-            guidance_interval=guidance_interval,
-            classifier_scale=classifier_scale,
-        )
-        device = self.device
-        todo = list(range(num_samples)) if indices is None else [int(i) for i in indices]
-        if any(not 0 <= i < num_samples for i in todo):
-            raise ValueError(f"indices must lie in 0..{num_samples - 1} (num_samples={num_samples}).")
-        out = []
-        for start in range(0, len(todo), batch_size):
-            idx = todo[start : start + batch_size]
-            cond = {k: v[idx].to(device) for k, v in cond_all.items()} if cond_all is not None else None
-            x = sample(
-                guided,
-                self.sample_shape,
-                indices=idx,
-                sampler=sampler,
-                steps=steps,
-                spacing=spacing,
-                seed=seed,
-                cond=cond,
-                device=device,
-                progress=progress,
-                **options,
-            )
-            out.append(self.decode(x).cpu())  # batch by batch: a latent model's decoder runs here
+        if labels is not None:
+            settings["labels"] = labels
+        req = (request or SampleRequest.from_settings(**settings)).resolve(self.config.sample)
+        n = num_samples if num_samples is not None else req.conditioning.count()
+        if n is None:
+            raise ValueError("give num_samples, or a list of labels or prompts (one per sample).")
+        if n <= 0:
+            raise ValueError(f"num_samples={n} must be a positive integer.")
+        guided, cond_all = self.guided_denoiser(n, req)
+        todo = list(range(n)) if indices is None else [int(i) for i in indices]
+        if any(not 0 <= i < n for i in todo):
+            raise ValueError(f"indices must lie in 0..{n - 1} (num_samples={n}).")
+        spec, out = req.sampler, []
+        with precision(req.guidance.mixed_precision):
+            for idx, cond in iter_batches(todo, batch_size, cond_all, self.device):
+                x = sample(
+                    guided,
+                    self.sample_shape,
+                    indices=idx,
+                    sampler=spec.sampler,
+                    steps=spec.steps,
+                    spacing=spec.spacing,
+                    seed=req.seed,
+                    cond=cond,
+                    device=self.device,
+                    progress=progress,
+                    callback=callback,
+                    **spec.options,
+                )
+                out.append(self.decode(x).cpu())  # batch by batch: a latent model's decoder runs here
         return torch.cat(out)
 
-    def sample_class_grid(
-        self,
-        path: str | os.PathLike[str],
-        per_class: int = 8,
-        seed: int = 0,
-        metadata: dict[str, str] | None = None,
-        **kwargs: Any,
-    ) -> Tensor:
-        """Sample ``per_class`` images of every class and save a grid with one labelled row per class."""
-        k = self.config.network.num_classes
-        if not k:
-            images = self.sample(per_class * per_class, seed=seed, **kwargs)
-            save_grid(images, path, nrow=per_class, scale=2, metadata=metadata)
-            return images
-        labels = [c for c in range(k) for _ in range(per_class)]
-        images = self.sample(labels=labels, seed=seed, **kwargs)
-        names = self.config.data.class_names or [str(c) for c in range(k)]
-        save_grid(images, path, nrow=per_class, row_labels=names, scale=2, metadata=metadata)
-        return images
 
-    def sample_prompt_grid(
-        self,
-        path: str | os.PathLike[str],
-        prompts: Sequence[str],
-        per_prompt: int = 8,
-        seed: int = 0,
-        metadata: dict[str, str] | None = None,
-        **kwargs: Any,
-    ) -> Tensor:
-        """Sample ``per_prompt`` images of every prompt and save a grid with one row per prompt, labelled."""
-        prompts = list(prompts)
-        images = self.sample(prompt=[p for p in prompts for _ in range(per_prompt)], seed=seed, **kwargs)
-        save_grid(images, path, nrow=per_prompt, row_labels=prompts, scale=2, metadata=metadata)
+def write_class_grid(
+    pipe: Pipeline, path: str | os.PathLike[str], per_class: int = 8, metadata: dict[str, str] | None = None, **kw: Any
+) -> Tensor:
+    """Sample ``per_class`` of every class and save a grid with one labelled row per class (or, for an
+    unconditional model, a per_class x per_class grid)."""
+    k = pipe.config.network.num_classes
+    if not k:
+        images = pipe.sample(per_class * per_class, **kw)
+        pipe.space.save(images, path, nrow=per_class, metadata=metadata)
         return images
+    images = pipe.sample(labels=[c for c in range(k) for _ in range(per_class)], **kw)
+    names = pipe.config.data.class_names or [str(c) for c in range(k)]
+    pipe.space.save(images, path, nrow=per_class, row_labels=names, metadata=metadata)
+    return images
 
-    def sample_condition_grid(
-        self,
-        path: str | os.PathLike[str],
-        cond_images: Tensor,
-        targets: Tensor | None = None,
-        seed: int = 0,
-        metadata: dict[str, str] | None = None,
-        **kwargs: Any,
-    ) -> Tensor:
-        """Sample one image per condition image and save a grid: conditions, samples (and targets) as rows."""
-        images = self.sample(len(cond_images), cond_image=cond_images, seed=seed, **kwargs)
-        size = images.shape[-1]
-        shown = torch.nn.functional.interpolate(cond_images.float(), size=(size, size), mode="nearest")
-        rows = [shown.expand(-1, images.shape[1], -1, -1), images]
-        names = ["condition", "sample"]
-        if targets is not None:
-            rows.append(targets)
-            names.append("target")
-        save_grid(torch.cat(rows), path, nrow=len(images), row_labels=names, scale=2, metadata=metadata)
-        return images
+
+def write_prompt_grid(
+    pipe: Pipeline, path: str | os.PathLike[str], prompts: Sequence[str], per_prompt: int = 8, **kw: Any
+) -> Tensor:
+    """Sample ``per_prompt`` of every prompt and save a grid with one labelled row per prompt."""
+    prompts = list(prompts)
+    images = pipe.sample(prompt=[p for p in prompts for _ in range(per_prompt)], **kw)
+    pipe.space.save(images, path, nrow=per_prompt, row_labels=prompts)
+    return images
+
+
+def write_condition_grid(
+    pipe: Pipeline, path: str | os.PathLike[str], cond_images: Tensor, targets: Tensor | None = None, **kw: Any
+) -> Tensor:
+    """Sample one image per condition image and save a grid: conditions, samples (and targets) as rows."""
+    images = pipe.sample(len(cond_images), cond_image=cond_images, **kw)
+    size = images.shape[-1]
+    shown = torch.nn.functional.interpolate(cond_images.float(), size=(size, size), mode="nearest")
+    rows, names = [shown.expand(-1, images.shape[1], -1, -1), images], ["condition", "sample"]
+    if targets is not None:
+        rows.append(targets)
+        names.append("target")
+    pipe.space.save(torch.cat(rows), path, nrow=len(images), row_labels=names)
+    return images

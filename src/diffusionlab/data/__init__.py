@@ -33,6 +33,7 @@ from .toys import (
     sample_eight_gaussians,
     sample_swiss_roll,
     sample_two_moons,
+    toy_name,
 )
 
 __all__ = [
@@ -55,6 +56,7 @@ __all__ = [
     "load_image_folder",
     "load_mnist",
     "load_toy_dataset",
+    "toy_name",
     "resize_images",
     "sample_checkerboard",
     "sample_eight_gaussians",

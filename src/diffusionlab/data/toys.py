@@ -21,6 +21,7 @@ __all__ = [
     "GaussianMixtureParams",
     "eight_gaussians_params",
     "load_toy_dataset",
+    "toy_name",
     "sample_checkerboard",
     "sample_eight_gaussians",
     "sample_swiss_roll",
@@ -131,6 +132,11 @@ TOY_DATASETS: dict[str, Callable[..., Tensor]] = {
     "eight_gaussians": sample_eight_gaussians,
     "checkerboard": sample_checkerboard,
 }
+
+
+def toy_name(dataset: str) -> str | None:
+    """The toy's name in a dataset spec 'toy:<name>', or None for any other dataset (the one parser of the form)."""
+    return dataset[4:] if dataset.startswith("toy:") else None
 
 
 def load_toy_dataset(name: str, n: int = 10000, seed: int = 0) -> PointDataset:

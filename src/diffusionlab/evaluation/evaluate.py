@@ -19,7 +19,8 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from diffusionlab.data import eight_gaussians_params, load_dataset, load_toy_dataset
+from diffusionlab.config import DDPMProcessConfig
+from diffusionlab.data import eight_gaussians_params, load_dataset, load_toy_dataset, toy_name
 from diffusionlab.denoisers import DenoiserLike
 from diffusionlab.processes import DiscreteVPProcess, GaussianProcess
 from diffusionlab.sampling import nfe
@@ -58,6 +59,7 @@ _FEATURE_METRICS = ("fid", "kid", "pr", "dc")
 _SAMPLE_METRICS = ("fid", "kid", "pr", "dc", "swd", "mmd", "true_nll")
 # the true densities the toys module knows in closed form
 _TRUE_DENSITIES = {"eight_gaussians": eight_gaussians_params}
+_METRICS_OF_SPACE = {"image": IMAGE_METRICS, "latent_image": IMAGE_METRICS, "points": POINT_METRICS}
 _HELD_OUT_SEED_OFFSET = 7919  # toy test points: a seed other than the training seed (first points would coincide)
 MIN_SAMPLES = 10
 
@@ -84,12 +86,11 @@ class EvaluableModel(Protocol):
 
 
 def _is_points(config: Any) -> bool:
-    return config.network.kind == "mlp"
+    return _METRICS_OF_SPACE[config.space] is POINT_METRICS
 
 
 def _toy_name(config: Any) -> str | None:
-    name = config.data.dataset
-    return name[4:] if name.startswith("toy:") else None
+    return toy_name(config.data.dataset)
 
 
 def default_metrics(config: Any) -> tuple[str, ...]:
@@ -117,10 +118,10 @@ def parse_metrics(metrics: str | Sequence[str] | None, config: Any) -> tuple[str
             f"true_nll needs a dataset with a known density ({', '.join('toy:' + k for k in _TRUE_DENSITIES)}); "
             f"this model was trained on {config.data.dataset!r}."
         )
-    if "vlb" in names and config.diffusion.process.get("name", "ddpm") != "ddpm":
+    if "vlb" in names and not isinstance(config.diffusion.process, DDPMProcessConfig):
         raise ValueError(
             f"metric 'vlb' (DDPM's variational bound) needs a discrete-time process (ddpm); this model's is "
-            f"{config.diffusion.process.get('name')!r}. Use 'bpd'."
+            f"{config.diffusion.process.name!r}. Use 'bpd'."
         )
     return tuple(dict.fromkeys(names))
 

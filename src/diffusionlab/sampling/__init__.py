@@ -15,7 +15,7 @@ from .guidance import ClassifierFreeGuidance, ClassifierGuidance, check_guidance
 from .noise import NoiseSource, sample_seed
 from .ode import dpm_2s, dpmpp_2m, dpmpp_3m, euler, heun, two_stage_nfe, unipc
 from .sde import annealed_langevin, annealed_langevin_nfe, dpmpp_2m_sde, euler_ancestral, euler_maruyama, pc, pc_nfe
-from .solvers import check_eta, ddim, ddpm
+from .solvers import StepCallback, check_eta, ddim, ddpm
 from .thresholding import THRESHOLDINGS, Thresholded, dynamic_threshold
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "check_steps",
     "default_spacing",
     "check_eta",
+    "StepCallback",
     "NoiseSource",
     "sample_seed",
     "ClassifierFreeGuidance",
@@ -114,6 +115,7 @@ def sample(
     cond: Mapping[str, Tensor] | None = None,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    callback: StepCallback | None = None,
     **options: Any,
 ) -> Tensor:
     """Draw samples: start from N(0, (alpha^2 + sigma^2) I) at t_max and run a solver down a time grid.
@@ -123,7 +125,9 @@ def sample(
     """
     fn = SAMPLERS[check_sampler(sampler)]
     allowed = [
-        p for p in inspect.signature(fn).parameters if p not in ("denoiser", "x", "ts", "cond", "noise", "progress")
+        p
+        for p in inspect.signature(fn).parameters
+        if p not in ("denoiser", "x", "ts", "cond", "noise", "progress", "callback")
     ]
     unknown = sorted(set(options) - set(allowed))
     if unknown:
@@ -138,4 +142,4 @@ def sample(
     init_std = float(torch.sqrt(process.alpha(ts[0]) ** 2 + process.sigma(ts[0]) ** 2))
     x = init_std * noise(sample_shape)
     with torch.no_grad():
-        return fn(denoiser, x, ts, cond=cond, noise=noise, progress=progress, **options)
+        return fn(denoiser, x, ts, cond=cond, noise=noise, progress=progress, callback=callback, **options)

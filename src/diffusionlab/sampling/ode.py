@@ -1,6 +1,6 @@
 """Probability-flow ODE solvers: Euler and Heun (EDM), DPM-Solver-2, DPM-Solver++(2M, 3M) and UniPC.
 
-Each is a pure function ``(denoiser, x, ts, *, cond, noise, progress, **options) -> x`` like the solvers of
+Each is a pure function ``(denoiser, x, ts, *, cond, noise, progress, callback, **options) -> x`` like those of
 ``solvers.py``; nothing is kept between calls. All are written for a general process
 ``x_t = alpha(t) x_0 + sigma(t) eps``:
 
@@ -26,7 +26,7 @@ from torch import Tensor
 
 from ..denoisers import DenoiserLike
 from ..processes import GaussianProcess
-from .solvers import Noise, _noise_like, _steps
+from .solvers import Noise, StepCallback, _noise_like, _report, _steps
 
 __all__ = ["euler", "heun", "dpm_2s", "dpmpp_2m", "dpmpp_3m", "unipc", "check_churn", "two_stage_nfe"]
 
@@ -117,6 +117,7 @@ def euler(
     s_tmax: float = math.inf,
     s_noise: float = 1.0,
     progress: bool = False,
+    callback: StepCallback | None = None,
 ) -> Tensor:
     """Euler on the probability-flow ODE in the VE frame (Karras et al. 2022, Algorithm 2 without line 9-11):
 
@@ -135,6 +136,7 @@ def euler(
         d = pred.eps  # (x~ - D) / sigma^
         # x~ + (sigma~_{i+1} - sigma^) d, written with x~ = D + sigma^ d so that sigma^ = inf (flow's t = 1) is exact
         x = a_next * (pred.x0 + _ve(a_next, s_next) * d)
+        _report(callback, i, ts[i + 1], x, pred.x0)
     return x
 
 
@@ -150,6 +152,7 @@ def heun(
     s_tmax: float = math.inf,
     s_noise: float = 1.0,
     progress: bool = False,
+    callback: StepCallback | None = None,
 ) -> Tensor:
     """Heun's second-order method on the probability-flow ODE (Karras et al. 2022, Algorithm 1 and, with
     ``s_churn > 0``, the stochastic Algorithm 2), in the VE frame x~ = x / alpha, sigma~ = sigma / alpha:
@@ -173,6 +176,7 @@ def heun(
             d_next = denoiser(a_next * x_next, ts[i + 1], cond).eps  # line 10
             x_next = x / a_hat + (ve_next - ve_hat) * (0.5 * d + 0.5 * d_next)  # line 11
         x = a_next * x_next
+        _report(callback, i, ts[i + 1], x, pred.x0)
     return x
 
 
@@ -189,6 +193,7 @@ def dpm_2s(
     cond: Cond = None,
     noise: Noise | None = None,
     progress: bool = False,
+    callback: StepCallback | None = None,
 ) -> Tensor:
     """DPM-Solver-2, singlestep (Lu et al. 2022a, Algorithm 1; Algorithm 4 with r1 = 1/2), noise prediction:
 
@@ -209,13 +214,14 @@ def dpm_2s(
         pred = denoiser(x, t, cond)
         if not math.isfinite(h):  # into the data, or out of alpha = 0: DPM-Solver-1 (= DDIM)
             x = a_next * pred.x0 + s_next * pred.eps
-            continue
-        t_mid = _time_at_lam(process, lam + 0.5 * h)
-        a_mid, s_mid = _alpha_sigma(process, t_mid)
-        r1 = (_lam(a_mid, s_mid) - lam) / h
-        u = a_mid * pred.x0 + s_mid * pred.eps  # = (alpha_s / alpha_t) x - sigma_s (e^{r1 h} - 1) eps
-        eps_mid = denoiser(u, t_mid, cond).eps
-        x = a_next * pred.x0 + s_next * pred.eps - s_next / (2.0 * r1) * math.expm1(h) * (eps_mid - pred.eps)
+        else:
+            t_mid = _time_at_lam(process, lam + 0.5 * h)
+            a_mid, s_mid = _alpha_sigma(process, t_mid)
+            r1 = (_lam(a_mid, s_mid) - lam) / h
+            u = a_mid * pred.x0 + s_mid * pred.eps  # = (alpha_s / alpha_t) x - sigma_s (e^{r1 h} - 1) eps
+            eps_mid = denoiser(u, t_mid, cond).eps
+            x = a_next * pred.x0 + s_next * pred.eps - s_next / (2.0 * r1) * math.expm1(h) * (eps_mid - pred.eps)
+        _report(callback, i, t_next, x, pred.x0)
     return x
 
 
@@ -236,6 +242,7 @@ def dpmpp_2m(
     cond: Cond = None,
     noise: Noise | None = None,
     progress: bool = False,
+    callback: StepCallback | None = None,
 ) -> Tensor:
     """DPM-Solver++(2M), data prediction (Lu et al. 2022b, Algorithm 2): with h = lambda_{t'} - lambda_t,
     r = h_prev / h,
@@ -258,6 +265,7 @@ def dpmpp_2m(
             d = (1.0 + 0.5 / r) * x0 - (0.5 / r) * x0_prev
         x = (s_next / s) * x - a_next * math.expm1(-h) * d
         x0_prev, h_prev = x0, h
+        _report(callback, i, ts[i + 1], x, x0)
     return x
 
 
@@ -269,6 +277,7 @@ def dpmpp_3m(
     cond: Cond = None,
     noise: Noise | None = None,
     progress: bool = False,
+    callback: StepCallback | None = None,
 ) -> Tensor:
     """DPM-Solver++(3M), data prediction: the third-order member of the multistep DPM-Solver++ family (Lu et al.
     2022b, sec. 4; the 3M update of their code), from their exponential-integrator form of the PF-ODE:
@@ -309,6 +318,7 @@ def dpmpp_3m(
             phi_3 = phi_2 / h - 0.5
             x = x + a_next * phi_2 * d1 - 2.0 * a_next * phi_3 * d2
         hs = [*hs[-1:], h]
+        _report(callback, i, ts[i + 1], x, m[-1])
     return x
 
 
@@ -336,6 +346,7 @@ def unipc(
     cond: Cond = None,
     noise: Noise | None = None,
     progress: bool = False,
+    callback: StepCallback | None = None,
 ) -> Tensor:
     """UniPC-2 with B(h) = e^{-h} - 1 ("bh2"), data prediction (Zhao et al. 2023, sec. 3 and appendix): at each
     step the new x0_hat first corrects the point it was evaluated at (UniC), then predicts the next one (UniP-2).
@@ -381,6 +392,7 @@ def unipc(
         if order == 2:
             r = (lams[-2] - lam) / h
             x = x - a_next * b_h * 0.5 * (m[-2] - m[-1]) / r
+        _report(callback, i, ts[i + 1], x, m_new)
     return x
 
 

@@ -1,7 +1,7 @@
 """Stochastic samplers: reverse-time SDE solvers and Langevin dynamics, each one pure function.
 
-Same contract as ``solvers.py``: ``(denoiser, x, ts, *, cond, noise, progress, **options) -> x`` on a decreasing
-grid ``ts`` ending at 0, for any process ``x_t = alpha(t) x_0 + sigma(t) eps``. Fresh noise is always drawn
+Same contract as ``solvers.py``: ``(denoiser, x, ts, *, cond, noise, progress, callback, **options) -> x`` on a
+decreasing grid ``ts`` ending at 0, for any process ``x_t = alpha(t) x_0 + sigma(t) eps``. Fresh noise is always drawn
 through ``_noise_like(noise, x)``, so with a ``NoiseSource`` a sample does not depend on the batch it is in.
 
 Where a formula lives in the equivalent variance-exploding frame (Karras et al. 2022, eq. 4:
@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ..denoisers import DenoiserLike
 from ..processes import GaussianProcess
-from .solvers import Noise, _noise_like, _steps
+from .solvers import Noise, StepCallback, _noise_like, _report, _steps
 
 __all__ = [
     "euler_ancestral",
@@ -106,6 +106,7 @@ def euler_ancestral(
     noise: Noise | None = None,
     eta: float = 1.0,
     progress: bool = False,
+    callback: StepCallback | None = None,
 ) -> Tensor:
     """Euler ancestral (k-diffusion's ``sample_euler_ancestral``; diffusers' ``EulerAncestralDiscreteScheduler``).
 
@@ -133,6 +134,7 @@ def euler_ancestral(
         if sigma_up > 0:
             x_ve = x_ve + sigma_up * _noise_like(noise, x)
         x = float(process.alpha(s)) * x_ve
+        _report(callback, i, s, x, pred.x0)
     return x
 
 
@@ -150,6 +152,7 @@ def euler_maruyama(
     noise: Noise | None = None,
     denoise_final: bool = True,
     progress: bool = False,
+    callback: StepCallback | None = None,
 ) -> Tensor:
     """Euler–Maruyama on the reverse-time SDE dx = [f(t) x - g(t)^2 score(x, t)] dt + g(t) dw (Song et al. 2021,
     eq. 6), from t to s < t with the coefficients at t:
@@ -165,8 +168,10 @@ def euler_maruyama(
         t, s = ts[i], ts[i + 1]
         pred = denoiser(x, t, cond)
         if denoise_final and i == n - 1 and float(s) == 0.0:
+            _report(callback, i, s, pred.x0, pred.x0)
             return pred.x0
         x = _em_step(process, x, pred.x0, pred.score, t, s, noise)
+        _report(callback, i, s, x, pred.x0)
     return x
 
 
@@ -188,6 +193,7 @@ def pc(
     step_rule: str = "snr",
     denoise_final: bool = True,
     progress: bool = False,
+    callback: StepCallback | None = None,
 ) -> Tensor:
     """Predictor–corrector sampling (Song et al. 2021, Algorithms 2 and 3) on any process.
 
@@ -233,16 +239,17 @@ def pc(
             x = x + e * score + torch.sqrt(2.0 * e) * z
         pred = denoiser(x, t, cond)
         if denoise_final and i == n - 1 and float(s) == 0.0:
+            _report(callback, i, s, pred.x0, pred.x0)
             return pred.x0
         if predictor == "euler_maruyama":
             x = _em_step(process, x, pred.x0, pred.score, t, s, noise)
-            continue
-        # reverse diffusion (Song et al. 2021, appendix E), written for any (alpha, sigma)
-        a_ts = a_t / a_s
-        var_ts = max(float(process.sigma(t)) ** 2 - a_ts**2 * float(process.sigma(s)) ** 2, 0.0)
-        x = (2.0 - a_ts) * x + var_ts * pred.score
-        if var_ts > 0:
-            x = x + math.sqrt(var_ts) * _noise_like(noise, x)
+        else:  # reverse diffusion (Song et al. 2021, appendix E), written for any (alpha, sigma)
+            a_ts = a_t / a_s
+            var_ts = max(float(process.sigma(t)) ** 2 - a_ts**2 * float(process.sigma(s)) ** 2, 0.0)
+            x = (2.0 - a_ts) * x + var_ts * pred.score
+            if var_ts > 0:
+                x = x + math.sqrt(var_ts) * _noise_like(noise, x)
+        _report(callback, i, s, x, pred.x0)
     return x
 
 
@@ -267,6 +274,7 @@ def annealed_langevin(
     steps_per_level: int = 5,
     denoise_final: bool = True,
     progress: bool = False,
+    callback: StepCallback | None = None,
 ) -> Tensor:
     """Annealed Langevin dynamics of NCSN (Song & Ermon 2019, Algorithm 1), in the VE frame of any process.
 
@@ -280,6 +288,7 @@ def annealed_langevin(
     x0 = x~ + sigma~_L^2 s~ (Jolicoeur-Martineau et al. 2021, as NCSNv2 does). A level with infinite
     sigma~ (alpha = 0: flow's t = 1) is skipped; the chain then starts at the next level from the same noise,
     rescaled to that level's prior std. Network evaluations: T per level, + 1 for the final denoising.
+    ``callback`` gets each level's final state as the next level's input alpha(t_{i+1}) x~, the last the sample.
     """
     steps_per_level = _check_count("steps_per_level", steps_per_level)
     process = denoiser.process
@@ -293,18 +302,25 @@ def annealed_langevin(
     # x ~ N(0, alpha_0^2 + sigma_0^2) at t_0; the VE variable at the first finite level has std sqrt(1 + sigma~^2)
     a_0, s_0 = float(process.alpha(times[0])), float(process.sigma(times[0]))
     x_ve = x / a_0 if first == 0 else x * math.sqrt(1.0 + ve[first] ** 2) / math.sqrt(a_0**2 + s_0**2)
+    n = len(times)
+    x0: Tensor | None = None  # the data estimate of the last evaluation (none yet at a skipped level)
     for i in _steps(ts, progress, "annealed_langevin"):
-        if i < first:
-            continue
-        t, a, sig = times[i], float(process.alpha(times[i])), ve[i]
-        step = eps * sig**2 / sigma_l**2
-        for _ in range(steps_per_level):
-            score_ve = -denoiser(a * x_ve, t, cond).eps / sig  # score of x~ = alpha * score of x
-            x_ve = x_ve + step * score_ve + math.sqrt(2.0 * step) * _noise_like(noise, x_ve)
+        if i >= first:
+            t, a, sig = times[i], float(process.alpha(times[i])), ve[i]
+            step = eps * sig**2 / sigma_l**2
+            for _ in range(steps_per_level):
+                pred = denoiser(a * x_ve, t, cond)
+                score_ve = -pred.eps / sig  # score of x~ = alpha * score of x
+                x_ve = x_ve + step * score_ve + math.sqrt(2.0 * step) * _noise_like(noise, x_ve)
+            x0 = pred.x0
+        if i < n - 1 and callback is not None:  # the state the next level starts from; the last step reports below
+            _report(callback, i, ts[i + 1], float(process.alpha(ts[i + 1])) * x_ve, x0)
+    out = x_ve  # at t = 0, alpha = 1: the VE frame is the data frame
     if denoise_final:
         t = times[-1]
-        return denoiser(float(process.alpha(t)) * x_ve, t, cond).x0  # Tweedie: x~ + sigma~_L^2 s~
-    return x_ve  # at t = 0, alpha = 1: the VE frame is the data frame
+        out = x0 = denoiser(float(process.alpha(t)) * x_ve, t, cond).x0  # Tweedie: x~ + sigma~_L^2 s~
+    _report(callback, n - 1, ts[-1], out, x0)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -320,6 +336,7 @@ def dpmpp_2m_sde(
     cond: Mapping[str, Tensor] | None = None,
     noise: Noise | None = None,
     progress: bool = False,
+    callback: StepCallback | None = None,
 ) -> Tensor:
     """SDE-DPM-Solver++(2M), midpoint form (Lu et al. 2022b, DPM-Solver++; the SDE variant of its authors'
     diffusers ``DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++", solver_order=2)``).
@@ -351,4 +368,5 @@ def dpmpp_2m_sde(
         if sig_s > 0 and one_minus > 0:
             x = x + sig_s * math.sqrt(one_minus) * _noise_like(noise, x)
         prev_x0, h_prev = pred.x0, h
+        _report(callback, i, s, x, pred.x0)
     return x

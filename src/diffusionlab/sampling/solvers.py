@@ -1,13 +1,15 @@
 """Solvers: each one a pure function ``(denoiser, x, ts, *, cond, noise, ...) -> x`` that reads like its paper.
 
 ``ts`` is a decreasing time grid ending at 0 (see ``grids.time_grid``); ``noise`` is a ``NoiseSource`` (or any
-callable giving N(0, I) noise shaped like x) for the stochastic solvers. Nothing is kept between calls.
+callable giving N(0, I) noise shaped like x) for the stochastic solvers; ``callback`` (a ``StepCallback``) sees
+each step. Nothing is kept between calls.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -15,9 +17,22 @@ from tqdm.auto import tqdm
 
 from ..denoisers import DenoiserLike
 
-__all__ = ["ddpm", "ddim", "check_eta"]
+__all__ = ["ddpm", "ddim", "check_eta", "StepCallback"]
 
 Noise = Callable[..., Tensor]
+
+
+class StepCallback(Protocol):
+    """Called once after each grid step i with the time reached ts[i + 1], the state x there and the data estimate
+    x0 of the step's network evaluation (None if it made none). It must not modify the tensors in place."""
+
+    def __call__(self, *, step: int, t: Tensor, x: Tensor, x0: Tensor | None) -> None: ...
+
+
+def _report(callback: StepCallback | None, i: int, t: Tensor, x: Tensor, x0: Tensor | None) -> None:
+    """Hand step i to the callback, if any; every solver reports through here."""
+    if callback is not None:
+        callback(step=i, t=t, x=x, x0=x0)
 
 
 def check_eta(eta: float) -> float:
@@ -47,6 +62,7 @@ def ddim(
     noise: Noise | None = None,
     eta: float = 0.0,
     progress: bool = False,
+    callback: StepCallback | None = None,
 ) -> Tensor:
     """DDIM (Song et al. 2021a, eq. 12) on any process: from t to s,
 
@@ -63,6 +79,7 @@ def ddim(
         x = a_s * pred.x0 + math.sqrt(max(s_s**2 - c**2, 0.0)) * pred.eps
         if c > 0:
             x = x + c * _noise_like(noise, x)
+        _report(callback, i, s, x, pred.x0)
     return x
 
 
@@ -74,6 +91,7 @@ def ddpm(
     cond: Mapping[str, Tensor] | None = None,
     noise: Noise | None = None,
     progress: bool = False,
+    callback: StepCallback | None = None,
 ) -> Tensor:
     """DDPM ancestral sampling (Ho et al. 2020, Algorithm 2) on any grid and process: draw x_s from the
     posterior q(x_s | x_t, x0 = x0_hat) with its variance (VDM, Kingma et al. 2021, eq. 29-31)."""
@@ -85,4 +103,5 @@ def ddpm(
         x = coef_xt * x + coef_x0 * pred.x0
         if var > 0:
             x = x + math.sqrt(var) * _noise_like(noise, x)
+        _report(callback, i, s, x, pred.x0)
     return x

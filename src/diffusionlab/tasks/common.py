@@ -120,7 +120,8 @@ def guided(
     conditioning: Mapping[str, Any],
 ) -> tuple[DenoiserLike, dict[str, Tensor] | None]:
     """``pipe.guided_denoiser`` for n images, passing any further conditioning (e.g. prompts) through."""
-    return pipe.guided_denoiser(n, labels, guidance, thresholding, use_ema, **dict(conditioning))
+    settings = {"labels": labels, "guidance": guidance, "thresholding": thresholding, "use_ema": use_ema}
+    return pipe.guided_denoiser(n, **settings, **dict(conditioning))
 
 
 def slice_cond(cond: Mapping[str, Tensor] | None, idx: Sequence[int], device: torch.device) -> dict[str, Tensor] | None:

@@ -16,6 +16,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +28,15 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..config import ModelConfig
-from ..data import DataError, condition_channels, load_dataset, load_toy_dataset, make_image_condition
+from ..data import DataError, load_dataset, load_toy_dataset, make_image_condition, toy_name
 from ..denoisers import Denoiser
-from ..images import save_scatter
 from ..io import CheckpointError
-from ..losses import denoising_loss, sample_times
+from ..losses import TimeSampling, Weighting, denoising_loss, make_time_sampling, make_weighting
 from ..networks.autoencoder import Autoencoder
 from ..networks.text import TextEmbedding, TextEncoder
-from ..pipeline import CONFIG_NAME, Pipeline, build_network, fit_latent_space
+from ..pipeline import CONFIG_NAME, Pipeline, write_class_grid, write_condition_grid, write_prompt_grid
 from ..sampling import sample_seed
+from ..spaces import space_for_data
 from .checkpoints import latest_checkpoint, load_training_state, save_checkpoint
 from .ema import ema_decay_at, update_ema
 
@@ -58,9 +59,9 @@ class TrainingData:
 
 def load_training_data(config: ModelConfig) -> TrainingData:
     """Load the dataset a config names: ``toy:<name>`` for 2-D toys, else anything ``data.load_dataset`` takes."""
-    name = config.data.dataset
-    if name.startswith("toy:"):
-        points = load_toy_dataset(name[4:], n=20000, seed=config.train.seed).tensors()[0]
+    name, toy = config.data.dataset, toy_name(config.data.dataset)
+    if toy is not None:
+        points = load_toy_dataset(toy, n=20000, seed=config.train.seed).tensors()[0]
         return TrainingData(points.float(), None, None)
     ds = load_dataset(name, image_size=config.data.image_size, channels=config.data.channels, split="train")
     if len(ds) == 0:
@@ -195,7 +196,9 @@ class Trainer:
                 raise ValueError("config.latent.autoencoder is not set; give the autoencoder folder to train in.")
             else:
                 autoencoder = Autoencoder.load(config.latent.autoencoder).to(self.accelerator.device)
-            config, latents = fit_latent_space(config, self.data.x, autoencoder)
+            config = space_for_data(config, self.data.x).fit_config(config, self.data.x, autoencoder)
+            with torch.no_grad():
+                latents = Pipeline(config, autoencoder=autoencoder).space.to_model_space(self.data.x)
             self.data = replace(self.data, x=latents.cpu())
         set_seed(config.train.seed)  # same seed, same initial weights (and dropout draws)
         return config, Pipeline(config, autoencoder=autoencoder)
@@ -219,20 +222,9 @@ class Trainer:
         return config.model_copy(update={"network": net})
 
     def _fit_config_to_data(self, config: ModelConfig) -> ModelConfig:
-        x = self.data.x
+        if config.latent is None:  # a latent model is fitted to its latents once the autoencoder is loaded
+            config = space_for_data(config, self.data.x).fit_config(config, self.data.x)
         net = config.network
-        if x.ndim == 2:
-            net = net.model_copy(update={"kind": "mlp", "dim": x.shape[1]})
-        else:
-            n, c, h, w = x.shape
-            if h != w:
-                raise DataError(f"training images must be square, got {h}x{w}.")
-            net = net.model_copy(update={"in_channels": c})
-            config = config.model_copy(update={"data": config.data.model_copy(update={"channels": c, "image_size": h})})
-            if config.data.image_condition is not None:
-                make_image_condition(config.data.image_condition, x[:1], config.data.superres_factor)  # check early
-                cond_ch = condition_channels(config.data.image_condition, c)
-                net = net.model_copy(update={"cond_channels": cond_ch})
         if net.num_classes == 0 and self.data.labels is None:  # "conditional if the data has labels"
             net = net.model_copy(update={"num_classes": None})
         if self.data.labels is not None and net.num_classes is not None:
@@ -248,10 +240,7 @@ class Trainer:
             raise DataError(
                 f"a class-conditional model was asked for, but dataset {config.data.dataset!r} has no labels."
             )
-        config = config.model_copy(update={"network": net})
-        if net.kind == "unet":
-            build_network(net).check_input_size(config.data.image_size, config.data.image_size)
-        return config
+        return config.model_copy(update={"network": net})
 
     def _state(self, step: int) -> dict[str, Any]:
         return {
@@ -275,13 +264,23 @@ class Trainer:
         random.setstate((3, tuple(int(v) for v in state["rng_python"].tolist()), None))
 
     # ------------------------------------------------------------------ one step
+    @cached_property
+    def time_sampling(self) -> TimeSampling:
+        """How this run draws training times (chosen once from the config)."""
+        return make_time_sampling(self.config.train.time_sampling)
+
+    @cached_property
+    def weighting(self) -> Weighting:
+        """This run's loss weighting (chosen once from the config)."""
+        return make_weighting(self.config.train.weighting, self.config.diffusion.sigma_data)
+
     def batch(self, step: int) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor] | None]:
         """This process's slice of the global batch of ``step``: (x0, t, eps, cond)."""
         tc = self.config.train
         gen = torch.Generator().manual_seed(sample_seed(tc.seed, step))
         n = len(self.data.x)
         idx = torch.randint(n, (tc.batch_size,), generator=gen)
-        t = sample_times(self.pipeline.process, tc.batch_size, tc.time_sampling, generator=gen)
+        t = self.time_sampling(self.pipeline.process, tc.batch_size, generator=gen)
         eps = torch.randn((tc.batch_size, *self.data.x.shape[1:]), generator=gen)
         drop = torch.rand(tc.batch_size, generator=gen) < tc.label_dropout
         world, rank = self.accelerator.num_processes, self.accelerator.process_index
@@ -309,10 +308,10 @@ class Trainer:
         its share of the slice, so the summed gradients equal those of the whole slice. Processes average their
         gradients once, in the last micro-batch's backward pass.
         """
-        tc, d = self.config.train, self.config.diffusion
+        tc = self.config.train
         acc = self.accelerator
         self.model.train()
-        denoiser = Denoiser(self.model, self.pipeline.process, d.parameterisation, d.sigma_data)
+        denoiser = Denoiser(self.model, self.pipeline.process, self.pipeline.parameterisation)
         x0, t, eps, cond = self.batch(step)
         parts = micro_batches(x0.shape[0], tc.grad_accumulation)
         total = torch.zeros((), device=acc.device)
@@ -322,7 +321,7 @@ class Trainer:
             with contextlib.nullcontext() if i == len(parts) - 1 else acc.no_sync(self.model):
                 with acc.autocast():
                     loss = weight * denoising_loss(
-                        denoiser, x0[part], sub, t=t[part], eps=eps[part], weighting=tc.weighting
+                        denoiser, x0[part], sub, t=t[part], eps=eps[part], weighting=self.weighting
                     )
                 acc.backward(loss)
             total += loss.detach().float()
@@ -430,14 +429,14 @@ class Trainer:
         if self.config.data.image_condition is not None:
             targets = self.data.x[:: max(1, len(self.data.x) // 8)][:8]
             conds = make_image_condition(self.config.data.image_condition, targets, self.config.data.superres_factor)
-            self.pipeline.sample_condition_grid(path, (conds + 1) / 2, (targets + 1) / 2, seed=seed)
+            write_condition_grid(self.pipeline, path, (conds + 1) / 2, (targets + 1) / 2, seed=seed)
         elif self.text is not None:
-            self.pipeline.sample_prompt_grid(path, self.grid_prompts(), per_prompt=per_class, seed=seed)
-        elif self.config.network.kind == "unet":
-            self.pipeline.sample_class_grid(path, per_class=per_class, seed=seed)
+            write_prompt_grid(self.pipeline, path, self.grid_prompts(), per_prompt=per_class, seed=seed)
+        elif self.pipeline.space.grid_preview:
+            write_class_grid(self.pipeline, path, per_class=per_class, seed=seed)
         else:
             points = self.pipeline.sample(2000, seed=self.config.train.seed)
-            save_scatter(points, path, reference=self.data.x[:2000])
+            self.pipeline.space.save(points, path, reference=self.data.x[:2000])
 
     def grid_prompts(self, count: int = 10) -> list[str]:
         """Prompts for sample grids: the shortest caption of each example, distinct, in data order."""

@@ -1,0 +1,230 @@
+"""One sampling request: small frozen types shared by ``Pipeline.sample``, every task, the CLI and the HTTP API.
+
+A setting has one name, one default and one check, here. ``None`` means "the model's default"
+(``config.sample``), filled in by ``resolve``. The CLI's flags and the HTTP API's fields carry the same names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from torch import Tensor
+
+from ..processes import GaussianProcess
+from .grids import SPACINGS, default_spacing, time_grid
+from .guidance import check_guidance_interval
+
+__all__ = ["SamplerSpec", "GuidanceSpec", "Conditioning", "SampleRequest", "precision", "first_error"]
+
+_NOT_OPTIONS = ("denoiser", "x", "ts", "cond", "noise", "progress", "callback")
+
+
+def first_error(err: ValidationError) -> str:
+    """A pydantic error as one line: 'name: message'."""
+    e = err.errors()[0]
+    where = ".".join(str(p) for p in e["loc"]) or "value"
+    msg = str(e["msg"]).removeprefix("Value error, ")
+    return f"{where}={e.get('input')!r}: {msg}" if "input" in e and not isinstance(e["input"], dict) else msg
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    @classmethod
+    def make(cls, **values: Any) -> Any:
+        """Build and check; a bad value is one ValueError naming it, never a pydantic traceback."""
+        try:
+            return cls(**values)
+        except ValidationError as err:
+            raise ValueError(first_error(err)) from None
+
+
+class SamplerSpec(_Frozen):
+    """Which solver, how many steps, on which time grid, with which solver options (e.g. ``eta``)."""
+
+    sampler: str | None = None  # None: the model's (config.sample.sampler)
+    steps: int | None = Field(default=None, ge=1, le=100_000)
+    spacing: str | None = None  # None: the model's, else the process's default
+    options: dict[str, float | int | bool] = Field(default_factory=dict)
+
+    @field_validator("sampler")
+    @classmethod
+    def _known(cls, v: str | None) -> str | None:
+        from . import SAMPLERS
+
+        if v is not None and v not in SAMPLERS:
+            raise ValueError(f"sampler={v!r} is not known; expected one of {sorted(SAMPLERS)}")
+        return v
+
+    @field_validator("spacing")
+    @classmethod
+    def _spacing(cls, v: str | None) -> str | None:
+        if v is not None and v not in SPACINGS:
+            raise ValueError(f"spacing={v!r} is not known; expected one of {SPACINGS}")
+        return v
+
+    def resolve(self, defaults: Any) -> SamplerSpec:
+        """Fill the unset fields from a model's ``config.sample`` and check the options against the solver."""
+        spec = self.model_copy(
+            update={
+                "sampler": self.sampler or defaults.sampler,
+                "steps": self.steps if self.steps is not None else defaults.steps,
+                "spacing": self.spacing or defaults.spacing,
+            }
+        )
+        return SamplerSpec.make(**spec.model_dump()).check_options()
+
+    def check_options(self) -> SamplerSpec:
+        """One clear error for an option the solver does not take."""
+        from . import SAMPLERS
+
+        allowed = [p for p in inspect.signature(SAMPLERS[self.sampler or "ddim"]).parameters if p not in _NOT_OPTIONS]
+        unknown = sorted(set(self.options) - set(allowed))
+        if unknown:
+            raise ValueError(f"option(s) {unknown} are not known to sampler {self.sampler!r}; it takes {allowed}.")
+        return self
+
+    @property
+    def nfe(self) -> int:
+        """Network evaluations of this (resolved) sampler."""
+        from . import nfe
+
+        return nfe(self.sampler or "ddim", self.steps or 1, **self.options)
+
+    def grid(self, process: GaussianProcess) -> Tensor:
+        """The (resolved) decreasing time grid from t_max to 0."""
+        return time_grid(process, self.steps or 1, self.spacing or default_spacing(process))
+
+
+class GuidanceSpec(_Frozen):
+    """How the denoiser is steered: classifier-free scale w (0 unconditional, 1 conditional, > 1 stronger), CFG
+    rescale phi (Lin et al. 2024), guidance interval (Kynkäänniemi et al. 2024), classifier guidance s (Dhariwal &
+    Nichol 2021), x0 thresholding, and the precision the network runs in."""
+
+    guidance: float | None = Field(default=None, ge=0)  # None: the model's (config.sample.guidance)
+    guidance_rescale: float = Field(default=0.0, ge=0, le=1)
+    guidance_interval: tuple[float, float] | None = None
+    classifier_scale: float = Field(default=0.0, ge=0)
+    thresholding: Literal["none", "clip", "dynamic"] | None = None  # None: the model's
+    mixed_precision: Literal["no", "bf16"] = "no"  # bf16: the network under bfloat16 autocast
+
+    @field_validator("guidance_interval")
+    @classmethod
+    def _interval(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        return check_guidance_interval(v)
+
+    def resolve(self, defaults: Any) -> GuidanceSpec:
+        """Fill the unset fields from a model's ``config.sample``."""
+        return self.model_copy(
+            update={
+                "guidance": defaults.guidance if self.guidance is None else self.guidance,
+                "thresholding": self.thresholding or defaults.thresholding,
+            }
+        )
+
+
+class Conditioning(_Frozen):
+    """What the samples are conditioned on: class labels (one per sample, or one for all), a prompt (one, or one
+    per sample) and a negative prompt, a condition image (C, H, W) or (N, C, H, W) in [0, 1]."""
+
+    labels: list[int] | int | None = None
+    prompt: str | list[str] | None = None
+    negative_prompt: str | None = None
+    cond_image: Tensor | None = None
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels(cls, v: Any) -> Any:
+        return v.flatten().tolist() if isinstance(v, Tensor) else (list(v) if isinstance(v, tuple | range) else v)
+
+    def count(self) -> int | None:
+        """The number of samples the conditioning implies (a list of labels or prompts), else None."""
+        if isinstance(self.labels, list):
+            return len(self.labels)
+        if isinstance(self.prompt, list):
+            return len(self.prompt)
+        return None
+
+
+_SAMPLER_FIELDS = ("sampler", "steps", "spacing")
+
+
+class SampleRequest(_Frozen):
+    """Everything one sampling run is asked: sampler, guidance, conditioning, the weights and the seed."""
+
+    sampler: SamplerSpec = Field(default_factory=SamplerSpec)
+    guidance: GuidanceSpec = Field(default_factory=GuidanceSpec)
+    conditioning: Conditioning = Field(default_factory=Conditioning)
+    seed: int = Field(default=0, ge=0)
+    use_ema: bool = True
+
+    @classmethod
+    def from_settings(cls, **settings: Any) -> SampleRequest:
+        """A request from flat keyword settings as the CLI, the HTTP API and ``Pipeline.sample`` name them; names
+        that are not a field of any part are the solver's options (e.g. ``eta``), checked against the solver."""
+        parts: dict[str, dict[str, Any]] = {"sampler": {}, "guidance": {}, "conditioning": {}, "top": {}}
+        options = dict(settings.pop("options", None) or {})
+        for key, value in settings.items():
+            if key in _SAMPLER_FIELDS:
+                parts["sampler"][key] = value
+            elif key in GuidanceSpec.model_fields:
+                parts["guidance"][key] = value
+            elif key in Conditioning.model_fields:
+                parts["conditioning"][key] = value
+            elif key in ("seed", "use_ema"):
+                parts["top"][key] = value
+            elif value is not None:
+                options[key] = value
+        return cls.make(
+            sampler=SamplerSpec.make(**parts["sampler"], options=options),
+            guidance=GuidanceSpec.make(**parts["guidance"]),
+            conditioning=Conditioning.make(**parts["conditioning"]),
+            **parts["top"],
+        )
+
+    def resolve(self, defaults: Any) -> SampleRequest:
+        """The request with every model default filled in (``defaults`` is a model's ``config.sample``)."""
+        return self.model_copy(
+            update={"sampler": self.sampler.resolve(defaults), "guidance": self.guidance.resolve(defaults)}
+        )
+
+    def metadata(self) -> dict[str, str]:
+        """The settings as PNG text metadata (only what differs from 'off')."""
+        g, c = self.guidance, self.conditioning
+        meta = {
+            "sampler": str(self.sampler.sampler),
+            "steps": str(self.sampler.steps),
+            "seed": str(self.seed),
+            "guidance": str(g.guidance),
+        }
+        extra = {
+            "prompt": c.prompt if isinstance(c.prompt, str) else None,
+            "negative_prompt": c.negative_prompt,
+            "guidance_rescale": str(g.guidance_rescale) if g.guidance_rescale else None,
+            "classifier_scale": str(g.classifier_scale) if g.classifier_scale else None,
+            "mixed_precision": g.mixed_precision if g.mixed_precision != "no" else None,
+        }
+        return {**meta, **{k: v for k, v in extra.items() if v is not None}}
+
+
+@contextlib.contextmanager
+def precision(mixed_precision: str) -> Iterator[None]:
+    """bfloat16 autocast of the network's matmuls and convolutions on the CPU (and the GPU, if any), or nothing."""
+    with contextlib.ExitStack() as stack:
+        if mixed_precision == "bf16":
+            stack.enter_context(torch.autocast("cpu", dtype=torch.bfloat16))
+            if torch.cuda.is_available():
+                stack.enter_context(torch.autocast("cuda", dtype=torch.bfloat16))
+        yield
+
+
+def labels_for(labels: Sequence[int] | int | None, n: int | None) -> list[int] | None:
+    """One label per sample: an int is broadcast to n samples."""
+    if labels is None:
+        return None
+    return [labels] * (n or 1) if isinstance(labels, int) else list(labels)

@@ -1,0 +1,216 @@
+"""The golden commands: a short run of the README's main job and the outputs built on it (issue 12).
+
+``record.py`` ran these on the code before the typed-core refactor and wrote ``hashes.json``;
+``tests/test_golden.py`` runs them again and asserts the same bytes. Each command runs on one thread
+(``OMP_NUM_THREADS=1``) so the float summation order, and so the bytes, do not depend on the machine's load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+CLI = [sys.executable, "-c", "from diffusionlab.cli import main; main()"]
+
+# (name, arguments after `diffusionlab`, files whose bytes are recorded); each runs in the group's work folder
+# with relative paths, since the model folder's path goes into the PNG metadata
+DIGITS = [
+    (
+        "train",
+        ["train", "--out", "digits", "--steps", "200", "--no-progress"],
+        ["digits/model.safetensors", "digits/ema.safetensors", "digits/samples.png"],
+    ),
+    (
+        "sample_ddim",
+        ["sample", "digits", "--labels", "3,7", "--seed", "1", "--out", "ddim.png", "--no-progress"],
+        ["ddim.png"],
+    ),
+    (
+        "sample_heun",
+        [
+            "sample",
+            "digits",
+            "--per-class",
+            "1",
+            "--sampler",
+            "heun",
+            "--steps",
+            "8",
+            "--out",
+            "heun.png",
+            "--no-progress",
+        ],
+        ["heun.png"],
+    ),
+    (
+        "sample_sde",
+        [
+            "sample",
+            "digits",
+            "-n",
+            "4",
+            "--labels",
+            "5",
+            "--sampler",
+            "dpmpp_2m_sde",
+            "--steps",
+            "6",
+            "--guidance",
+            "3",
+            "--guidance-rescale",
+            "0.5",
+            "--thresholding",
+            "dynamic",
+            "--seed",
+            "4",
+            "--out",
+            "sde.png",
+            "--no-progress",
+        ],
+        ["sde.png"],
+    ),
+    (
+        "sample_bf16",
+        [
+            "sample",
+            "digits",
+            "-n",
+            "3",
+            "--steps",
+            "5",
+            "--mixed-precision",
+            "bf16",
+            "--out",
+            "bf16.png",
+            "--no-progress",
+        ],
+        ["bf16.png"],
+    ),
+    (
+        "inpaint",
+        [
+            "inpaint",
+            "digits",
+            "--image",
+            "input.png",
+            "--rect",
+            "0,0,8,16",
+            "--label",
+            "2",
+            "--steps",
+            "10",
+            "--jump-length",
+            "3",
+            "--jump-n-sample",
+            "2",
+            "--out",
+            "inpaint.png",
+            "--no-progress",
+        ],
+        ["inpaint.png"],
+    ),
+    (
+        "inpaint_replace",
+        [
+            "inpaint",
+            "digits",
+            "--image",
+            "input.png",
+            "--rect",
+            "4,4,12,12",
+            "--method",
+            "replace",
+            "--steps",
+            "10",
+            "--out",
+            "replace.png",
+            "--no-progress",
+        ],
+        ["replace.png"],
+    ),
+    (
+        "img2img",
+        [
+            "img2img",
+            "digits",
+            "--image",
+            "input.png",
+            "--strength",
+            "0.5",
+            "--label",
+            "8",
+            "--steps",
+            "20",
+            "--seed",
+            "2",
+            "--out",
+            "img2img.png",
+            "--no-progress",
+        ],
+        ["img2img.png"],
+    ),
+    (
+        "denoise",
+        ["denoise", "digits", "--image", "input.png", "--sigma", "0.2", "--out", "denoise.png"],
+        ["denoise.png"],
+    ),
+    (
+        "denoise_sample",
+        [
+            "denoise",
+            "digits",
+            "--image",
+            "input.png",
+            "--sigma",
+            "0.3",
+            "--mode",
+            "sample",
+            "--sampler",
+            "ddpm",
+            "--steps",
+            "20",
+            "--seed",
+            "3",
+            "--out",
+            "denoise_s.png",
+        ],
+        ["denoise_s.png"],
+    ),
+]
+TOY = [
+    (
+        "train_toy",
+        ["train", "--dataset", "toy:two_moons", "--out", "moons", "--steps", "200", "--no-progress"],
+        ["moons/model.safetensors", "moons/ema.safetensors", "moons/samples.png"],
+    ),
+]
+GROUPS = {"digits": DIGITS, "toy": TOY}
+
+
+def write_input(folder: Path) -> None:
+    """A fixed 16x16 grayscale 'one' with a soft edge: the image the tasks complete, edit and denoise."""
+    yy, xx = np.mgrid[0:16, 0:16]
+    img = np.clip(255 * np.exp(-((xx - 8) ** 2) / 6.0) * ((yy > 2) & (yy < 14)), 0, 255).astype(np.uint8)
+    Image.fromarray(img, mode="L").save(folder / "input.png")
+
+
+def run_group(group: str, folder: Path) -> dict[str, str]:
+    """Run one group's commands in order in ``folder``; return {file: sha256} of the recorded files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_input(folder)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    hashes = {}
+    for name, args, files in GROUPS[group]:
+        cmd = CLI + list(args)
+        proc = subprocess.run(cmd, env=env, cwd=folder, capture_output=True, text=True, timeout=900)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{name}: {' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}")
+        for f in files:
+            hashes[f] = hashlib.sha256((folder / f).read_bytes()).hexdigest()
+    return hashes
