@@ -46,6 +46,7 @@ class GaussianProcess(ABC):
     """
 
     name: str = "process"
+    default_spacing: str = "uniform"  # the sampling grid it does best with by default (sampling.grids)
     t_min: float = 0.0
     t_max: float = 1.0
 
@@ -314,6 +315,7 @@ class VEProcess(GaussianProcess):
     """
 
     name = "ve"
+    default_spacing = "karras"  # uniform t is far too coarse at small sigma here
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, t_min: float = 1e-5) -> None:
         if not 0 < sigma_min < sigma_max:
@@ -345,6 +347,7 @@ class EDMProcess(GaussianProcess):
     """EDM's process (Karras et al. 2022, table 1): alpha = 1, sigma = t, for t in [sigma_min, sigma_max]."""
 
     name = "edm"
+    default_spacing = "karras"
 
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, sigma_data: float = 0.5) -> None:
         if not 0 < sigma_min < sigma_max:

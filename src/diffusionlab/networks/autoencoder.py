@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from ..config import AutoencoderConfig
 from ..io import CheckpointError, load_json, load_tensors, make_dir_readable, save_json, save_tensors
+from .embeddings import check_size_multiple
 from .unet import _groups
 
 __all__ = [
@@ -140,12 +141,7 @@ class KLAutoencoder(nn.Module):
 
     def check_input_size(self, height: int, width: int) -> None:
         """Raise one clear error when the autoencoder cannot take an image of this size."""
-        f = self.downsample_factor
-        if height % f or width % f or height < f or width < f:
-            raise ValueError(
-                f"image size {height}x{width} cannot pass this autoencoder's {self.num_levels} levels; "
-                f"height and width must be positive multiples of {f}."
-            )
+        check_size_multiple(height, width, self.downsample_factor, f"this autoencoder's {self.num_levels} levels")
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Images (N, C, H, W) in [-1, 1] -> mean and log-variance of the latent posterior."""

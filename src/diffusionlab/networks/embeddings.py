@@ -61,3 +61,26 @@ class LabelEmbedding(nn.Module):
     def forward(self, labels: Tensor) -> Tensor:
         labels = torch.where(labels < 0, torch.full_like(labels, self.num_classes), labels)
         return self.table(labels)
+
+
+def add_label_embedding(
+    emb: Tensor, embedding: LabelEmbedding | None, labels: Tensor | None, network: str = "network"
+) -> Tensor:
+    """The noise embedding plus the labels' embedding (no labels: the null label); one clear error for labels
+    given to a network built without classes."""
+    if embedding is None:
+        if labels is not None:
+            raise ValueError(f"labels were given to a {network} built without num_classes (an unconditional model).")
+        return emb
+    if labels is None:
+        labels = torch.full((emb.shape[0],), -1, dtype=torch.long, device=emb.device)
+    return emb + embedding(labels)
+
+
+def check_size_multiple(height: int, width: int, multiple: int, what: str) -> None:
+    """One clear error unless height and width are positive multiples of ``multiple`` (``what`` names the network)."""
+    if height % multiple or width % multiple or height < multiple or width < multiple:
+        raise ValueError(
+            f"image size {height}x{width} cannot pass {what}; "
+            f"height and width must be positive multiples of {multiple}."
+        )

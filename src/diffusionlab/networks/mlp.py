@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .embeddings import LabelEmbedding, NoiseLevelEmbedding
+from .embeddings import LabelEmbedding, NoiseLevelEmbedding, add_label_embedding
 
 
 class MLPBlock(nn.Module):
@@ -48,12 +47,7 @@ class MLP(nn.Module):
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"MLP expected inputs of shape (batch, {self.dim}), got {tuple(x.shape)}.")
         emb = self.noise_embedding(c_noise.expand(x.shape[0]) if c_noise.ndim == 0 else c_noise)
-        if self.label_embedding is not None:
-            if labels is None:
-                labels = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
-            emb = emb + self.label_embedding(labels)
-        elif labels is not None:
-            raise ValueError("labels were given to an MLP built without num_classes (an unconditional model).")
+        emb = add_label_embedding(emb, self.label_embedding, labels, "MLP")
         h = self.inp(x)
         for block in self.blocks:
             h = block(h, emb)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .embeddings import LabelEmbedding, NoiseLevelEmbedding
+from .embeddings import LabelEmbedding, NoiseLevelEmbedding, add_label_embedding, check_size_multiple
 
 
 def _groups(channels: int) -> int:
@@ -97,6 +97,13 @@ class CrossAttention(nn.Module):
         return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
 
 
+def _check_levels(num_levels: int, **named_levels: Sequence[int]) -> None:
+    """One clear error unless every level index lies in [0, num_levels - 1]."""
+    for name, levels in named_levels.items():
+        if any(not 0 <= lvl < num_levels for lvl in levels):
+            raise ValueError(f"{name}={list(levels)} must be level indices in [0, {num_levels - 1}].")
+
+
 class UNet2D(nn.Module):
     """Noise-conditional UNet: ``forward(x, c_noise, labels=None, text=None, text_mask=None, cond_image=None)``
     returns a tensor shaped like x (out_channels).
@@ -123,19 +130,17 @@ class UNet2D(nn.Module):
         cond_channels: int = 0,
     ) -> None:
         super().__init__()
-        out_channels = out_channels or in_channels
-        named_levels = (("attention_levels", attention_levels), ("cross_attention_levels", cross_attention_levels))
-        for name, levels in named_levels:
-            if any(not 0 <= lvl < len(channel_mults) for lvl in levels):
-                raise ValueError(f"{name}={list(levels)} must be level indices in [0, {len(channel_mults) - 1}].")
+        levels = len(channel_mults)
+        _check_levels(levels, attention_levels=attention_levels, cross_attention_levels=cross_attention_levels)
         self.in_channels, self.num_classes = in_channels, num_classes
         self.text_dim, self.cond_channels = text_dim or None, int(cond_channels)
-        self.num_levels = len(channel_mults)
+        self.num_levels = levels
         self.noise_embedding = NoiseLevelEmbedding(base_channels)
         emb_dim = self.noise_embedding.out_dim
         self.label_embedding = LabelEmbedding(num_classes, emb_dim) if num_classes else None
         self.text_embedding = nn.Linear(text_dim, emb_dim) if text_dim else None
         cross = set(cross_attention_levels) if text_dim else set()
+        self._block_spec = (emb_dim, dropout, num_heads, text_dim, set(attention_levels), cross)
 
         self.stem = nn.Conv2d(in_channels + self.cond_channels, base_channels, 3, padding=1)
         chans = [base_channels * m for m in channel_mults]
@@ -144,12 +149,7 @@ class UNet2D(nn.Module):
         ch = base_channels
         for level, out_ch in enumerate(chans):
             for _ in range(num_res_blocks):
-                blocks = nn.ModuleList([ResBlock(ch, out_ch, emb_dim, dropout)])
-                if level in attention_levels:
-                    blocks.append(SelfAttention(out_ch, num_heads))
-                if level in cross:
-                    blocks.append(CrossAttention(out_ch, text_dim, num_heads))
-                self.down.append(blocks)
+                self.down.append(self._blocks(ch, out_ch, level))
                 ch = out_ch
                 skip_chs.append(ch)
             if level < self.num_levels - 1:
@@ -163,20 +163,26 @@ class UNet2D(nn.Module):
         for level in reversed(range(self.num_levels)):
             out_ch = chans[level]
             for _ in range(num_res_blocks + 1):
-                blocks = nn.ModuleList([ResBlock(ch + skip_chs.pop(), out_ch, emb_dim, dropout)])
-                if level in attention_levels:
-                    blocks.append(SelfAttention(out_ch, num_heads))
-                if level in cross:
-                    blocks.append(CrossAttention(out_ch, text_dim, num_heads))
-                self.up.append(blocks)
+                self.up.append(self._blocks(ch + skip_chs.pop(), out_ch, level))
                 ch = out_ch
             if level > 0:
                 self.up.append(
                     nn.ModuleList([nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch, ch, 3, padding=1)])
                 )
-        self.head = nn.Sequential(nn.GroupNorm(_groups(ch), ch), nn.SiLU(), nn.Conv2d(ch, out_channels, 3, padding=1))
+        out_ch = out_channels or in_channels
+        self.head = nn.Sequential(nn.GroupNorm(_groups(ch), ch), nn.SiLU(), nn.Conv2d(ch, out_ch, 3, padding=1))
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
+
+    def _blocks(self, in_ch: int, out_ch: int, level: int) -> nn.ModuleList:
+        """One residual block of a level, with self-attention and cross-attention where that level has them."""
+        emb_dim, dropout, num_heads, text_dim, attention, cross = self._block_spec
+        blocks = nn.ModuleList([ResBlock(in_ch, out_ch, emb_dim, dropout)])
+        if level in attention:
+            blocks.append(SelfAttention(out_ch, num_heads))
+        if level in cross:
+            blocks.append(CrossAttention(out_ch, text_dim, num_heads))
+        return blocks
 
     @property
     def size_multiple(self) -> int:
@@ -185,12 +191,7 @@ class UNet2D(nn.Module):
 
     def check_input_size(self, height: int, width: int) -> None:
         """Raise one clear error when the UNet cannot take an image of this size."""
-        m = self.size_multiple
-        if height % m or width % m or height < m or width < m:
-            raise ValueError(
-                f"image size {height}x{width} cannot pass this UNet's {self.num_levels} levels; "
-                f"height and width must be positive multiples of {m}."
-            )
+        check_size_multiple(height, width, self.size_multiple, f"this UNet's {self.num_levels} levels")
 
     def forward(
         self,
@@ -203,12 +204,7 @@ class UNet2D(nn.Module):
     ) -> Tensor:
         self.check_input_size(x.shape[-2], x.shape[-1])
         emb = self.noise_embedding(c_noise.expand(x.shape[0]) if c_noise.ndim == 0 else c_noise)
-        if self.label_embedding is not None:
-            if labels is None:
-                labels = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
-            emb = emb + self.label_embedding(labels)
-        elif labels is not None:
-            raise ValueError("labels were given to a UNet built without num_classes (an unconditional model).")
+        emb = add_label_embedding(emb, self.label_embedding, labels, "UNet")
         context = None
         if self.text_embedding is not None:
             if text is None:

@@ -22,7 +22,7 @@ _DISCRETE_ONLY = ("leading", "trailing", "linspace")
 def default_spacing(process: GaussianProcess) -> str:
     """The grid a process samples best with by default: EDM's Karras grid for the variance-exploding processes
     (uniform t is far too coarse at small sigma there), uniform t for the rest (DDIM's choice)."""
-    return "karras" if process.name in ("edm", "ve") else "uniform"
+    return process.default_spacing
 
 
 def check_steps(steps: int) -> int:

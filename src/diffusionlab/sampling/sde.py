@@ -175,6 +175,38 @@ def euler_maruyama(
     return x
 
 
+def _langevin_step(
+    denoiser: DenoiserLike,
+    x: Tensor,
+    t: Tensor,
+    cond: Mapping[str, Tensor] | None,
+    noise: Noise | None,
+    a_i: float,
+    snr: float,
+    step_rule: str,
+) -> Tensor:
+    """One Langevin corrector step x + e score + sqrt(2 e) z, e = 2 a_i (snr ratio)^2 with ratio ||z|| / ||score||
+    per sample ("snr") or sigma_t ("sigma") (Song et al. 2021, Algorithm 5)."""
+    score = denoiser(x, t, cond).score
+    z = _noise_like(noise, x)
+    if step_rule == "snr":  # ||z|| / ||score||, per sample
+        ratio = _per_sample_norm(z) / _per_sample_norm(score).clamp(min=torch.finfo(score.dtype).tiny)
+    else:
+        ratio = torch.tensor(float(denoiser.process.sigma(t)), dtype=x.dtype, device=x.device)
+    e = 2.0 * a_i * (snr * ratio) ** 2
+    return x + e * score + torch.sqrt(2.0 * e) * z
+
+
+def _reverse_diffusion_step(
+    process: GaussianProcess, x: Tensor, score: Tensor, t: Tensor, s: Tensor, a_ts: float, noise: Noise | None
+) -> Tensor:
+    """The reverse-diffusion predictor t -> s (Song et al. 2021, appendix E) for any (alpha, sigma):
+    x_s = (2 - a_ts) x_t + sigma_{t|s}^2 score + sigma_{t|s} z with a_ts = alpha_t / alpha_s."""
+    var_ts = max(float(process.sigma(t)) ** 2 - a_ts**2 * float(process.sigma(s)) ** 2, 0.0)
+    x = (2.0 - a_ts) * x + var_ts * score
+    return x + math.sqrt(var_ts) * _noise_like(noise, x) if var_ts > 0 else x
+
+
 def pc_nfe(steps: int, *, corrector_steps: int = 1, **_: Any) -> int:
     """Network evaluations of ``pc``: one predictor and ``corrector_steps`` Langevin steps per grid step."""
     return (1 + _check_count("corrector_steps", corrector_steps, minimum=0)) * steps
@@ -227,28 +259,16 @@ def pc(
     for i in _steps(ts, progress, "pc"):
         t, s = ts[i], ts[i + 1]
         a_t, a_s = float(process.alpha(t)), float(process.alpha(s))
-        a_i = (a_t / a_s) ** 2
         for _ in range(corrector_steps):  # Langevin corrector (Algorithm 5)
-            score = denoiser(x, t, cond).score
-            z = _noise_like(noise, x)
-            if step_rule == "snr":  # ||z|| / ||score||, per sample
-                ratio = _per_sample_norm(z) / _per_sample_norm(score).clamp(min=torch.finfo(score.dtype).tiny)
-            else:
-                ratio = torch.tensor(float(process.sigma(t)), dtype=x.dtype, device=x.device)
-            e = 2.0 * a_i * (snr * ratio) ** 2
-            x = x + e * score + torch.sqrt(2.0 * e) * z
+            x = _langevin_step(denoiser, x, t, cond, noise, (a_t / a_s) ** 2, snr, step_rule)
         pred = denoiser(x, t, cond)
         if denoise_final and i == n - 1 and float(s) == 0.0:
             _report(callback, i, s, pred.x0, pred.x0)
             return pred.x0
         if predictor == "euler_maruyama":
             x = _em_step(process, x, pred.x0, pred.score, t, s, noise)
-        else:  # reverse diffusion (Song et al. 2021, appendix E), written for any (alpha, sigma)
-            a_ts = a_t / a_s
-            var_ts = max(float(process.sigma(t)) ** 2 - a_ts**2 * float(process.sigma(s)) ** 2, 0.0)
-            x = (2.0 - a_ts) * x + var_ts * pred.score
-            if var_ts > 0:
-                x = x + math.sqrt(var_ts) * _noise_like(noise, x)
+        else:
+            x = _reverse_diffusion_step(process, x, pred.score, t, s, a_t / a_s, noise)
         _report(callback, i, s, x, pred.x0)
     return x
 
