@@ -26,11 +26,13 @@ from diffusionlab.denoisers import Prediction
 from diffusionlab.networks.autoencoder import Autoencoder
 from diffusionlab.pipeline import Pipeline
 from diffusionlab.processes import GaussianProcess, broadcast_like, make_process
-from diffusionlab.sampling import NoiseSource, time_grid
+from diffusionlab.sampling import NoiseSource, solve, time_grid
+from diffusionlab.sampling.request import SampleRequest, SamplerSpec
 from diffusionlab.tasks import (
     KnownRegion,
     anomaly_scores,
     denoise,
+    encoding_scale,
     estimate_noise_sigma,
     img2img,
     inpaint,
@@ -49,7 +51,6 @@ from diffusionlab.tasks import (
     start_index,
     write_scores_csv,
 )
-from diffusionlab.tasks.common import run_sampler
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -111,6 +112,15 @@ def latent_pipe() -> Pipeline:
         sample=SampleConfig(steps=4, thresholding="none"),
     )
     return Pipeline(config, autoencoder=ae)
+
+
+def exact_pipe(size: int = 32, mu: float = 0.0, s0: float = 0.2) -> Pipeline:
+    """A pixel-space pipeline whose guided denoiser is the exact one of model-space data x0 ~ N(mu, s0^2) per pixel
+    (pixels x0 independent), so a task's answer can be checked against closed forms."""
+    pipe = tiny_pipe(size=size)
+    den = GaussianDenoiser(pipe.process, mu, torch.eye(size) * s0**2)
+    pipe.guided_denoiser = lambda n, request=None, **settings: (den, None)  # type: ignore[method-assign]
+    return pipe
 
 
 def images8(n: int = 3, channels: int = 1) -> torch.Tensor:
@@ -188,11 +198,37 @@ def test_repaint_and_reconstruction_guidance_approach_the_exact_conditional() ->
     mean, var = x[..., 1].mean().item(), x[..., 1].var().item()
     assert abs(mean - 1.35) < 0.1 and abs(var - 0.19) < 0.05, (mean, var)
     wrapped = KnownRegion(den, known, keep, BatchNoise(1))
-    y = run_sampler(wrapped, torch.randn(n, 1, 1, 2), ts, "ddpm", None, BatchNoise(2))
+    y = solve(wrapped, torch.randn(n, 1, 1, 2), ts, sampler="ddpm", noise=BatchNoise(2))
     assert abs(y[..., 1].mean().item() - 1.35) > 0.3  # the replacement method's known bias (RePaint, sec. 4.1)
     guided = KnownRegion(den, known, keep, BatchNoise(1), reconstruction_guidance=4.0)
-    z = run_sampler(guided, torch.randn(n, 1, 1, 2), ts, "ddpm", None, BatchNoise(2))
+    z = solve(guided, torch.randn(n, 1, 1, 2), ts, sampler="ddpm", noise=BatchNoise(2))
     assert abs(z[..., 1].mean().item() - 1.35) < 0.2  # reconstruction guidance (Ho et al. 2022) corrects most of it
+
+
+def test_tasks_take_one_request_or_its_settings_by_name() -> None:
+    pipe = tiny_pipe(num_classes=3)
+    x, mask = images8(2), rect_mask(8, 8, (2, 1, 6, 5))
+    by_name = inpaint(pipe, x, mask, method="replace", labels=[0, 2], steps=3, seed=5)
+    request = SampleRequest.from_settings(labels=[0, 2], steps=3, seed=5, sampler="ddpm")
+    assert torch.equal(inpaint(pipe, x, mask, method="replace", request=request), by_name)  # ddpm: inpaint's default
+    options = {"sampler": "ddim", "steps": 3, "seed": 1}
+    edited = img2img(pipe, x, 0.7, sampler_options={"eta": 0.5}, **options)
+    assert torch.equal(edited, img2img(pipe, x, 0.7, eta=0.5, **options))  # a solver option, either way
+    assert torch.equal(edited, img2img(pipe, x, 0.7, request=SampleRequest.from_settings(eta=0.5, **options)))
+    with torch.no_grad():  # a network whose output layer is not zero, so its precision shows
+        for w in pipe.network.parameters():
+            w.add_(0.05 * torch.randn(w.shape, generator=torch.Generator().manual_seed(w.numel())))
+    fp32 = img2img(pipe, x, 0.7, eta=0.5, **options)
+    bf16 = img2img(pipe, x, 0.7, mixed_precision="bf16", eta=0.5, **options)
+    assert not torch.equal(bf16, fp32) and (bf16 - fp32).abs().max() < 0.2  # the network ran in bfloat16
+    with pytest.raises(ValueError, match="not both"):
+        img2img(pipe, x, 0.7, request=request, steps=4)
+    with pytest.raises(ValueError, match=r"option\(s\) \['eta'\] are not known to sampler 'ddpm'"):
+        denoise(pipe, x, 0.1, mode="sample", eta=0.5)
+    with pytest.raises(ValueError, match="reconstruction_guidance applies to method='replace' only"):
+        inpaint(pipe, x, mask, reconstruction_guidance=1.0)
+    with pytest.raises(ValueError, match="jump_length=0 must be a positive integer"):
+        inpaint(pipe, x, mask, jump_length=0)
 
 
 def test_mask_of_another_size_is_one_clear_error() -> None:
@@ -209,10 +245,10 @@ def test_sdedit_small_strength_keeps_the_input_and_full_strength_ignores_it() ->
     process = make_process("ddpm", schedule="cosine")
     den = GaussianDenoiser(process, 0.0, torch.eye(4))
     x0 = torch.randn(64, 1, 4, 4, generator=torch.Generator().manual_seed(3))
-    ts = time_grid(process, 50, "uniform")
-    near = sdedit(den, x0, 0.01, ts, sampler="ddim", noise=NoiseSource(0, range(64)))
+    spec = SamplerSpec(sampler="ddim", steps=50, spacing="uniform")
+    near = sdedit(den, x0, 0.01, spec, noise=NoiseSource(0, range(64)))
     assert (near - x0).abs().max() < 0.05  # one step from t_min
-    far = sdedit(den, x0, 0.5, ts, sampler="ddim", noise=NoiseSource(0, range(64)))
+    far = sdedit(den, x0, 0.5, spec, noise=NoiseSource(0, range(64)))
     assert (far - x0).abs().mean() > 10 * (near - x0).abs().mean()
     assert start_index(0.6, 50) == 20 and start_index(1.0, 50) == 0 and start_index(1e-6, 50) == 49
     pipe = tiny_pipe(num_classes=3)
@@ -257,6 +293,31 @@ def test_denoise_through_a_pipeline_uses_model_units() -> None:
     assert drawn.shape == noisy.shape and not torch.equal(drawn, out)
 
 
+def test_denoise_sample_draws_from_the_exact_posterior() -> None:
+    """x0 ~ N(0, s0^2) per pixel (model space), y = x0 + sigma n with sigma = 2 x the pixel std: x0 | y ~
+    N(k y, k sigma^2), k = s0^2 / (s0^2 + sigma^2). Over M = 8192 pixel draws the regression slope of x on y is k
+    and the standardised residuals have variance 1, within 5 standard errors of the sample size."""
+    s0, sigma_pix = 0.2, 0.1
+    sigma = 2 * sigma_pix
+    g = torch.Generator().manual_seed(5)
+    x0 = s0 * torch.randn(8, 1, 32, 32, generator=g)
+    y = x0 + sigma * torch.randn(x0.shape, generator=g)
+    out = denoise(exact_pipe(s0=s0), (y + 1) / 2, sigma_pix, mode="sample", steps=4000, seed=1)
+    x = (out * 2 - 1).double().flatten()
+    y = y.double().flatten()
+    k, var, m = s0**2 / (s0**2 + sigma**2), s0**2 * sigma**2 / (s0**2 + sigma**2), len(x)
+    slope = float((x * y).sum() / (y * y).sum())
+    assert abs(slope - k) < 5 * (var / float((y * y).sum())) ** 0.5, (slope, k)  # the posterior mean k y
+    z = (x - k * y) / var**0.5
+    assert abs(float(z.mean())) < 5 / m**0.5, float(z.mean())
+    assert abs(float(z.var()) - 1) < 5 * (2 / m) ** 0.5, float(z.var())  # the posterior variance k sigma^2
+
+
+def test_encoding_scale_is_exact_at_any_image_size() -> None:
+    for size, channels in ((8, 1), (32, 3)):  # 32x32 RGB: 6144 probes, some once within 1e-3 of black
+        assert encoding_scale(tiny_pipe(size=size, channels=channels)) == 2.0
+
+
 def test_noise_estimate_is_within_ten_percent() -> None:
     g = torch.Generator().manual_seed(0)
     yy, xx = torch.meshgrid(torch.linspace(0, 1, 64), torch.linspace(0, 1, 64), indexing="ij")
@@ -289,6 +350,31 @@ def test_anomaly_scores_and_csv(tmp_path: Path) -> None:
     assert rows[0] == ["rank", "score", "image"]
     assert [r[2] for r in rows[1:]] == ["b.png", "d.png", "a.png", "c.png"]
     assert [r[0] for r in rows[1:]] == ["1", "2", "3", "4"]
+
+
+def test_anomalous_image_scores_higher_and_the_denoising_score_has_its_closed_form() -> None:
+    """Exact denoiser of x0 ~ N(0, s0^2) per pixel on a VP process (alpha^2 = sigmoid(lambda)). With
+    x_t = a x0 + s eps, eps_hat - eps = (r a / s) x0 + (r - 1) eps, r = s^2 / (a^2 s0^2 + s^2), so the denoising
+    score's mean over its noise is W/2 mean_k [(r_k a_k / s_k)^2 mean_d x0^2 + (1 - r_k)^2], its variance
+    (W/2K)^2 sum_k [4 (r_k a_k / s_k)^2 (r_k - 1)^2 sum_d x0^2 + 2 D (r_k - 1)^4] / D^2."""
+    s0, num_times, (lo, hi) = 0.2, 8, (-4.0, 4.0)
+    pipe = exact_pipe(s0=s0)
+    x0 = s0 * torch.randn(6, 1, 32, 32, generator=torch.Generator().manual_seed(5))
+    x0[0, :, 8:24, 8:24] += 3 * s0  # image 0: a bright square, three standard deviations off
+    images = ((x0 + 1) / 2).clamp(0, 1)
+    recon = anomaly_scores(pipe, images, "recon", t=0.35, steps=100)
+    scores = anomaly_scores(pipe, images, "denoising", num_times=num_times, log_snr_range=(lo, hi))
+    for s in (recon, scores):
+        assert float(s[0]) > 1.5 * float(s[1:].max()), s
+    lam = lo + (torch.arange(num_times, dtype=torch.float64) + 0.5) / num_times * (hi - lo)
+    a2, s2 = torch.sigmoid(lam), torch.sigmoid(-lam)
+    r = s2 / (a2 * s0**2 + s2)
+    gain_sq, b = r**2 * a2 / s2, r - 1
+    x = (images[1] * 2 - 1).double()  # one typical image's own x0, after the 8-bit-free encoding
+    mean = (hi - lo) / 2 * float((gain_sq * (x**2).mean() + b**2).mean())
+    var_k = (4 * gain_sq * b**2 * (x**2).sum() + 2 * b**4 * x.numel()) / x.numel() ** 2
+    std = (hi - lo) / (2 * num_times) * float(var_k.sum().sqrt())
+    assert abs(float(scores[1]) - mean) < 5 * std, (float(scores[1]), mean, std)
 
 
 def test_augmentation_folder_round_trips_with_labels(tmp_path: Path) -> None:

@@ -10,18 +10,21 @@ import torch
 from torch import Tensor
 
 from ..denoisers import DenoiserLike
+from ..processes import GaussianProcess
 from .grids import SPACINGS, check_steps, default_spacing, time_grid
 from .guidance import ClassifierFreeGuidance, ClassifierGuidance, check_guidance_interval, null_conditioning
 from .noise import NoiseSource, sample_seed
 from .ode import dpm_2s, dpmpp_2m, dpmpp_3m, euler, heun, two_stage_nfe, unipc
 from .sde import annealed_langevin, annealed_langevin_nfe, dpmpp_2m_sde, euler_ancestral, euler_maruyama, pc, pc_nfe
-from .solvers import StepCallback, check_eta, ddim, ddpm
+from .solvers import StepCallback, check_eta, ddim, ddim_step, ddpm
 from .thresholding import THRESHOLDINGS, Thresholded, dynamic_threshold
 
 __all__ = [
     "SAMPLERS",
     "SPACINGS",
     "sample",
+    "solve",
+    "prior_std",
     "time_grid",
     "check_steps",
     "default_spacing",
@@ -38,6 +41,7 @@ __all__ = [
     "dynamic_threshold",
     "ddpm",
     "ddim",
+    "ddim_step",
     "euler",
     "heun",
     "dpm_2s",
@@ -50,6 +54,7 @@ __all__ = [
     "annealed_langevin",
     "dpmpp_2m_sde",
     "nfe",
+    "check_options",
 ]
 
 SAMPLERS: dict[str, Callable[..., Tensor]] = {
@@ -95,11 +100,49 @@ def nfe(sampler: str, steps: int, **options: Any) -> int:
     return count(steps, **options) if callable(count) else count * steps
 
 
+_NOT_OPTIONS = ("denoiser", "x", "ts", "cond", "noise", "progress", "callback")  # what every solver takes
+
+
 def check_sampler(name: str) -> str:
     """Raise one clear error unless ``name`` is a known sampler."""
     if name not in SAMPLERS:
         raise ValueError(f"sampler={name!r} is not known; expected one of {sorted(SAMPLERS)}.")
     return name
+
+
+def check_options(sampler: str, options: Mapping[str, Any]) -> str:
+    """The sampler's name, after one clear error for an unknown sampler or an option its solver does not take."""
+    fn = SAMPLERS[check_sampler(sampler)]
+    allowed = [p for p in inspect.signature(fn).parameters if p not in _NOT_OPTIONS]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"option(s) {unknown} are not known to sampler {sampler!r}; it takes {allowed}.")
+    return sampler
+
+
+def prior_std(process: GaussianProcess, t: Tensor | float) -> float:
+    """Standard deviation sqrt(alpha_t^2 + sigma_t^2) of x_t = alpha_t x0 + sigma_t eps for data of unit variance
+    (Ho et al. 2020, eq. 4): the std of the Gaussian prior every run starts from at t = ts[0]."""
+    return float(torch.sqrt(process.alpha(t) ** 2 + process.sigma(t) ** 2))
+
+
+def solve(
+    denoiser: DenoiserLike,
+    x: Tensor,
+    ts: Tensor,
+    *,
+    sampler: str = "ddim",
+    cond: Mapping[str, Tensor] | None = None,
+    noise: NoiseSource | None = None,
+    progress: bool = False,
+    callback: StepCallback | None = None,
+    **options: Any,
+) -> Tensor:
+    """Run the named solver from x at ts[0] down the grid ts, without gradients; ``options`` (e.g. ``eta``) are
+    checked against the solver's own, one clear error naming any it does not take."""
+    fn = SAMPLERS[check_options(sampler, options)]
+    with torch.no_grad():
+        return fn(denoiser, x, ts, cond=cond, noise=noise, progress=progress, callback=callback, **options)
 
 
 def sample(
@@ -123,23 +166,13 @@ def sample(
     Sample i uses the noise stream of ``(seed, indices[i])`` (indices default to 0..num_samples-1), so a sample
     is the same at any batch size and position. ``options`` go to the solver (e.g. ``eta`` for DDIM).
     """
-    fn = SAMPLERS[check_sampler(sampler)]
-    allowed = [
-        p
-        for p in inspect.signature(fn).parameters
-        if p not in ("denoiser", "x", "ts", "cond", "noise", "progress", "callback")
-    ]
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ValueError(f"option(s) {unknown} are not known to sampler {sampler!r}; it takes {allowed}.")
     if indices is None:
         if num_samples is None or num_samples <= 0:
             raise ValueError(f"num_samples={num_samples!r} must be a positive integer.")
         indices = range(num_samples)
     ts = time_grid(denoiser.process, steps, spacing or default_spacing(denoiser.process))
     noise = NoiseSource(seed, indices, device)
-    process = denoiser.process
-    init_std = float(torch.sqrt(process.alpha(ts[0]) ** 2 + process.sigma(ts[0]) ** 2))
-    x = init_std * noise(sample_shape)
-    with torch.no_grad():
-        return fn(denoiser, x, ts, cond=cond, noise=noise, progress=progress, callback=callback, **options)
+    x = prior_std(denoiser.process, ts[0]) * noise(sample_shape)
+    return solve(
+        denoiser, x, ts, sampler=sampler, cond=cond, noise=noise, progress=progress, callback=callback, **options
+    )

@@ -15,9 +15,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..denoisers import DenoiserLike
+from ..denoisers import DenoiserLike, Prediction
+from ..processes import GaussianProcess
 
-__all__ = ["ddpm", "ddim", "check_eta", "StepCallback"]
+__all__ = ["ddpm", "ddim", "ddim_step", "check_eta", "StepCallback"]
 
 Noise = Callable[..., Tensor]
 
@@ -70,16 +71,24 @@ def ddim(
     eta = 0 is the deterministic DDIM (the probability-flow ODE's first-order solver), eta = 1 is DDPM.
     """
     eta = check_eta(eta)
-    process = denoiser.process
     for i in _steps(ts, progress, "ddim"):
         t, s = ts[i], ts[i + 1]
         pred = denoiser(x, t, cond)
-        a_s, s_s = float(process.alpha(s)), float(process.sigma(s))
-        c = eta * math.sqrt(float(process.posterior(t, s)[2])) if eta > 0 else 0.0
-        x = a_s * pred.x0 + math.sqrt(max(s_s**2 - c**2, 0.0)) * pred.eps
-        if c > 0:
-            x = x + c * _noise_like(noise, x)
+        x = ddim_step(denoiser.process, pred, t, s, eta, noise)
         _report(callback, i, s, x, pred.x0)
+    return x
+
+
+def ddim_step(
+    process: GaussianProcess, pred: Prediction, t: Tensor, s: Tensor, eta: float, noise: Noise | None
+) -> Tensor:
+    """One DDIM step from t down to s < t, given the denoiser's prediction at t (Song et al. 2021a, eq. 12):
+    x_s = alpha_s x0_hat + sqrt(sigma_s^2 - c^2) eps_hat + c z,  c = eta * sqrt(Var q(x_s | x_t, x0))."""
+    a_s, s_s = float(process.alpha(s)), float(process.sigma(s))
+    c = eta * math.sqrt(float(process.posterior(t, s)[2])) if eta > 0 else 0.0
+    x = a_s * pred.x0 + math.sqrt(max(s_s**2 - c**2, 0.0)) * pred.eps
+    if c > 0:
+        x = x + c * _noise_like(noise, x)
     return x
 
 

@@ -8,14 +8,23 @@ Every task takes and returns images in [0, 1] (N, C, H, W) and reaches the model
 
 from __future__ import annotations
 
-from .anomaly import ANOMALY_METHODS, anomaly_scores, denoising_error, log_snr_levels, reconstruct, write_scores_csv
+from .anomaly import (
+    ANOMALY_METHODS,
+    AnomalyOptions,
+    anomaly_scores,
+    denoising_error,
+    log_snr_levels,
+    reconstruct,
+    write_scores_csv,
+)
 from .augment import check_empty_folder, sample_image_folder, write_image_folder
-from .common import check_images, pixel_shape, read_image, save_image
+from .common import TaskRun, check_images, pixel_shape, read_image, save_image, task_request
 from .denoise import (
     DENOISE_MODES,
     denoise,
     encoding_scale,
     estimate_noise_sigma,
+    noise_levels,
     noise_time,
     posterior_mean,
     posterior_sample,
@@ -23,6 +32,7 @@ from .denoise import (
 from .img2img import check_strength, img2img, sdedit, start_index
 from .inpaint import (
     INPAINT_METHODS,
+    InpaintOptions,
     KnownRegion,
     check_mask,
     inpaint,
@@ -39,7 +49,10 @@ __all__ = [
     "ANOMALY_METHODS",
     "DENOISE_MODES",
     "INPAINT_METHODS",
+    "AnomalyOptions",
+    "InpaintOptions",
     "KnownRegion",
+    "TaskRun",
     "anomaly_scores",
     "check_empty_folder",
     "check_images",
@@ -49,6 +62,7 @@ __all__ = [
     "denoising_error",
     "encoding_scale",
     "estimate_noise_sigma",
+    "noise_levels",
     "img2img",
     "inpaint",
     "log_snr_levels",
@@ -69,6 +83,7 @@ __all__ = [
     "save_image",
     "sdedit",
     "start_index",
+    "task_request",
     "write_image_folder",
     "write_scores_csv",
 ]

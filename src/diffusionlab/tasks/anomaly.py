@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +29,15 @@ from ..denoisers import DenoiserLike
 from ..evaluation.likelihood import bits_per_dim
 from ..io import atomic_path
 from ..pipeline import Pipeline
-from ..processes import broadcast_like
-from ..sampling import NoiseSource, check_sampler, check_steps
-from .common import batches, check_images, grid_below, guided, run_sampler, slice_cond
+from ..processes import GaussianProcess
+from ..sampling import NoiseSource
+from ..sampling.request import SampleRequest, SamplerSpec, precision
+from .common import TaskRun, check_count, check_images, grid_below, run_solver, task_request
 from .denoise import encoding_scale
 
 __all__ = [
     "ANOMALY_METHODS",
+    "AnomalyOptions",
     "reconstruct",
     "log_snr_levels",
     "denoising_error",
@@ -46,30 +49,52 @@ ANOMALY_METHODS = ("recon", "denoising", "likelihood")
 _LOG_SNR_CLIP = 20.0  # the network's noise conditioning clips the log-SNR here too (denoisers.noise_conditioning)
 
 
-def _check_t(denoiser: DenoiserLike, t: float) -> float:
-    process = denoiser.process
+def _check_t(process: GaussianProcess, t: float) -> float:
+    """Raise one clear error unless t lies in the process's time range."""
     if not float(process.t_min) <= float(t) <= float(process.t_max):
         raise ValueError(f"t={t} must lie in [{process.t_min:g}, {process.t_max:g}], the process's time range.")
     return float(t)
+
+
+@dataclass(frozen=True)
+class AnomalyOptions:
+    """The anomaly score's own options, checked once: the ``method``; recon's noising time ``t`` and noise draws
+    ``repeats``; denoising's ``num_times`` log-SNR levels, optionally within ``log_snr_range`` = (low, high);
+    likelihood's ODE tolerance ``ode_tolerance``."""
+
+    method: str = "recon"
+    t: float = 0.35
+    repeats: int = 1
+    num_times: int = 16
+    log_snr_range: tuple[float, float] | None = None
+    ode_tolerance: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if self.method not in ANOMALY_METHODS:
+            raise ValueError(f"method={self.method!r} is not known; expected one of {ANOMALY_METHODS}.")
+        check_count("repeats", self.repeats)
+        check_count("num_times", self.num_times)
+        if self.log_snr_range is not None and len(self.log_snr_range) != 2:
+            raise ValueError(f"log_snr_range={self.log_snr_range!r} must be two numbers (low, high).")
+        if not float(self.ode_tolerance) > 0:
+            raise ValueError(f"ode_tolerance={self.ode_tolerance} must be a positive number.")
 
 
 def reconstruct(
     denoiser: DenoiserLike,
     x0: Tensor,
     t: float,
+    spec: SamplerSpec,
     *,
-    steps: int,
-    sampler: str = "ddim",
-    spacing: str | None = None,
     cond: Mapping[str, Tensor] | None = None,
     noise: NoiseSource,
-    options: Mapping[str, Any] | None = None,
+    progress: bool = False,
 ) -> Tensor:
-    """x_t ~ q(x_t | x0), then ``sampler`` from t to 0 over the part of the ``steps``-step grid below t."""
+    """x_t ~ q(x_t | x0), then the sampler of ``spec`` from t to 0 over the part of its grid below t."""
     process = denoiser.process
-    t = _check_t(denoiser, t)
+    t = _check_t(process, t)
     x_t = float(process.alpha(t)) * x0 + float(process.sigma(t)) * noise.like(x0)
-    return run_sampler(denoiser, x_t, grid_below(process, t, steps, spacing), sampler, cond, noise, options)
+    return run_solver(denoiser, x_t, grid_below(process, t, spec), spec, cond=cond, noise=noise, progress=progress)
 
 
 def log_snr_levels(
@@ -77,8 +102,7 @@ def log_snr_levels(
 ) -> tuple[Tensor, float]:
     """``num_times`` times at evenly spread log-SNR (midpoints of equal bins) and the width lambda_max - lambda_min
     they cover: between the process's ends (clipped to +-20), or within ``log_snr_range`` = (low, high)."""
-    if isinstance(num_times, bool) or not isinstance(num_times, int) or num_times < 1:
-        raise ValueError(f"num_times={num_times!r} must be a positive integer.")
+    check_count("num_times", num_times)
     process = denoiser.process
     lam_hi = min(float(process.log_snr(process.t_min)), _LOG_SNR_CLIP)
     lam_lo = max(float(process.log_snr(process.t_max)), -_LOG_SNR_CLIP)
@@ -113,8 +137,7 @@ def denoising_error(
     for t in times:
         eps = eps_all.like(x0[:1]).expand_as(x0)
         tt = t.expand(len(x0))
-        x_t = broadcast_like(process.alpha(tt), x0) * x0 + broadcast_like(process.sigma(tt), x0) * eps
-        pred = denoiser(x_t, tt, cond)
+        pred = denoiser(process.add_noise(x0, tt, eps), tt, cond)
         total += ((pred.eps - eps) ** 2).flatten(1).mean(1).double()
     return (0.5 * width * total / len(times)).float()
 
@@ -126,65 +149,63 @@ def anomaly_scores(
     *,
     t: float = 0.35,
     repeats: int = 1,
-    steps: int | None = None,
-    sampler: str = "ddim",
     num_times: int = 16,
     log_snr_range: tuple[float, float] | None = None,
     ode_tolerance: float = 1e-3,
-    labels: Sequence[int] | Tensor | int | None = None,
-    guidance: float | None = None,
-    seed: int = 0,
+    request: SampleRequest | None = None,
     batch_size: int = 256,
-    use_ema: bool = True,
-    **conditioning: Any,
+    progress: bool = False,
+    **settings: Any,
 ) -> Tensor:
     """Anomaly score (N,) of images (N, C, H, W) in [0, 1]; higher = more anomalous.
 
-    "recon": noise to time ``t``, reconstruct with ``sampler`` (``steps`` counts a full run from t_max, default
-    the model's), mean squared pixel error averaged over ``repeats``. "denoising": the ELBO-style denoising error
-    over ``num_times`` log-SNR levels, all of them or those in ``log_snr_range`` (a band of mid noise levels, e.g.
-    (-3, 3), separates better: the extremes add noise, not information). "likelihood": bits/dim of the image
-    quantised to 8 bits, through the probability-flow ODE at tolerance ``ode_tolerance`` (pixel-space models).
-    A class-conditional model is scored unconditionally unless ``labels``.
+    "recon": noise to time ``t``, reconstruct with the ``sampler`` (default ddim; ``steps`` counts a full run from
+    t_max, default the model's), mean squared pixel error averaged over ``repeats``. "denoising": the ELBO-style
+    denoising error over ``num_times`` log-SNR levels, all of them or those in ``log_snr_range`` (a band of mid
+    noise levels, e.g. (-3, 3), separates better: the extremes add noise, not information). "likelihood": bits/dim
+    of the image quantised to 8 bits, through the probability-flow ODE at tolerance ``ode_tolerance`` (pixel-space
+    models). ``settings`` are the request's fields by name (``labels``, ``sampler``, ``steps``, ``seed``, ...), or
+    pass one ``request``; a class-conditional model is scored unconditionally unless ``labels``. The method sets
+    the thresholding: x0 is clipped for "recon" only, as the scores compare the model's own estimates with the truth.
     """
-    if method not in ANOMALY_METHODS:
-        raise ValueError(f"method={method!r} is not known; expected one of {ANOMALY_METHODS}.")
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"repeats={repeats!r} must be a positive integer.")
+    opts = AnomalyOptions(method, t, repeats, num_times, log_snr_range, ode_tolerance)
     images = check_images(pipe, images)
-    steps = check_steps(steps if steps is not None else pipe.config.sample.steps)
-    sampler = check_sampler(sampler)
-    if not float(ode_tolerance) > 0:
-        raise ValueError(f"ode_tolerance={ode_tolerance} must be a positive number.")
-    if method == "likelihood" and encoding_scale(pipe) != 2.0:
+    if opts.method == "recon":
+        _check_t(pipe.process, opts.t)
+    if opts.method == "likelihood" and encoding_scale(pipe) != 2.0:
         raise ValueError("the likelihood score needs a pixel-space model with pixels in [-1, 1].")
     # scores compare the model's own estimates with the truth: no clipping of x0 (it would change eps_hat)
-    thresholding = "clip" if method == "recon" else "none"
-    denoiser, cond_all = guided(pipe, len(images), labels, guidance, thresholding, use_ema, conditioning)
-    if method == "recon":
-        _check_t(denoiser, t)
-    device = pipe.device
-    if method == "likelihood":  # bits_per_dim batches itself; sample i dequantises with the noise of (seed, i)
-        x = pipe.encode((images.to(device) * 255).round() / 255)
-        cond = slice_cond(cond_all, range(len(images)), device)
-        tol = float(ode_tolerance)
-        return bits_per_dim(denoiser, x, cond, seed=seed, batch_size=batch_size, rtol=tol, atol=tol).bpd.float().cpu()
-    scores = []
-    with torch.no_grad():
-        for idx in batches(len(images), batch_size):
-            batch = images[idx].to(device)
-            x0 = pipe.encode(batch)
-            cond = slice_cond(cond_all, idx, device)
-            if method == "denoising":
-                scores.append(denoising_error(denoiser, x0, num_times, seed, cond, log_snr_range).cpu())
-                continue
-            noise = NoiseSource(seed, idx, device)
-            err = torch.zeros(len(idx), device=device)
-            for _ in range(repeats):
-                rec = pipe.decode(reconstruct(denoiser, x0, t, steps=steps, sampler=sampler, cond=cond, noise=noise))
-                err += ((rec - batch) ** 2).flatten(1).mean(1)
-            scores.append((err / repeats).cpu())
-    return torch.cat(scores)
+    thresholding = "clip" if opts.method == "recon" else "none"
+    run = TaskRun.start(pipe, len(images), task_request(pipe, request, settings, "ddim", thresholding))
+    if opts.method == "likelihood":
+        return _likelihood(run, images, opts.ode_tolerance, batch_size, progress)
+
+    def score(idx: list[int], cond: dict[str, Tensor] | None) -> Tensor:
+        batch = images[idx].to(pipe.device)
+        x0 = pipe.encode(batch)
+        if opts.method == "denoising":
+            return denoising_error(run.denoiser, x0, opts.num_times, run.request.seed, cond, opts.log_snr_range).cpu()
+        noise, err = run.noise(idx), torch.zeros(len(idx), device=pipe.device)
+        for _ in range(opts.repeats):
+            rec = reconstruct(run.denoiser, x0, opts.t, run.spec, cond=cond, noise=noise, progress=progress)
+            err += ((pipe.decode(rec) - batch) ** 2).flatten(1).mean(1)
+        return (err / opts.repeats).cpu()
+
+    return run.map(score, range(len(images)), batch_size)
+
+
+def _likelihood(run: TaskRun, images: Tensor, tolerance: float, batch_size: int, progress: bool) -> Tensor:
+    """Bits/dim of the images quantised to 8 bits (``bits_per_dim`` batches itself; image i dequantises with the
+    noise of (seed, i))."""
+    pipe, device = run.pipe, run.pipe.device
+    x = pipe.encode((images.to(device) * 255).round() / 255)
+    cond = {k: v.to(device) for k, v in run.cond.items()} if run.cond is not None else None
+    tol, seed = float(tolerance), run.request.seed
+    with precision(run.request.guidance.mixed_precision):
+        result = bits_per_dim(
+            run.denoiser, x, cond, seed=seed, batch_size=batch_size, progress=progress, rtol=tol, atol=tol
+        )
+    return result.bpd.float().cpu()
 
 
 def write_scores_csv(names: Sequence[str | os.PathLike[str]], scores: Tensor, path: str | os.PathLike[str]) -> None:

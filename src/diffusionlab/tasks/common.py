@@ -1,4 +1,4 @@
-"""What the tasks share: image files, input checks, batches, truncated time grids and sampler runs (floor 5).
+"""What the tasks share: image files, input checks, the request and batched run, truncated time grids (floor 5).
 
 Tasks take and return images in [0, 1] with shape (N, C, H, W) in pixel space and talk to a model only through
 ``pipe.encode``, ``pipe.decode``, ``pipe.sample_shape`` and ``pipe.guided_denoiser``, so they work unchanged on
@@ -7,10 +7,10 @@ latent models, whose model space is not the pixel space.
 
 from __future__ import annotations
 
-import inspect
 import io
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,25 +19,26 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from ..conditioning import iter_batches
 from ..data import DataError
 from ..denoisers import DenoiserLike
 from ..images import save_png, to_pil
 from ..pipeline import Pipeline
 from ..processes import GaussianProcess
-from ..sampling import SAMPLERS, NoiseSource, check_sampler, default_spacing, sample_seed, time_grid
+from ..sampling import NoiseSource, sample_seed, solve
+from ..sampling.request import SampleRequest, SamplerSpec, precision
 
 __all__ = [
     "read_image",
     "save_image",
     "pixel_shape",
     "check_images",
-    "batches",
-    "guided",
-    "slice_cond",
+    "check_count",
+    "task_request",
+    "TaskRun",
     "grid_below",
-    "run_sampler",
+    "run_solver",
     "auxiliary_noise",
-    "initial_std",
 ]
 
 _GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
@@ -103,69 +104,98 @@ def check_images(pipe: Pipeline, images: Tensor, unit_range: bool = True) -> Ten
     return images.float()
 
 
-def batches(n: int, batch_size: int) -> list[list[int]]:
-    """Indices 0..n-1 cut into consecutive batches of at most ``batch_size``."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} must be a positive integer.")
-    return [list(range(s, min(s + batch_size, n))) for s in range(0, n, batch_size)]
+def check_count(name: str, value: int) -> int:
+    """Raise one clear error naming ``name`` unless value is a positive integer."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}={value!r} must be a positive integer.")
+    return value
 
 
-def guided(
+def task_request(
     pipe: Pipeline,
-    n: int,
-    labels: Sequence[int] | Tensor | int | None,
-    guidance: float | None,
-    thresholding: str | None,
-    use_ema: bool,
-    conditioning: Mapping[str, Any],
-) -> tuple[DenoiserLike, dict[str, Tensor] | None]:
-    """``pipe.guided_denoiser`` for n images, passing any further conditioning (e.g. prompts) through."""
-    settings = {"labels": labels, "guidance": guidance, "thresholding": thresholding, "use_ema": use_ema}
-    return pipe.guided_denoiser(n, **settings, **dict(conditioning))
+    request: SampleRequest | None,
+    settings: dict[str, Any],
+    sampler: str | None = None,
+    thresholding: str | None = None,
+) -> SampleRequest:
+    """A task's request resolved once against the model's defaults: ``request``, or one built from ``settings`` by
+    name (``sampler_options`` is the solver's ``options``). An unset sampler is the task's own ``sampler``, if any,
+    else the model's; ``thresholding`` (if given) is the task's and replaces the request's."""
+    given = {k: v for k, v in settings.items() if v is not None}
+    if request is not None and given:
+        raise ValueError(f"give request= or the settings {sorted(given)} by name, not both.")
+    if request is None:
+        options = given.pop("sampler_options", None)
+        if options:
+            given["options"] = {**(given.get("options") or {}), **options}
+        request = SampleRequest.from_settings(**given)
+    if sampler is not None and request.sampler.sampler is None:
+        request = request.model_copy(update={"sampler": request.sampler.model_copy(update={"sampler": sampler})})
+    if thresholding is not None:
+        guidance = request.guidance.model_copy(update={"thresholding": thresholding})
+        request = request.model_copy(update={"guidance": guidance})
+    return request.resolve(pipe.config.sample)
 
 
-def slice_cond(cond: Mapping[str, Tensor] | None, idx: Sequence[int], device: torch.device) -> dict[str, Tensor] | None:
-    """The conditioning of the samples ``idx``, on ``device``."""
-    return {k: v[list(idx)].to(device) for k, v in cond.items()} if cond is not None else None
+@dataclass(frozen=True)
+class TaskRun:
+    """One task's run: the resolved request, the guided denoiser and the conditioning of its n inputs (on the CPU)."""
+
+    pipe: Pipeline
+    request: SampleRequest
+    denoiser: DenoiserLike
+    cond: dict[str, Tensor] | None
+
+    @classmethod
+    def start(cls, pipe: Pipeline, n: int, request: SampleRequest) -> TaskRun:
+        """The run of n inputs: ``pipe.guided_denoiser`` for the (resolved) request."""
+        denoiser, cond = pipe.guided_denoiser(n, request)
+        return cls(pipe, request, denoiser, cond)
+
+    @property
+    def spec(self) -> SamplerSpec:
+        """The resolved sampler: name, steps, spacing and options."""
+        return self.request.sampler
+
+    def noise(self, indices: Sequence[int]) -> NoiseSource:
+        """The noise streams (seed, i) of the inputs ``indices``, so input i's result does not depend on batching."""
+        return NoiseSource(self.request.seed, indices, self.pipe.device)
+
+    def map(
+        self, fn: Callable[[list[int], dict[str, Tensor] | None], Tensor], indices: Sequence[int], batch_size: int
+    ) -> Tensor:
+        """``fn(idx, cond)`` over batches of ``indices`` (``conditioning.iter_batches``), without gradients and under
+        the request's precision; the results concatenated in the order of ``indices``."""
+        with precision(self.request.guidance.mixed_precision), torch.no_grad():
+            out = [fn(idx, cond) for idx, cond in iter_batches(indices, batch_size, self.cond, self.pipe.device)]
+        return torch.cat(out)
 
 
-def grid_below(process: GaussianProcess, t: float, steps: int, spacing: str | None = None) -> Tensor:
-    """A decreasing grid from t to the data at 0: t, then the times of the full ``steps``-step grid below t.
+def grid_below(process: GaussianProcess, t: float, spec: SamplerSpec) -> Tensor:
+    """A decreasing grid from t to the data at 0: t, then the times of the sampler's full grid below t.
 
-    So ``steps`` counts the steps of a run from t_max; a run from t takes the part of that grid below it.
+    So ``spec.steps`` counts the steps of a run from t_max; a run from t takes the part of that grid below it.
     """
-    full = time_grid(process, steps, spacing or default_spacing(process))
+    full = spec.grid(process)
     t64 = torch.tensor([float(t)], dtype=torch.float64)
     return torch.cat([t64, full[full < float(t) - 1e-12]])
 
 
-def run_sampler(
+def run_solver(
     denoiser: DenoiserLike,
     x: Tensor,
     ts: Tensor,
-    sampler: str,
-    cond: Mapping[str, Tensor] | None,
+    spec: SamplerSpec,
+    *,
+    cond: Mapping[str, Tensor] | None = None,
     noise: NoiseSource,
-    options: Mapping[str, Any] | None = None,
     progress: bool = False,
 ) -> Tensor:
-    """Run a named sampler from x at ts[0] down the grid ts, with its options checked by name."""
-    fn = SAMPLERS[check_sampler(sampler)]
-    allowed = [
-        p for p in inspect.signature(fn).parameters if p not in ("denoiser", "x", "ts", "cond", "noise", "progress")
-    ]
-    unknown = sorted(set(options or {}) - set(allowed))
-    if unknown:
-        raise ValueError(f"option(s) {unknown} are not known to sampler {sampler!r}; it takes {allowed}.")
-    with torch.no_grad():
-        return fn(denoiser, x, ts, cond=cond, noise=noise, progress=progress, **dict(options or {}))
+    """``sampling.solve`` with the sampler and options of ``spec``: from x at ts[0] down the grid ts."""
+    sampler = spec.sampler or "ddim"
+    return solve(denoiser, x, ts, sampler=sampler, cond=cond, noise=noise, progress=progress, **spec.options)
 
 
 def auxiliary_noise(seed: int, indices: Sequence[int], device: torch.device, stream: int) -> NoiseSource:
     """A per-sample noise source independent of the sampler's (seed, index) streams, numbered by ``stream``."""
     return NoiseSource(sample_seed(seed, 2**40 + stream), indices, device)
-
-
-def initial_std(process: GaussianProcess, t: Tensor | float) -> float:
-    """Standard deviation of the prior at t, sqrt(alpha^2 + sigma^2), as ``sampling.sample`` starts from it."""
-    return float(torch.sqrt(process.alpha(t) ** 2 + process.sigma(t) ** 2))

@@ -25,12 +25,14 @@ from torch import Tensor
 from ..denoisers import DenoiserLike
 from ..pipeline import Pipeline
 from ..processes import GaussianProcess, broadcast_like
-from ..sampling import NoiseSource, check_sampler, check_steps
-from .common import batches, check_images, grid_below, guided, pixel_shape, run_sampler, slice_cond
+from ..sampling import NoiseSource
+from ..sampling.request import SampleRequest, SamplerSpec
+from .common import TaskRun, check_images, grid_below, pixel_shape, run_solver, task_request
 
 __all__ = [
     "DENOISE_MODES",
     "estimate_noise_sigma",
+    "noise_levels",
     "noise_time",
     "encoding_scale",
     "posterior_mean",
@@ -77,7 +79,8 @@ def encoding_scale(pipe: Pipeline) -> float:
     """The slope a of the model's encoding if it is elementwise affine (a y + b), which maps pixel noise of std
     sigma to model-space noise of std a sigma; one clear error for a latent model, whose encoding is not."""
     shape = pixel_shape(pipe)
-    probe = torch.rand((2, *shape), generator=torch.Generator().manual_seed(0)).to(pipe.device)
+    # probes in [1/4, 3/4]: far from 0, so the slope (x - b) / probe is exact for pixels in [-1, 1] at any image size
+    probe = (0.25 + 0.5 * torch.rand((2, *shape), generator=torch.Generator().manual_seed(0))).to(pipe.device)
     x = pipe.encode(probe)
     if tuple(x.shape[1:]) != shape:
         raise ValueError(
@@ -85,7 +88,7 @@ def encoding_scale(pipe: Pipeline) -> float:
             "where pixel noise is not Gaussian noise."
         )
     b = pipe.encode(torch.zeros_like(probe[:1]))
-    a = (x - b) / probe.clamp(min=1e-3)
+    a = (x - b) / probe
     scale = float(a.mean())
     if not torch.allclose(a, torch.full_like(a, scale), rtol=1e-4, atol=1e-5) or scale <= 0:
         raise ValueError("denoising by noise level needs a model whose encoding is an affine map of the pixels.")
@@ -107,57 +110,27 @@ def posterior_sample(
     denoiser: DenoiserLike,
     y: Tensor,
     ve_sigma: float,
+    spec: SamplerSpec,
     *,
-    steps: int,
-    spacing: str | None = None,
-    sampler: str = "ddpm",
     cond: Mapping[str, Tensor] | None = None,
     noise: NoiseSource,
-    options: Mapping[str, Any] | None = None,
     progress: bool = False,
 ) -> Tensor:
-    """A draw from p(x0 | y) for y = x0 + ve_sigma n: x_t = alpha(t) y, then a stochastic ``sampler`` from t to 0
-    on the part of the ``steps``-step grid below t."""
+    """A draw from p(x0 | y) for y = x0 + ve_sigma n: x_t = alpha(t) y, then the stochastic sampler of ``spec``
+    from t to 0 on the part of its grid below t."""
     process = denoiser.process
     t = float(noise_time(process, float(ve_sigma)))
     x_t = float(process.alpha(t)) * y
-    return run_sampler(denoiser, x_t, grid_below(process, t, steps, spacing), sampler, cond, noise, options, progress)
+    return run_solver(denoiser, x_t, grid_below(process, t, spec), spec, cond=cond, noise=noise, progress=progress)
 
 
-def denoise(
-    pipe: Pipeline,
-    noisy: Tensor,
-    sigma: float | Sequence[float] | Tensor | str = "auto",
-    *,
-    mode: str = "mean",
-    labels: Sequence[int] | Tensor | int | None = None,
-    guidance: float | None = None,
-    sampler: str = "ddpm",
-    steps: int | None = None,
-    spacing: str | None = None,
-    sampler_options: Mapping[str, Any] | None = None,
-    seed: int = 0,
-    thresholding: str | None = None,
-    batch_size: int = 256,
-    use_ema: bool = True,
-    progress: bool = False,
-    **conditioning: Any,
-) -> Tensor:
-    """Remove Gaussian noise of std ``sigma`` (pixel units, images in [0, 1]; "auto" estimates it per image)
-    from images (N, C, H, W); returns images in [0, 1].
-
-    ``mode``: "mean" (posterior mean, one network call) or "sample" (a posterior draw with ``sampler``, default
-    ddpm, over the part of a ``steps``-step grid below the noise level). Values of ``noisy`` may lie outside
-    [0, 1] (unclipped noise).
-    """
-    if mode not in DENOISE_MODES:
-        raise ValueError(f"mode={mode!r} is not known; expected one of {DENOISE_MODES}.")
-    noisy = check_images(pipe, noisy, unit_range=False)
-    n = len(noisy)
+def noise_levels(images: Tensor, sigma: float | Sequence[float] | Tensor | str) -> Tensor:
+    """One noise std per image (float64, pixel units): ``sigma`` for all, one each, or "auto" (estimated)."""
+    n = len(images)
     if isinstance(sigma, str):
         if sigma != "auto":
             raise ValueError(f"sigma={sigma!r} must be a number (pixel units, images in [0, 1]) or 'auto'.")
-        sigmas = estimate_noise_sigma(noisy).double()
+        sigmas = estimate_noise_sigma(images).double()
     else:
         sigmas = torch.as_tensor(sigma, dtype=torch.float64).flatten()
         sigmas = sigmas.expand(n) if len(sigmas) == 1 else sigmas
@@ -166,34 +139,46 @@ def denoise(
     if bool((sigmas <= 0).any()) or not bool(torch.isfinite(sigmas).all()):
         bad = sigmas[(sigmas <= 0) | ~torch.isfinite(sigmas)][0]
         raise ValueError(f"noise level sigma={float(bad):g} must be positive (pixel units, images in [0, 1]).")
-    ve = sigmas * encoding_scale(pipe)
+    return sigmas
+
+
+def denoise(
+    pipe: Pipeline,
+    noisy: Tensor,
+    sigma: float | Sequence[float] | Tensor | str = "auto",
+    *,
+    mode: str = "mean",
+    request: SampleRequest | None = None,
+    batch_size: int = 256,
+    progress: bool = False,
+    **settings: Any,
+) -> Tensor:
+    """Remove Gaussian noise of std ``sigma`` (pixel units, images in [0, 1]; "auto" estimates it per image)
+    from images (N, C, H, W); returns images in [0, 1].
+
+    ``mode``: "mean" (posterior mean, one network call) or "sample" (a posterior draw with the ``sampler``, default
+    ddpm, over the part of its ``steps``-step grid below the noise level). ``settings`` are the request's fields by
+    name, as for ``Pipeline.sample`` (``labels``, ``guidance``, ``sampler``, ``steps``, ``seed``, ...), or pass one
+    ``request``. Values of ``noisy`` may lie outside [0, 1] (unclipped noise).
+    """
+    if mode not in DENOISE_MODES:
+        raise ValueError(f"mode={mode!r} is not known; expected one of {DENOISE_MODES}.")
+    noisy = check_images(pipe, noisy, unit_range=False)
+    ve = noise_levels(noisy, sigma) * encoding_scale(pipe)
+    run = TaskRun.start(pipe, len(noisy), task_request(pipe, request, settings, sampler="ddpm"))
+
+    def restore(idx: list[int], cond: dict[str, Tensor] | None) -> Tensor:
+        y = pipe.encode(noisy[idx].to(pipe.device))
+        if mode == "mean":
+            return pipe.decode(posterior_mean(run.denoiser, y, ve[idx], cond)).cpu()
+        level = float(ve[idx[0]])  # a sampler runs one grid: every batch holds images of one noise level
+        x = posterior_sample(run.denoiser, y, level, run.spec, cond=cond, noise=run.noise(idx), progress=progress)
+        return pipe.decode(x).cpu()
+
+    groups = [list(range(len(noisy)))]
     if mode == "sample":
-        sampler = check_sampler(sampler)
-        steps = check_steps(steps if steps is not None else pipe.config.sample.steps)
-    denoiser, cond_all = guided(pipe, n, labels, guidance, thresholding, use_ema, conditioning)
-    device = pipe.device
-    out = torch.empty(n, *noisy.shape[1:])
-    with torch.no_grad():
-        for idx in batches(n, batch_size):
-            y = pipe.encode(noisy[idx].to(device))
-            cond = slice_cond(cond_all, idx, device)
-            if mode == "mean":
-                out[idx] = pipe.decode(posterior_mean(denoiser, y, ve[idx], cond)).cpu()
-                continue
-            for level in torch.unique(ve[idx]).tolist():  # a sampler runs one grid: group images by noise level
-                rows = [i for i, j in enumerate(idx) if float(ve[j]) == level]
-                group = [idx[i] for i in rows]
-                x = posterior_sample(
-                    denoiser,
-                    y[rows],
-                    level,
-                    steps=steps,
-                    spacing=spacing,
-                    sampler=sampler,
-                    cond=slice_cond(cond, rows, device),
-                    noise=NoiseSource(seed, group, device),
-                    options=sampler_options,
-                    progress=progress,
-                )
-                out[group] = pipe.decode(x).cpu()
+        groups = [[i for i in range(len(noisy)) if float(ve[i]) == level] for level in torch.unique(ve).tolist()]
+    out = torch.empty(len(noisy), *noisy.shape[1:])
+    for group in groups:
+        out[group] = run.map(restore, group, batch_size)
     return out

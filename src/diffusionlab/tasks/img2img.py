@@ -10,17 +10,16 @@ does, so it ignores the input and gives the same images as ``pipe.sample`` with 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from ..denoisers import DenoiserLike
 from ..pipeline import Pipeline
-from ..processes import broadcast_like
-from ..sampling import NoiseSource, check_sampler, check_steps, default_spacing, time_grid
-from .common import batches, check_images, guided, initial_std, run_sampler, slice_cond
+from ..sampling import NoiseSource, check_steps, prior_std
+from ..sampling.request import SampleRequest, SamplerSpec
+from .common import TaskRun, check_images, run_solver, task_request
 
 __all__ = ["check_strength", "start_index", "sdedit", "img2img"]
 
@@ -44,25 +43,23 @@ def sdedit(
     denoiser: DenoiserLike,
     x0: Tensor,
     strength: float,
-    ts: Tensor,
+    spec: SamplerSpec,
     *,
-    sampler: str = "ddim",
     cond: Mapping[str, Tensor] | None = None,
     noise: NoiseSource,
-    options: Mapping[str, Any] | None = None,
     progress: bool = False,
 ) -> Tensor:
-    """SDEdit in the model space: x_t = alpha_t x0 + sigma_t eps at the grid's start index for ``strength``
-    (Meng et al. 2022, Algorithm 1 with its t0 = strength), then ``sampler`` down the rest of the grid ``ts``."""
-    start = start_index(strength, len(ts) - 1)
+    """SDEdit in the model space: x_t = alpha_t x0 + sigma_t eps at the start index for ``strength`` of the grid of
+    ``spec`` (Meng et al. 2022, Algorithm 1 with its t0 = strength), then the sampler of ``spec`` down the rest."""
     process = denoiser.process
+    ts = spec.grid(process)
+    start = start_index(strength, len(ts) - 1)
     eps = noise.like(x0)
     if start == 0:  # the whole grid: start from the prior, as sampling.sample does
-        x = initial_std(process, ts[0]) * eps
+        x = prior_std(process, ts[0]) * eps
     else:
-        t0 = ts[start]
-        x = broadcast_like(process.alpha(t0), x0) * x0 + broadcast_like(process.sigma(t0), x0) * eps
-    return run_sampler(denoiser, x, ts[start:], sampler, cond, noise, options, progress)
+        x = process.add_noise(x0, ts[start], eps)
+    return run_solver(denoiser, x, ts[start:], spec, cond=cond, noise=noise, progress=progress)
 
 
 def img2img(
@@ -70,49 +67,25 @@ def img2img(
     images: Tensor,
     strength: float,
     *,
-    labels: Sequence[int] | Tensor | int | None = None,
-    guidance: float | None = None,
-    sampler: str | None = None,
-    steps: int | None = None,
-    spacing: str | None = None,
-    sampler_options: Mapping[str, Any] | None = None,
-    seed: int = 0,
-    thresholding: str | None = None,
+    request: SampleRequest | None = None,
     batch_size: int = 256,
-    use_ema: bool = True,
     progress: bool = False,
-    **conditioning: Any,
+    **settings: Any,
 ) -> Tensor:
     """Turn images (N, C, H, W) in [0, 1] into new images in [0, 1] that keep their layout at low ``strength``.
 
-    ``labels`` (and ``guidance``, and further ``conditioning`` such as prompts) steer the result, through
-    ``pipe.guided_denoiser``; ``sampler``, ``steps`` and ``spacing`` default to the model's. Image i uses the
-    noise of (seed, i), so it does not depend on ``batch_size``.
+    ``settings`` are the request's fields by name, as for ``Pipeline.sample`` (``labels``, ``prompt``,
+    ``guidance``, ``sampler``, ``steps``, ``spacing``, ``seed``, ``mixed_precision``, solver options such as ``eta``
+    or ``sampler_options``, ...), or pass one ``request``; the sampler and its grid default to the model's. Image i
+    uses the noise of (seed, i), so it does not depend on ``batch_size``.
     """
     strength = check_strength(strength)
     images = check_images(pipe, images)
-    defaults = pipe.config.sample
-    sampler = check_sampler(sampler or defaults.sampler)
-    steps = check_steps(steps if steps is not None else defaults.steps)
-    ts = time_grid(pipe.process, steps, spacing or defaults.spacing or default_spacing(pipe.process))
-    denoiser, cond_all = guided(pipe, len(images), labels, guidance, thresholding, use_ema, conditioning)
-    device = pipe.device
-    out = []
-    with torch.no_grad():
-        for idx in batches(len(images), batch_size):
-            x0 = pipe.encode(images[idx].to(device))
-            noise = NoiseSource(seed, idx, device)
-            cond = slice_cond(cond_all, idx, device)
-            x = sdedit(
-                denoiser,
-                x0,
-                strength,
-                ts,
-                sampler=sampler,
-                cond=cond,
-                noise=noise,
-                options=sampler_options,
-                progress=progress,
-            )
-            out.append(pipe.decode(x).cpu())
-    return torch.cat(out)
+    run = TaskRun.start(pipe, len(images), task_request(pipe, request, settings))
+
+    def edit(idx: list[int], cond: dict[str, Tensor] | None) -> Tensor:
+        x0 = pipe.encode(images[idx].to(pipe.device))
+        x = sdedit(run.denoiser, x0, strength, run.spec, cond=cond, noise=run.noise(idx), progress=progress)
+        return pipe.decode(x).cpu()
+
+    return run.map(edit, range(len(images)), batch_size)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,20 +32,13 @@ from tqdm.auto import tqdm
 from ..denoisers import DenoiserLike, Prediction
 from ..pipeline import Pipeline
 from ..processes import broadcast_like
-from ..sampling import NoiseSource, check_steps, default_spacing, time_grid
-from .common import (
-    auxiliary_noise,
-    batches,
-    check_images,
-    guided,
-    initial_std,
-    read_image,
-    run_sampler,
-    slice_cond,
-)
+from ..sampling import NoiseSource, check_eta, ddim_step, prior_std
+from ..sampling.request import SampleRequest
+from .common import TaskRun, auxiliary_noise, check_count, check_images, read_image, run_solver, task_request
 
 __all__ = [
     "INPAINT_METHODS",
+    "InpaintOptions",
     "repaint_schedule",
     "repaint",
     "KnownRegion",
@@ -60,10 +54,34 @@ __all__ = [
 INPAINT_METHODS = ("repaint", "replace")
 
 
-def _positive(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}={value!r} must be a positive integer.")
-    return value
+@dataclass(frozen=True)
+class InpaintOptions:
+    """Inpainting's own options, checked once: the ``method`` ("repaint" or "replace"), RePaint's jumps
+    (``jump_length`` j, ``jump_n_sample`` r) and step noise ``eta``, and the replacement method's reconstruction
+    guidance weight w_r (Ho et al. 2022)."""
+
+    method: str = "repaint"
+    jump_length: int = 10
+    jump_n_sample: int = 10
+    eta: float = 1.0
+    reconstruction_guidance: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.method not in INPAINT_METHODS:
+            raise ValueError(f"method={self.method!r} is not known; expected one of {INPAINT_METHODS}.")
+        if self.reconstruction_guidance and self.method != "replace":
+            raise ValueError("reconstruction_guidance applies to method='replace' only.")
+        check_count("jump_length", self.jump_length)
+        check_count("jump_n_sample", self.jump_n_sample)
+        check_eta(self.eta)
+        _check_reconstruction_guidance(self.reconstruction_guidance)
+
+
+def _check_reconstruction_guidance(weight: float) -> float:
+    """Raise one clear error unless the reconstruction guidance weight w_r is >= 0."""
+    if not float(weight) >= 0.0:
+        raise ValueError(f"reconstruction_guidance={weight} must be >= 0 (0 = none).")
+    return float(weight)
 
 
 def repaint_schedule(steps: int, jump_length: int = 10, jump_n_sample: int = 10) -> list[int]:
@@ -74,9 +92,9 @@ def repaint_schedule(steps: int, jump_length: int = 10, jump_n_sample: int = 10)
     ``steps - jump_length``, the chain jumps ``jump_length`` levels back up ``jump_n_sample - 1`` times, so
     it takes ``steps + jump_length (jump_n_sample - 1) * #jump-levels`` reverse steps in all.
     """
-    _positive("steps", steps)
-    _positive("jump_length", jump_length)
-    _positive("jump_n_sample", jump_n_sample)
+    check_count("steps", steps)
+    check_count("jump_length", jump_length)
+    check_count("jump_n_sample", jump_n_sample)
     jumps = {level: jump_n_sample - 1 for level in range(1, steps - jump_length + 1, jump_length)}
     level, levels = steps, [steps]
     while level > 0:
@@ -110,22 +128,17 @@ def repaint(
     (line 5), x_s = keep * known + (1 - keep) * unknown (line 8). An up move s -> t: x_t ~ q(x_t | x_s) =
     N(alpha_t/alpha_s x_s, (sigma_t^2 - (alpha_t/alpha_s)^2 sigma_s^2) I) (line 10; VDM, Kingma et al. 2021, sec. 2).
     """
-    if not 0.0 <= float(eta) <= 1.0:
-        raise ValueError(f"eta={eta} must lie in [0, 1] (1 = DDPM's step, as RePaint; 0 = deterministic DDIM).")
+    eta = check_eta(eta)
     process, top = denoiser.process, len(ts) - 1
     if levels[0] != top or levels[-1] != 0:
         raise ValueError(f"levels must run from {top} (the grid's start) to 0, got {levels[0]} to {levels[-1]}.")
-    x = initial_std(process, ts[0]) * noise.like(known)
+    x = prior_std(process, ts[0]) * noise.like(known)
     moves = list(zip(levels[:-1], levels[1:], strict=True))
     for a, b in tqdm(moves, desc="repaint", unit="step", leave=False) if progress else moves:
         if b < a:  # reverse step from level a to b = a - 1
             t, s = ts[top - a], ts[top - b]
-            pred = denoiser(x, t, cond)
+            unknown = ddim_step(process, denoiser(x, t, cond), t, s, eta, noise)
             a_s, s_s = float(process.alpha(s)), float(process.sigma(s))
-            c = eta * math.sqrt(float(process.posterior(t, s)[2])) if eta > 0 else 0.0
-            unknown = a_s * pred.x0 + math.sqrt(max(s_s**2 - c**2, 0.0)) * pred.eps
-            if c > 0:
-                unknown = unknown + c * noise.like(x)
             known_s = a_s * known + s_s * noise.like(x) if s_s > 0 else known
             x = torch.where(keep, known_s, unknown)
         else:  # forward re-noising from level a to b = a + 1
@@ -154,11 +167,9 @@ class KnownRegion:
         noise: NoiseSource,
         reconstruction_guidance: float = 0.0,
     ) -> None:
-        if not float(reconstruction_guidance) >= 0.0:
-            raise ValueError(f"reconstruction_guidance={reconstruction_guidance} must be >= 0 (0 = none).")
         self.denoiser, self.process = denoiser, denoiser.process
         self.known, self.keep, self.noise = known, keep, noise
-        self.scale = float(reconstruction_guidance)
+        self.scale = _check_reconstruction_guidance(reconstruction_guidance)
 
     def __call__(self, x: Tensor, t: Tensor | float, cond: Mapping[str, Tensor] | None = None) -> Prediction:
         tt = t if isinstance(t, Tensor) else torch.tensor(float(t), dtype=torch.float64)
@@ -235,64 +246,51 @@ def inpaint(
     mask: Tensor,
     *,
     method: str = "repaint",
-    labels: Sequence[int] | Tensor | int | None = None,
-    guidance: float | None = None,
-    steps: int | None = None,
-    spacing: str | None = None,
     jump_length: int = 10,
     jump_n_sample: int = 10,
     eta: float = 1.0,
-    sampler: str = "ddpm",
-    sampler_options: Mapping[str, Any] | None = None,
     reconstruction_guidance: float = 0.0,
-    seed: int = 0,
-    thresholding: str | None = None,
+    request: SampleRequest | None = None,
     batch_size: int = 64,
-    use_ema: bool = True,
     progress: bool = False,
-    **conditioning: Any,
+    **settings: Any,
 ) -> Tensor:
     """Fill the masked region of images (N, C, H, W) in [0, 1]; returns images in [0, 1] whose unmasked pixels
     are exactly the input's.
 
     ``mask``: True / 1 = fill (one (H, W) mask for all, or one per image). ``method``: "repaint" (with
-    ``jump_length``, ``jump_n_sample``, ``eta``) or "replace" (with any ``sampler`` and its options, and
-    optionally Ho et al.'s ``reconstruction_guidance`` weight w_r).
-    ``steps``: solver steps (default: the model's). No ``labels`` on a class-conditional model samples the
-    unconditional model, so the content comes from the known pixels alone; ``guidance`` and further
-    ``conditioning`` go to ``pipe.guided_denoiser``. Image i uses the noise of (seed, i), at any batch size.
+    ``jump_length``, ``jump_n_sample``, ``eta``) or "replace" (with any ``sampler``, default ddpm, and its options,
+    and optionally Ho et al.'s ``reconstruction_guidance`` weight w_r). ``settings`` are the request's fields by
+    name, as for ``Pipeline.sample`` (``steps``, ``labels``, ``guidance``, ``prompt``, ``seed``, ...), or pass one
+    ``request``. No ``labels`` on a class-conditional model samples the unconditional model, so the content comes
+    from the known pixels alone. Image i uses the noise of (seed, i), at any batch size.
     """
-    if method not in INPAINT_METHODS:
-        raise ValueError(f"method={method!r} is not known; expected one of {INPAINT_METHODS}.")
-    if reconstruction_guidance and method != "replace":
-        raise ValueError("reconstruction_guidance applies to method='replace' only.")
+    options = InpaintOptions(method, jump_length, jump_n_sample, eta, reconstruction_guidance)
     images = check_images(pipe, images)
     fill = check_mask(mask, images)
-    steps = check_steps(steps if steps is not None else pipe.config.sample.steps)
-    process = pipe.process
-    spacing = spacing or pipe.config.sample.spacing or default_spacing(process)
-    ts = time_grid(process, steps, spacing)
-    levels = repaint_schedule(steps, jump_length, jump_n_sample) if method == "repaint" else None
-    denoiser, cond_all = guided(pipe, len(images), labels, guidance, thresholding, use_ema, conditioning)
-    device = pipe.device
-    out = []
-    with torch.no_grad():
-        for idx in batches(len(images), batch_size):
-            batch, batch_fill = images[idx].to(device), fill[idx].to(device)
-            known = pipe.encode(batch)
-            keep = model_space_keep(batch_fill, known.shape[-2:])
-            cond = slice_cond(cond_all, idx, device)
-            noise = NoiseSource(seed, idx, device)
-            if method == "repaint":
-                x = repaint(denoiser, known, keep, ts, levels, cond=cond, noise=noise, eta=eta, progress=progress)
-            else:
-                known_noise = auxiliary_noise(seed, idx, device, stream=1)
-                wrapped = KnownRegion(denoiser, known, keep, known_noise, reconstruction_guidance)
-                x0 = initial_std(process, ts[0]) * noise.like(known)
-                x = run_sampler(wrapped, x0, ts, sampler, cond, noise, sampler_options, progress)
-            decoded = pipe.decode(x).to(batch.dtype)
-            out.append(torch.where(batch_fill, decoded, batch).cpu())  # the known pixels, bit for bit
-    return torch.cat(out)
+    run = TaskRun.start(pipe, len(images), task_request(pipe, request, settings, sampler="ddpm"))
+    ts = run.spec.grid(pipe.process)
+    repainting = options.method == "repaint"
+    levels = repaint_schedule(len(ts) - 1, options.jump_length, options.jump_n_sample) if repainting else []
+
+    def fill_in(idx: list[int], cond: dict[str, Tensor] | None) -> Tensor:
+        batch, batch_fill = images[idx].to(pipe.device), fill[idx].to(pipe.device)
+        known = pipe.encode(batch)
+        keep = model_space_keep(batch_fill, known.shape[-2:])
+        noise = run.noise(idx)
+        if repainting:
+            x = repaint(
+                run.denoiser, known, keep, ts, levels, cond=cond, noise=noise, eta=options.eta, progress=progress
+            )
+        else:
+            known_noise = auxiliary_noise(run.request.seed, idx, pipe.device, stream=1)
+            wrapped = KnownRegion(run.denoiser, known, keep, known_noise, options.reconstruction_guidance)
+            x0 = prior_std(pipe.process, ts[0]) * noise.like(known)
+            x = run_solver(wrapped, x0, ts, run.spec, cond=cond, noise=noise, progress=progress)
+        decoded = pipe.decode(x).to(batch.dtype)
+        return torch.where(batch_fill, decoded, batch).cpu()  # the known pixels, bit for bit
+
+    return run.map(fill_in, range(len(images)), batch_size)
 
 
 def outpaint_canvas(images: Tensor, pad: Sequence[int], fill_value: float = 0.5) -> tuple[Tensor, Tensor]:
