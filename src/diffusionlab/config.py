@@ -95,7 +95,9 @@ class DDPMProcessConfig(_ProcessConfig):
 
     _process_class = DiscreteVPProcess
     name: Literal["ddpm"] = "ddpm"
-    schedule: Literal["linear", "cosine", "geometric"] = "linear"
+    schedule: Literal["linear", "cosine", "geometric"] = Field(
+        default="linear", description="Beta schedule of the ddpm process."
+    )
     num_steps: int = Field(default=1000, ge=1)
     beta_start: float | None = None  # linear; None: the schedule's default
     beta_end: float | None = None  # linear
@@ -159,58 +161,94 @@ class DiffusionConfig(_Strict):
     """The forward process (one typed config per process, told apart by ``name``) and the parameterisation."""
 
     process: ProcessConfig = Field(default_factory=lambda: DDPMProcessConfig(schedule="cosine", num_steps=1000))
-    parameterisation: Literal["eps", "x0", "v", "edm", "velocity"] = "v"
+    parameterisation: Literal["eps", "x0", "v", "edm", "velocity"] = Field(
+        default="v", description="What the network predicts."
+    )
     sigma_data: float = 0.5
 
 
 class DataConfig(_Strict):
     """What the model was trained on: enough to know the shape and the classes of its samples."""
 
-    dataset: str = "digits"
-    image_size: int = 16
-    channels: int | None = None
+    dataset: str = Field(
+        default="digits",
+        description="'digits' (embedded), 'captioned-digits' (with prompts), 'mnist:<folder>', 'cifar10:<folder>', "
+        "'toy:<name>', or an image folder.",
+    )
+    image_size: int = Field(default=16, description="Train at this square size (digits: 8x8 upsampled).")
+    channels: int | None = Field(default=None, description="1 grayscale or 3 RGB; default: the dataset's own.")
     num_classes: int | None = None
     class_names: list[str] | None = None
-    image_condition: Literal["superres", "colourise"] | None = None  # paired task made on the fly from images
-    superres_factor: int = Field(default=4, ge=2)
+    image_condition: Literal["superres", "colourise"] | None = Field(
+        default=None, description="Train a paired image-to-image model, the pairs made on the fly from the images."
+    )
+    superres_factor: int = Field(default=4, ge=2, description="Down-sampling factor of image_condition superres.")
 
 
 class TextEncoderConfig(_Strict):
     """The frozen text encoder of a text-conditional model: "minilm" (bundled) or a local HF folder."""
 
-    name: str = "minilm"
+    name: str = Field(
+        default="minilm",
+        description="Text encoder for datasets with captions: 'minilm' (bundled all-MiniLM-L6-v2), a local Hugging "
+        "Face folder (CLIP, T5, BERT), or 'none' to ignore captions.",
+    )
     max_length: int | None = Field(default=None, gt=2)
 
 
 class TrainConfig(_Strict):
     """How the model is trained (Adam W, warm-up + schedule, EMA, label dropout, checkpoints, logging)."""
 
-    steps: int = 3000
-    minutes: float | None = Field(default=None, gt=0)
-    batch_size: int = 64  # global: examples per optimiser step, over all processes and micro-batches
-    grad_accumulation: int = Field(default=1, ge=1)  # micro-batches per process and step: less memory, same maths
-    lr: float = Field(default=2e-3, gt=0)
-    lr_schedule: Literal["cosine", "constant", "onecycle"] = "cosine"
-    warmup_steps: int = Field(default=100, ge=0)
-    weight_decay: float = Field(default=0.0, ge=0)
-    grad_clip: float = Field(default=1.0, ge=0)
-    ema_decay: float = Field(default=0.999, ge=0, lt=1)
-    ema_start: int = Field(default=200, ge=0)
-    label_dropout: float = Field(default=0.1, ge=0, le=1)  # labels and prompts, for classifier-free guidance
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    time_sampling: Literal["uniform", "lognormal"] = "uniform"
-    weighting: Literal["uniform", "min_snr", "edm"] = "uniform"
-    seed: int = 0
-    log_every: int = 50
-    sample_every: int = 1000
-    checkpoint_every: int = 1000
-    keep_checkpoints: int = 2
-    # evaluation every eval_every steps (0: never) with `diffusionlab evaluate`'s metrics, logged as eval/*;
-    # eval_metrics None: the model kind's defaults (images: fid, kid, pr, dc; points: swd, mmd, nll)
-    eval_every: int = Field(default=0, ge=0)
-    eval_metrics: list[Literal["fid", "kid", "pr", "dc", "bpd", "vlb", "swd", "mmd", "true_nll", "nll"]] | None = None
-    eval_samples: int = Field(default=1000, ge=10)
-    eval_features: Literal["auto", "classifier", "pixels"] = "auto"  # auto: a domain classifier if labelled
+    steps: int = Field(default=3000, description="Optimisation steps (the LR schedule's length).")
+    minutes: float | None = Field(default=None, gt=0, description="Stop early after this many minutes (and save).")
+    batch_size: int = Field(
+        default=64, description="Global batch size: examples per step, over all processes and micro-batches."
+    )
+    grad_accumulation: int = Field(
+        default=1, ge=1, description="Micro-batches per process and step: less memory, the same updates."
+    )
+    lr: float = Field(default=2e-3, gt=0, description="Peak learning rate of AdamW.")
+    lr_schedule: Literal["cosine", "constant", "onecycle"] = Field(
+        default="cosine", description="Learning-rate schedule after the linear warm-up."
+    )
+    warmup_steps: int = Field(default=100, ge=0, description="Steps of linear learning-rate warm-up.")
+    weight_decay: float = Field(default=0.0, ge=0, description="AdamW's decoupled weight decay.")
+    grad_clip: float = Field(default=1.0, ge=0, description="Clip the gradient norm to this (0: no clipping).")
+    ema_decay: float = Field(
+        default=0.999, ge=0, lt=1, description="EMA decay of the averaged weights the saved model uses."
+    )
+    ema_start: int = Field(default=200, ge=0, description="Step from which the EMA averages (a copy before).")
+    label_dropout: float = Field(
+        default=0.1, ge=0, le=1, description="Share of labels and prompts dropped, for classifier-free guidance."
+    )
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field(
+        default="no", description="Training precision (through accelerate)."
+    )
+    time_sampling: Literal["uniform", "lognormal"] = Field(
+        default="uniform", description="How training times are drawn (lognormal: EDM's)."
+    )
+    weighting: Literal["uniform", "min_snr", "edm"] = Field(default="uniform", description="Loss weighting over time.")
+    seed: int = Field(default=0, description="Seed of every random draw of the run.")
+    log_every: int = Field(default=50, description="Log the loss every N steps.")
+    sample_every: int = Field(
+        default=1000, description="Write a preview (samples, or reconstructions) every N steps (0: never)."
+    )
+    checkpoint_every: int = Field(default=1000, description="Write a checkpoint every N steps (0: only at the end).")
+    keep_checkpoints: int = Field(default=2, description="Keep this many latest checkpoints.")
+    eval_every: int = Field(
+        default=0,
+        ge=0,
+        description="Evaluate the EMA model every N steps (0: never); logged as eval/* and eval/*.json.",
+    )
+    eval_metrics: list[Literal["fid", "kid", "pr", "dc", "bpd", "vlb", "swd", "mmd", "true_nll", "nll"]] | None = Field(
+        default=None,
+        description="Metrics of eval_every, as `evaluate --metrics` (default: the model kind's: images fid, kid, pr, "
+        "dc; points swd, mmd, nll).",
+    )
+    eval_samples: int = Field(default=1000, ge=10, description="Samples per evaluation of eval_every.")
+    eval_features: Literal["auto", "classifier", "pixels"] = Field(
+        default="auto", description="Feature network of eval_every (auto: a domain classifier if labelled)."
+    )
 
     @field_validator("steps", "batch_size")
     @classmethod
@@ -270,18 +308,20 @@ class AutoencoderNetworkConfig(_Strict):
     """The shape of a KL autoencoder; it down-samples by 2^(len(channel_mults) - 1)."""
 
     in_channels: int = Field(default=1, ge=1)
-    latent_channels: int = Field(default=4, ge=1)
-    base_channels: int = Field(default=32, ge=1)
+    latent_channels: int = Field(default=4, ge=1, description="Channels of the latent (Stable Diffusion: 4).")
+    base_channels: int = Field(default=32, ge=1, description="Width of the first level (doubled at every further one).")
     channel_mults: list[int] = Field(default_factory=lambda: [1, 2], min_length=1)
-    num_res_blocks: int = Field(default=1, ge=1)
+    num_res_blocks: int = Field(default=1, ge=1, description="Residual blocks per level.")
 
 
 class AutoencoderTrainConfig(TrainConfig):
     """How the autoencoder is trained: the diffusion trainer's options plus its loss (label options unused)."""
 
-    lr: float = Field(default=1e-3, gt=0)
-    reconstruction_loss: Literal["l1", "l2"] = "l1"
-    kl_weight: float = Field(default=1e-6, ge=0)  # beta of the KL term, per pixel (Stable Diffusion: 1e-6)
+    lr: float = Field(default=1e-3, gt=0, description="Peak learning rate of AdamW.")
+    reconstruction_loss: Literal["l1", "l2"] = Field(default="l1", description="Reconstruction loss per pixel.")
+    kl_weight: float = Field(
+        default=1e-6, ge=0, description="Weight beta of the KL term per pixel (Stable Diffusion: 1e-6)."
+    )
 
 
 class AutoencoderConfig(_Strict):
@@ -292,11 +332,6 @@ class AutoencoderConfig(_Strict):
     network: AutoencoderNetworkConfig = Field(default_factory=AutoencoderNetworkConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     train: AutoencoderTrainConfig = Field(default_factory=AutoencoderTrainConfig)
-
-    @property
-    def text_encoder(self) -> None:
-        """An autoencoder has no text encoder (the shared trainer asks every config for its own)."""
-        return None
 
 
 def migrate_model_config(raw: dict[str, Any]) -> dict[str, Any]:

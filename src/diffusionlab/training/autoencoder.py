@@ -1,30 +1,44 @@
-"""Train the autoencoder of latent diffusion with the diffusion trainer's machinery (floor 5).
+"""The autoencoder objective of latent diffusion, run by the one training loop (floor 5).
 
-``AutoencoderTrainer`` is a ``Trainer``: the same accelerate set-up, AdamW, LR schedule, EMA, checkpoints and
-resume, progress bar and TensorBoard. Only the step (a VAE loss instead of a denoising loss) and the final
-picture (``reconstructions.png`` instead of ``samples.png``) differ. The loss is reconstruction (L1 or L2) plus
-a small KL term, without the patch-GAN and perceptual losses Rombach et al. (2022) add for natural images.
+``AutoencoderTrainer(AutoencoderConfig(...), out_dir).train()`` is the ``Trainer`` on an ``AutoencoderConfig``:
+the same accelerate set-up, AdamW, LR schedule, EMA, checkpoints and resume, progress bar and TensorBoard; the
+objective brings the batch (images and the noise of the posterior draws), the loss and the picture
+(``reconstructions.png``). The loss is reconstruction (L1 or L2) plus a small KL term, without the patch-GAN and
+perceptual losses Rombach et al. (2022) add for natural images.
 """
 
 from __future__ import annotations
 
-import contextlib
+import os
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 from accelerate.utils import set_seed
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..config import AutoencoderConfig
 from ..data import DataError
 from ..images import save_grid
 from ..networks.autoencoder import Autoencoder, gaussian_kl
 from ..sampling import sample_seed
-from .trainer import Trainer, micro_batches
+from .data import TrainingData, load_training_data
+from .objective import Objective, resumed_config, start_weights
+from .trainer import Trainer
 
-__all__ = ["AutoencoderTrainer", "autoencoder_loss", "psnr", "reconstruction_psnr"]
+__all__ = [
+    "AutoencoderTrainer",
+    "AutoencoderObjective",
+    "ReconstructionBatch",
+    "autoencoder_loss",
+    "fit_autoencoder_config",
+    "psnr",
+    "reconstruction_psnr",
+]
 
 RECONSTRUCTIONS_NAME = "reconstructions.png"
+
+AutoencoderTrainer = Trainer  # the one training loop; an AutoencoderConfig makes it train an autoencoder
 
 
 def autoencoder_loss(
@@ -57,95 +71,81 @@ def reconstruction_psnr(autoencoder: Autoencoder, images: Tensor) -> float:
     return psnr(((recon + 1) / 2).clamp(0, 1), (images + 1) / 2).mean().item()
 
 
-class AutoencoderTrainer(Trainer):
-    """Train an ``Autoencoder``: ``AutoencoderTrainer(AutoencoderConfig(...), out_dir).train()``.
+def fit_autoencoder_config(config: AutoencoderConfig, x: Tensor) -> AutoencoderConfig:
+    """The config fitted to training images (N, C, H, W), a pure step before training: channels and size. The
+    result shares nothing with ``config``."""
+    if x.ndim != 4:
+        raise DataError(
+            f"an autoencoder needs images, but dataset {config.data.dataset!r} gives data of shape {tuple(x.shape)}."
+        )
+    _, c, h, w = x.shape
+    if h != w:
+        raise DataError(f"training images must be square, got {h}x{w}.")
+    net = config.network.model_copy(update={"in_channels": c})
+    data = config.data.model_copy(update={"channels": c, "image_size": h, "num_classes": None, "class_names": None})
+    config = config.model_copy(update={"network": net, "data": data}, deep=True)
+    Autoencoder(config).network.check_input_size(h, w)
+    return config
 
-    Writes out_dir/{config.json, model.safetensors, ema.safetensors, reconstructions.png} and, as the diffusion
-    trainer, checkpoints/ (resumable), samples/ (reconstructions during training) and tensorboard/.
-    """
 
-    pipeline_class = Autoencoder
+class ReconstructionBatch(NamedTuple):
+    """Images in [-1, 1] and the standard normal noise of their posterior draws."""
 
-    def _fit_config_to_data(self, config: AutoencoderConfig) -> AutoencoderConfig:  # type: ignore[override]
-        x = self.data.x
-        if x.ndim != 4:
-            raise DataError(
-                f"an autoencoder needs images, but dataset {config.data.dataset!r} gives data of shape "
-                f"{tuple(x.shape)}."
-            )
-        _, c, h, w = x.shape
-        if h != w:
-            raise DataError(f"training images must be square, got {h}x{w}.")
-        net = config.network.model_copy(update={"in_channels": c})
-        data = config.data.model_copy(update={"channels": c, "image_size": h, "num_classes": None, "class_names": None})
-        config = config.model_copy(update={"network": net, "data": data})
-        Autoencoder(config).network.check_input_size(h, w)
-        return config
+    images: Tensor
+    noise: Tensor
 
-    def _new_pipeline(  # type: ignore[override]
-        self, config: AutoencoderConfig, saved: Autoencoder | None
-    ) -> tuple[AutoencoderConfig, Autoencoder]:
-        set_seed(config.train.seed)  # same seed, same initial weights
-        return config, Autoencoder(config)
 
-    # ------------------------------------------------------------------ one step
-    def reconstruction_batch(self, step: int) -> tuple[Tensor, Tensor]:
-        """This process's slice of the global batch of ``step``: (images, noise of the posterior draws)."""
-        tc = self.config.train
+class AutoencoderObjective(Objective):
+    """Train an ``Autoencoder``: reconstruct images through a posterior draw, with a KL term on the latents."""
+
+    preview_name = RECONSTRUCTIONS_NAME
+
+    def __init__(self, config: AutoencoderConfig, autoencoder: Autoencoder, data: TrainingData) -> None:
+        self.config, self.train_config, self.model, self.data = config, config.train, autoencoder, data
+
+    @classmethod
+    def prepare(
+        cls, config: AutoencoderConfig, data: TrainingData | None, checkpoint: Path | None, device: torch.device
+    ) -> AutoencoderObjective:
+        """Fit ``config`` to the images, then build the autoencoder: seeded fresh weights, or the checkpoint's."""
+        saved = Autoencoder.load(checkpoint) if checkpoint is not None else None
+        if saved is not None and saved.config is not None:
+            config = resumed_config(saved.config, config)
+        data = data if data is not None else load_training_data(config)
+        fitted = fit_autoencoder_config(config, data.x)
+        set_seed(fitted.train.seed)  # same seed, same initial weights
+        autoencoder = Autoencoder(fitted)
+        start_weights(autoencoder, saved)
+        return cls(fitted, autoencoder, data)
+
+    def global_batch(self, step: int) -> ReconstructionBatch:
+        """Examples and the noise of their posterior draws of ``step``, in that order of draws."""
+        tc = self.train_config
         gen = torch.Generator().manual_seed(sample_seed(tc.seed, step))
         idx = torch.randint(len(self.data.x), (tc.batch_size,), generator=gen)
-        latent_shape = self.pipeline.latent_shape(tuple(self.data.x.shape[1:]))
+        latent_shape = self.model.latent_shape(tuple(self.data.x.shape[1:]))
         noise = torch.randn((tc.batch_size, *latent_shape), generator=gen)
-        world, rank = self.accelerator.num_processes, self.accelerator.process_index
-        lo, hi = rank * tc.batch_size // world, (rank + 1) * tc.batch_size // world
-        dev = self.accelerator.device
-        return self.data.x[idx[lo:hi]].to(dev), noise[lo:hi].to(dev)
+        return ReconstructionBatch(self.data.x[idx], noise)
 
-    def train_step(self, step: int) -> tuple[float, float]:
-        """One optimisation step of the autoencoder loss; returns (loss over all processes, gradient norm).
+    def loss(self, network: nn.Module, batch: ReconstructionBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        """``autoencoder_loss`` of the reconstructions; logs its reconstruction and KL terms."""
+        tc = self.train_config
+        recon, mean, logvar = network(batch.images, batch.noise)
+        loss, rec, kl = autoencoder_loss(
+            batch.images, recon.float(), mean.float(), logvar.float(), tc.kl_weight, tc.reconstruction_loss
+        )
+        return loss, {"reconstruction": rec, "kl": kl}
 
-        As the diffusion trainer's step: ``grad_accumulation`` micro-batches weighted by their share of this
-        process's slice, gradients averaged across processes in the last one's backward pass.
-        """
-        tc = self.config.train
-        acc = self.accelerator
-        self.model.train()
-        x, noise = self.reconstruction_batch(step)
-        parts = micro_batches(x.shape[0], tc.grad_accumulation)
-        total = torch.zeros((), device=acc.device)
-        terms = torch.zeros(2, device=acc.device)
-        for i, part in enumerate(parts):
-            weight = (part.stop - part.start) / x.shape[0]
-            with contextlib.nullcontext() if i == len(parts) - 1 else acc.no_sync(self.model):
-                with acc.autocast():
-                    recon, mean, logvar = self.model(x[part], noise[part])
-                    loss, rec, kl = autoencoder_loss(
-                        x[part], recon.float(), mean.float(), logvar.float(), tc.kl_weight, tc.reconstruction_loss
-                    )
-                    loss = weight * loss
-                acc.backward(loss)
-            total += loss.detach().float()
-            terms += weight * torch.stack([rec, kl]).float()
-        if acc.num_processes > 1:
-            total, terms = acc.reduce(total, "mean"), acc.reduce(terms, "mean")
-        grad_norm = self.apply_gradients(step, total)
-        self.last_terms = (float(terms[0]), float(terms[1]))
-        return float(total), grad_norm
-
-    # ------------------------------------------------------------------ files
-    def finish(self, step: int) -> None:
-        """Write the final autoencoder folder and its ``reconstructions.png`` picture into the output folder."""
-        self.pipeline.network = self.accelerator.unwrap_model(self.model)
-        self.pipeline.save(self.out_dir)
-        self.write_samples(self.out_dir / RECONSTRUCTIONS_NAME, per_class=8)
+    def save(self, folder: str | os.PathLike[str]) -> None:
+        self.model.save(folder)
 
     @torch.no_grad()
-    def write_samples(self, path: Path, per_class: int) -> None:
+    def write_preview(self, path: Path, per_class: int) -> None:
         """A grid of training images (rows "input") above their reconstructions (rows "output")."""
         x = self.data.x
         n = 2 * per_class
         images = x[:: max(1, len(x) // n)][:n]
-        recon = self.pipeline.decode(self.pipeline.encode(images))
+        recon = self.model.decode(self.model.encode(images))
         rows, labels = [], []
         for start in range(0, len(images), per_class):
             rows += [images[start : start + per_class], recon[start : start + per_class]]
@@ -153,9 +153,6 @@ class AutoencoderTrainer(Trainer):
         grid = torch.cat([((r + 1) / 2).clamp(0, 1) for r in rows])
         save_grid(grid, path, nrow=per_class, row_labels=labels, scale=2)
 
-    def _log_scalars(self, step: int, loss: float, smooth: float, grad_norm: float) -> None:
-        super()._log_scalars(step, loss, smooth, grad_norm)
-        writer = self._tensorboard()
-        if writer is not None and hasattr(self, "last_terms"):
-            writer.add_scalar("train/reconstruction", self.last_terms[0], step)
-            writer.add_scalar("train/kl", self.last_terms[1], step)
+    def evaluate(self) -> dict[str, Any]:
+        """The reconstruction PSNR (dB) of up to 1024 training images, through the EMA weights."""
+        return {"metrics": {"psnr": reconstruction_psnr(self.model, self.data.x[:1024])}}

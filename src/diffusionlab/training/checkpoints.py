@@ -13,17 +13,23 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from ..io import CheckpointError, make_dir_readable, torch_load_state
-from ..pipeline import CONFIG_NAME, Pipeline
+from ..pipeline import CONFIG_NAME
 
-__all__ = ["save_checkpoint", "latest_checkpoint", "load_training_state", "STATE_NAME"]
+__all__ = ["save_checkpoint", "latest_checkpoint", "load_training_state", "STATE_NAME", "SavesFolder"]
 
 STATE_NAME = "training_state.pt"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+class SavesFolder(Protocol):
+    """Anything that writes a complete model folder (config.json last): a ``Pipeline``, an objective."""
+
+    def save(self, folder: str | os.PathLike[str]) -> None: ...
 
 
 def _checkpoints(root: Path) -> list[tuple[int, Path]]:
@@ -44,7 +50,7 @@ def latest_checkpoint(out_dir: str | os.PathLike[str]) -> Path | None:
 
 
 def save_checkpoint(
-    pipeline: Pipeline, state: dict[str, Any], out_dir: str | os.PathLike[str], step: int, keep: int = 2
+    model: SavesFolder, state: dict[str, Any], out_dir: str | os.PathLike[str], step: int, keep: int = 2
 ) -> Path:
     """Write ``out_dir/checkpoints/step-XXXXXX`` atomically and prune older ones beyond ``keep``."""
     root = Path(out_dir) / "checkpoints"
@@ -53,7 +59,7 @@ def save_checkpoint(
     tmp = Path(tempfile.mkdtemp(prefix=f".step-{step:06d}.", dir=root))
     make_dir_readable(tmp)
     try:
-        pipeline.save(tmp)
+        model.save(tmp)
         torch.save(state, tmp / STATE_NAME)
         if final.exists():  # a checkpoint of this step exists already: keep it, discard ours
             shutil.rmtree(tmp)

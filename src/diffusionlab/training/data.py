@@ -1,0 +1,42 @@
+"""Training data held in memory, as a dataset spec of the config names it (floor 5)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor
+
+from ..data import DataError, load_dataset, load_toy_dataset, toy_name
+
+__all__ = ["TrainingData", "load_training_data"]
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """Training examples held in memory: data (N, ...) and optional labels (N,), class names and captions."""
+
+    x: Tensor
+    labels: Tensor | None
+    class_names: list[str] | None = None
+    captions: list[list[str]] | None = None  # one or more phrasings per example, for text conditioning
+
+    @property
+    def num_classes(self) -> int | None:
+        return len(self.class_names) if self.class_names else None
+
+
+def load_training_data(config: Any) -> TrainingData:
+    """Load the dataset a config names: ``toy:<name>`` for 2-D toys, else anything ``data.load_dataset`` takes.
+
+    ``config`` is any config with ``data`` and ``train.seed`` (a ``ModelConfig`` or an ``AutoencoderConfig``).
+    """
+    name, toy = config.data.dataset, toy_name(config.data.dataset)
+    if toy is not None:
+        points = load_toy_dataset(toy, n=20000, seed=config.train.seed).tensors()[0]
+        return TrainingData(points.float(), None, None)
+    ds = load_dataset(name, image_size=config.data.image_size, channels=config.data.channels, split="train")
+    if len(ds) == 0:
+        raise DataError(f"dataset {name!r} has no examples.")
+    names = ds.class_names or ([str(i) for i in range(ds.num_classes)] if ds.num_classes else None)
+    return TrainingData(ds.images.float(), ds.labels, names, ds.captions)
