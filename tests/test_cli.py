@@ -9,6 +9,10 @@ import pytest
 from cli_helpers import assert_clear_error, run
 from PIL import Image
 
+from diffusionlab.cli import _flag, _flags, inpaint, sample, train
+from diffusionlab.config import AutoencoderTrainConfig, ModelConfig, NetworkConfig, TrainConfig
+from diffusionlab.pipeline import Pipeline
+
 TINY = ["--model-size", "tiny", "--image-size", "8", "--batch-size", "8", "--sample-every", "0", "--no-progress"]
 
 
@@ -99,10 +103,10 @@ def test_unknown_sampler_and_process(tmp_path: Path, model_dir: Path) -> None:
 @pytest.mark.parametrize(
     "option, value, fragment",
     [
-        ("--label-dropout", "2", "label_dropout"),
-        ("--ema-decay", "1.5", "ema_decay"),
-        ("--lr", "-1", "lr"),
-        ("--minutes", "0", "minutes"),
+        ("--label-dropout", "2", "--label-dropout=2.0"),
+        ("--ema-decay", "1.5", "--ema-decay=1.5"),
+        ("--lr", "-1", "--lr=-1.0"),
+        ("--minutes", "0", "--minutes=0.0"),
     ],
 )
 def test_training_options_out_of_range(tmp_path: Path, option: str, value: str, fragment: str) -> None:
@@ -119,3 +123,82 @@ def test_a_fresh_run_never_overwrites_an_earlier_one(model_dir: Path) -> None:
     result = run("train", *TINY, "--steps", "2", "--out", str(model_dir))
     assert_clear_error(result, str(model_dir), "already holds a training run", "--resume")
     assert {p.name: p.read_bytes() for p in model_dir.glob("*.safetensors")} == before
+
+
+def _help_rows(monkeypatch: pytest.MonkeyPatch, *command: str) -> list[str]:
+    """The lines of ``diffusionlab COMMAND --help``, one option a line (rich's table, wide enough not to wrap)."""
+    import typer.rich_utils
+
+    monkeypatch.setattr(typer.rich_utils, "MAX_WIDTH", 1000)
+    result = run(*command, "--help")
+    assert result.exit_code == 0, result.output
+    return result.output.splitlines()
+
+
+def _row(rows: list[str], flag: str) -> str:
+    (line,) = [r for r in rows if f" {flag} " in r]
+    return line
+
+
+@pytest.mark.parametrize(
+    "command, config",
+    [(("train",), TrainConfig), (("train-autoencoder",), AutoencoderTrainConfig)],
+)
+def test_help_lists_the_config_fields_with_the_configs_defaults(
+    monkeypatch: pytest.MonkeyPatch, command: tuple[str, ...], config: type
+) -> None:
+    rows = _help_rows(monkeypatch, *command)
+    exposed = [name for name in config.model_fields if _flag(name) in "\n".join(rows)]
+    assert "steps" in exposed and "lr" in exposed and "seed" in exposed
+    if command == ("train",):
+        assert exposed == list(TrainConfig.model_fields)  # every training field is an option of train
+    for name in exposed:
+        line, default = _row(rows, _flag(name)), config.model_fields[name].default
+        if default is None:
+            assert "[default:" not in line, line
+        else:
+            assert f"[default: {default}]" in line, line
+        assert config.model_fields[name].description.split(" (")[0] in line, line
+    assert "[default: 3000]" in _row(rows, "--steps")  # train-autoencoder's is the config's, not a copy
+
+
+def test_library_errors_name_the_flags(tmp_path: Path, model_dir: Path) -> None:
+    out = ["--out", str(tmp_path / "s.png")]
+    assert_clear_error(run("sample", str(model_dir), "-n", "0", "--steps", "1", *out), "--num-samples=0")
+    result = run("sample", str(model_dir), "--mixed-precision", "fp16", *out)
+    assert_clear_error(result, "--mixed-precision='fp16'", "'bf16'")
+    result = run("sample", str(model_dir), "-n", "3", "--labels", "1,2", *out)
+    assert_clear_error(result, "got 2 labels for 3 samples")
+    assert_clear_error(run("train", *TINY, "--schedule", "magic", "--out", str(tmp_path / "o")), "--schedule='magic'")
+    message = "already holds a run; pass resume=True to continue it, or choose another out_dir."
+    assert _flags(message, train) == "already holds a run; pass --resume to continue it, or choose another --out."
+    message = "loss became nan; lower lr (now 0.1) or use mixed_precision='no' (resume with the data)."
+    assert (
+        _flags(message, train)
+        == "loss became nan; lower --lr (now 0.1) or use --mixed-precision='no' (resume with the data)."
+    )
+    assert _flags("labels=[7] and steps=0; 2 labels for runs/out_dir", inpaint) == (
+        "--label=[7] and --steps=0; 2 labels for runs/out_dir"
+    )
+    assert _flags("steps=0 and labels=[7] and label=2; give num_samples", sample) == (
+        "--steps=0 and --labels=[7] and label=2; give --num-samples"
+    )
+
+
+def test_sample_writes_what_the_model_space_writes(tmp_path: Path) -> None:
+    points = ModelConfig(space="points", network=NetworkConfig(kind="mlp", dim=2, width=16, depth=2))
+    Pipeline(points).save(tmp_path / "toy")
+    result = run("sample", tmp_path / "toy", "-n", "50", "--steps", "2", "--out", tmp_path / "toy.png")
+    assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "toy.png").size == (384, 384)  # the point space's scatter plot
+
+
+def test_train_autoencoder_and_classifier_commands(tmp_path: Path, model_dir: Path) -> None:
+    args = ["--image-size", "8", "--base-channels", "8", "--latent-channels", "2", "--steps", "2", "--batch-size", "8"]
+    result = run("train-autoencoder", *args, "--sample-every", "0", "--no-progress", "--out", tmp_path / "ae")
+    assert result.exit_code == 0, result.output
+    assert "PSNR on training images" in result.output and (tmp_path / "ae" / "config.json").is_file()
+    assert_clear_error(run("train-autoencoder", *args, "--downsample-factor", "3", "--out", tmp_path / "x"), "1, 2, 4")
+    result = run("train-classifier", model_dir, "--steps", "2", "--batch-size", "8", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert (model_dir / "classifier.safetensors").is_file()

@@ -85,7 +85,7 @@ def test_bad_options_are_clear_errors(digits_model: Path, tmp_path: Path) -> Non
     result = run(*base, "--features", "inception", "--inception-weights", weights)
     assert_clear_error(result, "w.pth does not exist", progress_on_stderr=True)
     assert_clear_error(run(*base, "--features", "vgg"), "features='vgg'", progress_on_stderr=True)
-    assert_clear_error(run(*base, "-n", "3"), "num_samples=3", progress_on_stderr=True)
+    assert_clear_error(run(*base, "-n", "3"), "--num-samples=3", progress_on_stderr=True)
 
 
 def test_vlb_needs_a_discrete_process_and_true_nll_a_known_density() -> None:

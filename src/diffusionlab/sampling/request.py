@@ -7,7 +7,8 @@ A setting has one name, one default and one check, here. ``None`` means "the mod
 from __future__ import annotations
 
 import contextlib
-import inspect
+import json
+import math
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
@@ -19,20 +20,32 @@ from ..processes import GaussianProcess
 from .grids import SPACINGS, default_spacing, time_grid
 from .guidance import check_guidance_interval
 
-__all__ = ["SamplerSpec", "GuidanceSpec", "Conditioning", "SampleRequest", "precision", "first_error"]
-
-_NOT_OPTIONS = ("denoiser", "x", "ts", "cond", "noise", "progress", "callback")
+__all__ = [
+    "FrozenSettings",
+    "SamplerSpec",
+    "GuidanceSpec",
+    "Conditioning",
+    "SampleRequest",
+    "precision",
+    "first_error",
+    "labels_for",
+    "text_metadata",
+]
 
 
 def first_error(err: ValidationError) -> str:
-    """A pydantic error as one line: 'name: message'."""
+    """A pydantic error as one line naming the setting, its value and what was expected."""
     e = err.errors()[0]
     where = ".".join(str(p) for p in e["loc"]) or "value"
     msg = str(e["msg"]).removeprefix("Value error, ")
-    return f"{where}={e.get('input')!r}: {msg}" if "input" in e and not isinstance(e["input"], dict) else msg
+    if e["type"] == "value_error":  # our own checks already name the setting
+        return msg
+    return f"{where}={e['input']!r}: {msg[:1].lower()}{msg[1:]}" if "input" in e else f"{where}: {msg}"
 
 
-class _Frozen(BaseModel):
+class FrozenSettings(BaseModel):
+    """Frozen, strict settings: each field one name, one default and one check; ``make`` raises one clear line."""
+
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 
     @classmethod
@@ -44,13 +57,21 @@ class _Frozen(BaseModel):
             raise ValueError(first_error(err)) from None
 
 
-class SamplerSpec(_Frozen):
+class SamplerSpec(FrozenSettings):
     """Which solver, how many steps, on which time grid, with which solver options (e.g. ``eta``)."""
 
     sampler: str | None = None  # None: the model's (config.sample.sampler)
     steps: int | None = Field(default=None, ge=1, le=100_000)
     spacing: str | None = None  # None: the model's, else the process's default
-    options: dict[str, float | int | bool] = Field(default_factory=dict)
+    options: dict[str, float | int | bool | str] = Field(default_factory=dict)
+
+    @field_validator("options")
+    @classmethod
+    def _finite(cls, v: dict[str, Any]) -> dict[str, Any]:
+        bad = {k: x for k, x in v.items() if isinstance(x, float) and math.isnan(x)}
+        if bad:
+            raise ValueError(f"solver option(s) {bad} must be numbers, not NaN")
+        return v
 
     @field_validator("sampler")
     @classmethod
@@ -81,12 +102,9 @@ class SamplerSpec(_Frozen):
 
     def check_options(self) -> SamplerSpec:
         """One clear error for an option the solver does not take."""
-        from . import SAMPLERS
+        from . import check_options
 
-        allowed = [p for p in inspect.signature(SAMPLERS[self.sampler or "ddim"]).parameters if p not in _NOT_OPTIONS]
-        unknown = sorted(set(self.options) - set(allowed))
-        if unknown:
-            raise ValueError(f"option(s) {unknown} are not known to sampler {self.sampler!r}; it takes {allowed}.")
+        check_options(self.sampler or "ddim", self.options)
         return self
 
     @property
@@ -101,21 +119,23 @@ class SamplerSpec(_Frozen):
         return time_grid(process, self.steps or 1, self.spacing or default_spacing(process))
 
 
-class GuidanceSpec(_Frozen):
+class GuidanceSpec(FrozenSettings):
     """How the denoiser is steered: classifier-free scale w (0 unconditional, 1 conditional, > 1 stronger), CFG
     rescale phi (Lin et al. 2024), guidance interval (Kynkäänniemi et al. 2024), classifier guidance s (Dhariwal &
     Nichol 2021), x0 thresholding, and the precision the network runs in."""
 
-    guidance: float | None = Field(default=None, ge=0)  # None: the model's (config.sample.guidance)
-    guidance_rescale: float = Field(default=0.0, ge=0, le=1)
+    guidance: float | None = Field(default=None, ge=0, allow_inf_nan=False)  # None: the model's
+    guidance_rescale: float = Field(default=0.0, ge=0, le=1, allow_inf_nan=False)
     guidance_interval: tuple[float, float] | None = None
-    classifier_scale: float = Field(default=0.0, ge=0)
+    classifier_scale: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     thresholding: Literal["none", "clip", "dynamic"] | None = None  # None: the model's
     mixed_precision: Literal["no", "bf16"] = "no"  # bf16: the network under bfloat16 autocast
 
     @field_validator("guidance_interval")
     @classmethod
     def _interval(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not all(math.isfinite(float(b)) or b == math.inf for b in v):
+            raise ValueError(f"guidance_interval={v} must be two noise levels, not NaN")
         return check_guidance_interval(v)
 
     def resolve(self, defaults: Any) -> GuidanceSpec:
@@ -128,7 +148,7 @@ class GuidanceSpec(_Frozen):
         )
 
 
-class Conditioning(_Frozen):
+class Conditioning(FrozenSettings):
     """What the samples are conditioned on: class labels (one per sample, or one for all), a prompt (one, or one
     per sample) and a negative prompt, a condition image (C, H, W) or (N, C, H, W) in [0, 1]."""
 
@@ -140,7 +160,11 @@ class Conditioning(_Frozen):
     @field_validator("labels", mode="before")
     @classmethod
     def _labels(cls, v: Any) -> Any:
-        return v.flatten().tolist() if isinstance(v, Tensor) else (list(v) if isinstance(v, tuple | range) else v)
+        if isinstance(v, Tensor) and v.ndim > 0:
+            return v.flatten().tolist()
+        if hasattr(v, "tolist"):  # numpy arrays and scalars, 0-d tensors
+            return v.tolist()
+        return list(v) if isinstance(v, tuple | range) else v
 
     def count(self) -> int | None:
         """The number of samples the conditioning implies (a list of labels or prompts), else None."""
@@ -154,7 +178,7 @@ class Conditioning(_Frozen):
 _SAMPLER_FIELDS = ("sampler", "steps", "spacing")
 
 
-class SampleRequest(_Frozen):
+class SampleRequest(FrozenSettings):
     """Everything one sampling run is asked: sampler, guidance, conditioning, the weights and the seed."""
 
     sampler: SamplerSpec = Field(default_factory=SamplerSpec)
@@ -193,23 +217,32 @@ class SampleRequest(_Frozen):
             update={"sampler": self.sampler.resolve(defaults), "guidance": self.guidance.resolve(defaults)}
         )
 
-    def metadata(self) -> dict[str, str]:
-        """The settings as PNG text metadata (only what differs from 'off')."""
-        g, c = self.guidance, self.conditioning
-        meta = {
-            "sampler": str(self.sampler.sampler),
-            "steps": str(self.sampler.steps),
-            "seed": str(self.seed),
-            "guidance": str(g.guidance),
-        }
-        extra = {
+    def metadata(self, **shown: Any) -> dict[str, str]:
+        """A resolved request as PNG text metadata, in one order: sampler, steps, seed, guidance, the solver options
+        (JSON), then those set of prompt, negative_prompt, cond_image, guidance_rescale, guidance_interval,
+        classifier_scale and mixed_precision. ``shown`` gives the text a face shows for a setting (the file a
+        condition image came from) or adds settings at the end (e.g. labels)."""
+        g, c, s = self.guidance, self.conditioning, self.sampler
+        settings = {
+            "sampler": s.sampler,
+            "steps": s.steps,
+            "seed": self.seed,
+            "guidance": g.guidance,
+            "options": json.dumps(s.options),
             "prompt": c.prompt if isinstance(c.prompt, str) else None,
             "negative_prompt": c.negative_prompt,
-            "guidance_rescale": str(g.guidance_rescale) if g.guidance_rescale else None,
-            "classifier_scale": str(g.classifier_scale) if g.classifier_scale else None,
-            "mixed_precision": g.mixed_precision if g.mixed_precision != "no" else None,
+            "cond_image": None,  # a tensor: a face shows the file it came from
+            "guidance_rescale": g.guidance_rescale or None,
+            "guidance_interval": ",".join(f"{v:g}" for v in g.guidance_interval) if g.guidance_interval else None,
+            "classifier_scale": g.classifier_scale or None,
+            "mixed_precision": None if g.mixed_precision == "no" else g.mixed_precision,
         }
-        return {**meta, **{k: v for k, v in extra.items() if v is not None}}
+        return text_metadata(**{**settings, **shown})
+
+
+def text_metadata(**settings: Any) -> dict[str, str]:
+    """Settings as PNG text metadata: each one that is set (not None) as text, in the order given."""
+    return {k: str(v) for k, v in settings.items() if v is not None}
 
 
 @contextlib.contextmanager
@@ -224,7 +257,13 @@ def precision(mixed_precision: str) -> Iterator[None]:
 
 
 def labels_for(labels: Sequence[int] | int | None, n: int | None) -> list[int] | None:
-    """One label per sample: an int is broadcast to n samples."""
+    """One label per sample: an int or a single label is broadcast to n samples (n None: the labels as given);
+    otherwise one label each, or one clear error."""
     if labels is None:
         return None
-    return [labels] * (n or 1) if isinstance(labels, int) else list(labels)
+    given = [labels] if isinstance(labels, int) else [int(v) for v in labels]
+    if n is None or len(given) == n:
+        return given
+    if len(given) == 1:
+        return given * n
+    raise ValueError(f"got {len(given)} labels for {n} samples; give one, or one each.")
