@@ -1,18 +1,25 @@
-"""The FID Inception: the published parameter names and shapes, loading from files, clear errors, one forward."""
+"""The FID Inception: the published parameter names and shapes, loading from files, clear errors, and its
+preprocessing and forward pass against an independent float64 implementation (tests/fixtures/inception/)."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 from pathlib import Path
+from types import ModuleType
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
 
 from diffusionlab.evaluation import FIDInceptionV3, InceptionFeatures, load_inception
-from diffusionlab.evaluation.inception import _avg_pool_tf
+from diffusionlab.evaluation.inception import _avg_pool_tf, inception_input
 from diffusionlab.io import CheckpointError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+REFERENCE = Path(__file__).parent / "fixtures" / "inception"
 
 # Shapes in pytorch-fid's pt_inception-2015-12-05 weights (torchvision Inception3 names, 1008 classes, no AuxLogits)
 PUBLISHED = {
@@ -100,3 +107,59 @@ def test_features_of_a_tiny_batch(network: FIDInceptionV3, tmp_path: Path) -> No
     assert both.shape == (2, 2048) and torch.isfinite(both).all() and (both >= 0).all()  # after ReLU and pooling
     assert torch.allclose(extractor(images[1:]), both[1:], atol=1e-5)  # no batch dependence
     assert extractor.name.startswith("inception-")
+
+
+def reference_module() -> ModuleType:
+    """tests/fixtures/inception/make_reference.py: seeded weights and an Inception written without diffusionlab."""
+    spec = importlib.util.spec_from_file_location("inception_reference", REFERENCE / "make_reference.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def reference() -> tuple[ModuleType, dict]:
+    return reference_module(), json.loads((REFERENCE / "reference.json").read_text())
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 21, 34), (1, 3, 320, 301), (1, 3, 299, 299)])
+def test_preprocessing_is_a_half_pixel_bilinear_resize_to_299_then_minus_one_to_one(reference, shape) -> None:  # type: ignore[no-untyped-def]
+    ref, _ = reference
+    images = torch.from_numpy(np.random.default_rng(sum(shape)).random(shape))
+    expected = ref.preprocess(images.numpy())
+    ours = inception_input(images)  # float64 in, float64 out: the same formula agrees to round-off
+    assert ours.shape == (shape[0], 3, 299, 299)
+    np.testing.assert_allclose(ours.numpy(), expected, rtol=0, atol=1e-12)
+    # as the network runs it, in float32 (its source coordinates too are float32: ~1e-5 off)
+    np.testing.assert_allclose(inception_input(images.float()).double().numpy(), expected, rtol=0, atol=1e-4)
+    if shape[2:] == (299, 299):  # no resize at all: exactly 2x - 1
+        assert torch.equal(ours, 2.0 * images - 1.0)
+
+
+def test_preprocessing_of_the_fixture_inputs(reference) -> None:  # type: ignore[no-untyped-def]
+    ref, fixture = reference
+    images = ref.reference_inputs()
+    assert list(images.shape) == fixture["input_shape"]
+    first = inception_input(images)[:, 0, 0, :8].double().numpy()
+    np.testing.assert_allclose(first, fixture["preprocessed_first"], rtol=0, atol=1e-6)
+    for level in (0.0, 0.25, 1.0):  # a flat image stays flat, [0, 1] -> [-1, 1]
+        flat = inception_input(torch.full((1, 3, 5, 7), level, dtype=torch.float64))
+        torch.testing.assert_close(flat, torch.full((1, 3, 299, 299), 2 * level - 1, dtype=torch.float64))
+
+
+def test_forward_pass_matches_the_independent_reference(reference, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    ref, fixture = reference
+    assert (fixture["weights_seed"], fixture["inputs_seed"]) == (ref.WEIGHTS_SEED, ref.INPUTS_SEED)
+    save_file(ref.reference_weights(fixture["weights_seed"]), str(tmp_path / "seeded.safetensors"))
+    extractor = InceptionFeatures(tmp_path / "seeded.safetensors")  # the loading path users take
+    images = ref.reference_inputs(fixture["inputs_seed"])
+    features = extractor(images).double()
+    # float32 here against float64 there: agreement to ~1e-6 on O(1) values
+    np.testing.assert_allclose(features[:, :8].numpy(), fixture["features_first"], rtol=0, atol=1e-4)
+    np.testing.assert_allclose(features.sum(1).numpy(), fixture["features_sum"], rtol=1e-5)
+    np.testing.assert_allclose((features**2).sum(1).numpy(), fixture["features_sq_sum"], rtol=1e-5)
+    logits = extractor.network.fc(features.float()).double()
+    np.testing.assert_allclose(logits[:, :8].numpy(), fixture["logits_first"], rtol=0, atol=1e-4)
+    gray = images[:1, :1]  # grayscale is the same image repeated to RGB
+    torch.testing.assert_close(extractor(gray), extractor(gray.repeat(1, 3, 1, 1)), rtol=0, atol=0)

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from diffusionlab.denoisers import Prediction
 from diffusionlab.evaluation import (
+    LikelihoodOptions,
     bits_per_dim,
     ddpm_vlb,
     dequantize,
@@ -181,3 +182,21 @@ def test_bad_options_are_clear_errors() -> None:
         ode_log_likelihood(den, x, t_min=2.0)
     with pytest.raises(ValueError, match="batch_size"):
         bits_per_dim(den, x, batch_size=0)
+
+
+def test_options_by_object_or_by_name() -> None:
+    mean, cov, x = gaussian(3, (0.5, 1.0), 6, seed=5, full=True)
+    den = GaussianDenoiser(make_process("vp"), mean, cov)
+    options = LikelihoodOptions(probe="gaussian", num_probes=2, rtol=1e-4, atol=1e-4, t_min=0.01)
+    by_object = ode_log_likelihood(den, x, options=options, seed=1)
+    by_name = ode_log_likelihood(den, x, probe="gaussian", num_probes=2, rtol=1e-4, atol=1e-4, t_min=0.01, seed=1)
+    assert torch.equal(by_object.log_prob, by_name.log_prob) and by_object.nfe == by_name.nfe
+    other = ode_log_likelihood(den, x, options=options.model_copy(update={"num_probes": 1}), seed=1)
+    assert not torch.equal(other.log_prob, by_object.log_prob)  # the options are used, not the defaults
+    with pytest.raises(ValueError, match="not both"):
+        ode_log_likelihood(den, x, options=options, rtol=1e-3)
+    for bad, match in [({"num_probes": 0}, "num_probes=0"), ({"num_probes": True}, "num_probes=True")]:
+        with pytest.raises(ValueError, match=match):
+            ode_log_likelihood(den, x, **bad)
+    with pytest.raises(ValueError, match="atol"):
+        bits_per_dim(den, x, atol=-1.0)

@@ -1,7 +1,8 @@
 """Evaluate a trained model end to end: sample it, compare with held-out real data, compute likelihoods (floor 3).
 
 ``evaluate_model`` takes any object with a ``Pipeline``'s sampling interface (``EvaluableModel``); it never
-imports the pipeline (floor 4), so the trainer (floor 5) and the CLI (floor 6) both call it with theirs.
+imports the pipeline (floor 4), so the trainer (floor 5) and the CLI (floor 6) both call it with theirs. Its
+settings are one frozen ``EvaluationOptions`` (each setting one name, one default, one check).
 
 Image models: FID, KID, precision/recall, density/coverage on features of a ``FeatureExtractor``; bits/dim
 through the probability-flow ODE and, for discrete-time models, DDPM's variational bound. Point models
@@ -11,30 +12,25 @@ of held-out points through the ODE with an exact divergence.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import torch
+from pydantic import Field, field_validator
 from torch import Tensor
 
 from diffusionlab.config import DDPMProcessConfig
 from diffusionlab.data import eight_gaussians_params, load_dataset, load_toy_dataset, toy_name
 from diffusionlab.denoisers import DenoiserLike
-from diffusionlab.processes import DiscreteVPProcess, GaussianProcess
-from diffusionlab.sampling import nfe
+from diffusionlab.processes import DiscreteVPProcess
+from diffusionlab.sampling.request import FrozenSettings, SampleRequest
 
-from .features import (
-    ClassifierFeatures,
-    FeatureExtractor,
-    InceptionFeatures,
-    PixelFeatures,
-    domain_classifier,
-    extract_features,
-    reference_features,
-)
-from .likelihood import PROBES, bits_per_dim, ddpm_vlb, ode_log_likelihood
+from . import features as feats
+from .likelihood import LikelihoodOptions, bits_per_dim, ddpm_vlb, ode_log_likelihood
 from .metrics import density_coverage, fid_from_features, kernel_inception_distance, precision_recall
 from .toy import gaussian_mixture_log_prob, mmd_rbf, sliced_wasserstein
 
@@ -43,6 +39,7 @@ __all__ = [
     "POINT_METRICS",
     "FEATURES",
     "EvaluableModel",
+    "EvaluationOptions",
     "parse_metrics",
     "default_metrics",
     "default_features",
@@ -57,36 +54,112 @@ POINT_METRICS = ("swd", "mmd", "true_nll", "nll")
 FEATURES = ("classifier", "inception", "pixels")
 _FEATURE_METRICS = ("fid", "kid", "pr", "dc")
 _SAMPLE_METRICS = ("fid", "kid", "pr", "dc", "swd", "mmd", "true_nll")
+_ON_REQUEST = ("bpd", "vlb")  # the images' likelihoods are slow: computed only when asked for
 # the true densities the toys module knows in closed form
 _TRUE_DENSITIES = {"eight_gaussians": eight_gaussians_params}
+# the one place that says which metrics a model space has (config.space)
 _METRICS_OF_SPACE = {"image": IMAGE_METRICS, "latent_image": IMAGE_METRICS, "points": POINT_METRICS}
 _HELD_OUT_SEED_OFFSET = 7919  # toy test points: a seed other than the training seed (first points would coincide)
 MIN_SAMPLES = 10
+_COUNT_MINIMA = {
+    "num_samples": MIN_SAMPLES,
+    "num_real": MIN_SAMPLES,
+    "bpd_images": 1,
+    "batch_size": 1,
+    "bpd_batch_size": 1,
+    "seed": 0,
+}
 
 
 class EvaluableModel(Protocol):
     """What evaluation needs of a model: ``Pipeline`` provides it."""
 
     config: Any
-    process: GaussianProcess
-
-    @property
-    def sample_shape(self) -> tuple[int, ...]: ...
 
     @property
     def device(self) -> torch.device: ...
 
-    def sample(self, num_samples: int | None = None, labels: Any = None, **kwargs: Any) -> Tensor: ...
+    def sample(
+        self,
+        num_samples: int | None = None,
+        labels: Any = None,
+        *,
+        request: SampleRequest | None = None,
+        batch_size: int = 256,
+        progress: bool = False,
+        **settings: Any,
+    ) -> Tensor: ...
 
-    def encode(self, images: Tensor) -> Tensor: ...
+    def encode(self, data: Tensor) -> Tensor: ...
 
     def guided_denoiser(
-        self, num_samples: int, labels: Any = None, guidance: float | None = None, thresholding: str | None = None
+        self, num_samples: int, request: SampleRequest | None = None, **settings: Any
     ) -> tuple[DenoiserLike, dict[str, Tensor] | None]: ...
 
 
-def _is_points(config: Any) -> bool:
-    return _METRICS_OF_SPACE[config.space] is POINT_METRICS
+class EvaluationOptions(FrozenSettings):
+    """How a model is evaluated: how many samples (drawn with ``sampling``, a ``SampleRequest``; labels are
+    balanced here), with which features, against how much real data, and how likelihoods are solved."""
+
+    num_samples: int = 1000
+    features: str = "auto"  # auto: a domain classifier for labelled data, else pixels (``default_features``)
+    inception_weights: str | None = None
+    seed: int = 0  # of the samples and of every random draw
+    batch_size: int = 256  # sampling and features (results do not change)
+    num_real: int | None = None  # None: all the held-out data
+    bpd_images: int = 128  # real images scored by bpd and vlb
+    bpd_batch_size: int = 64
+    cache_dir: str | None = None  # of reference features and classifiers; None: $DIFFUSIONLAB_CACHE
+    sampling: SampleRequest = Field(default_factory=SampleRequest)
+    likelihood: LikelihoodOptions = Field(default_factory=LikelihoodOptions)
+
+    @field_validator(*_COUNT_MINIMA, mode="before")
+    @classmethod
+    def _count(cls, v: object, info: Any) -> object:
+        minimum = _COUNT_MINIMA[info.field_name]
+        if v is None and info.field_name == "num_real":
+            return v
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+            raise ValueError(f"{info.field_name}={v!r} must be an integer >= {minimum}")
+        return v
+
+    @field_validator("features", mode="before")
+    @classmethod
+    def _features(cls, v: object) -> object:
+        if v is None:
+            return "auto"
+        if v != "auto" and v not in FEATURES:
+            raise ValueError(f"features={v!r} is not known; expected 'auto' or one of {FEATURES}")
+        return v
+
+    @field_validator("inception_weights", "cache_dir", mode="before")
+    @classmethod
+    def _path(cls, v: object) -> object:
+        return os.fspath(v) if isinstance(v, os.PathLike) else v
+
+    @classmethod
+    def from_settings(cls, **settings: Any) -> EvaluationOptions:
+        """Options from flat names: this class's fields, the likelihood's (``probe``, ``rtol``, ``atol``, ...) and
+        the sampling request's (``sampler``, ``steps``, ``guidance``, ...; another name is a solver option)."""
+        parts: dict[str, dict[str, Any]] = {"own": {}, "likelihood": {}, "sampling": {}}
+        for key, value in settings.items():
+            if key in LikelihoodOptions.model_fields:
+                parts["likelihood"][key] = value
+            elif key in cls.model_fields:
+                parts["own"][key] = value
+            else:
+                parts["sampling"][key] = value
+        own = parts["own"]
+        own.setdefault("likelihood", LikelihoodOptions.make(**parts["likelihood"]))
+        own.setdefault("sampling", SampleRequest.from_settings(**parts["sampling"]))
+        return cls.make(**own)
+
+    @classmethod
+    def of(cls, options: EvaluationOptions | None, settings: Mapping[str, Any]) -> EvaluationOptions:
+        """``options`` as given, or built from settings by name; not both."""
+        if options is not None and settings:
+            raise ValueError(f"give options or the settings {sorted(settings)}, not both.")
+        return options if options is not None else cls.from_settings(**settings)
 
 
 def _toy_name(config: Any) -> str | None:
@@ -94,25 +167,26 @@ def _toy_name(config: Any) -> str | None:
 
 
 def default_metrics(config: Any) -> tuple[str, ...]:
-    """FID, KID, precision/recall, density/coverage for images; SWD, MMD, NLLs for points."""
-    if _is_points(config):
-        known = _toy_name(config) in _TRUE_DENSITIES
-        return ("swd", "mmd", "true_nll", "nll") if known else ("swd", "mmd", "nll")
-    return _FEATURE_METRICS
+    """Every metric of the model's space but the slow image likelihoods (and true_nll where no density is known):
+    FID, KID, precision/recall, density/coverage for images; SWD, MMD, NLLs for points."""
+    known = _toy_name(config) in _TRUE_DENSITIES
+    metrics = _METRICS_OF_SPACE[config.space]
+    return tuple(m for m in metrics if m not in _ON_REQUEST and (known or m != "true_nll"))
 
 
 def parse_metrics(metrics: str | Sequence[str] | None, config: Any) -> tuple[str, ...]:
-    """Metric names from a comma-separated string or a list, checked against the model's kind."""
+    """Metric names from a comma-separated string or a list, checked against the model's space."""
     if metrics is None:
         return default_metrics(config)
     names = [m.strip().lower() for m in (metrics.split(",") if isinstance(metrics, str) else metrics) if m.strip()]
     if not names:
         raise ValueError("no metrics were given; expected a comma-separated list such as fid,kid.")
-    allowed = POINT_METRICS if _is_points(config) else IMAGE_METRICS
-    kind = "point (MLP)" if _is_points(config) else "image"
+    allowed = _METRICS_OF_SPACE[config.space]
     for name in names:
         if name not in allowed:
-            raise ValueError(f"metric {name!r} is not available for this {kind} model; expected some of {allowed}.")
+            raise ValueError(
+                f"metric {name!r} is not available for this {config.space} model; expected some of {allowed}."
+            )
     if "true_nll" in names and _toy_name(config) not in _TRUE_DENSITIES:
         raise ValueError(
             f"true_nll needs a dataset with a known density ({', '.join('toy:' + k for k in _TRUE_DENSITIES)}); "
@@ -139,7 +213,7 @@ def make_feature_extractor(
     cache_dir: str | None = None,
     device: str | torch.device = "cpu",
     log: Callable[[str], None] | None = None,
-) -> FeatureExtractor:
+) -> feats.FeatureExtractor:
     """The extractor a name asks for: 'classifier' (trained on the model's dataset, cached), 'inception' (from
     a local weights file) or 'pixels'."""
     if features not in FEATURES:
@@ -147,14 +221,15 @@ def make_feature_extractor(
     if features == "inception":
         if not inception_weights:
             raise ValueError(
-                "features 'inception' need --inception-weights PATH (pytorch-fid's "
-                "pt_inception-2015-12-05-6726825d.pth or its .safetensors); nothing is downloaded."
+                "features='inception' needs inception_weights, the path of pytorch-fid's "
+                "pt_inception-2015-12-05-6726825d.pth (or its .safetensors); nothing is downloaded."
             )
-        return InceptionFeatures(inception_weights, device=device)
+        return feats.InceptionFeatures(inception_weights, device=device)
     if features == "pixels":
-        return PixelFeatures()
-    clf = domain_classifier(config.data.dataset, config.data.image_size, config.data.channels, cache_dir, log=log)
-    return ClassifierFeatures(clf.to(device))
+        return feats.PixelFeatures()
+    data = config.data
+    clf = feats.domain_classifier(data.dataset, data.image_size, data.channels, cache_dir, log=log)
+    return feats.ClassifierFeatures(clf.to(device))
 
 
 def load_reference_data(config: Any, num_real: int | None = None, seed: int = 0) -> tuple[Tensor, str]:
@@ -181,15 +256,9 @@ def _to_8bit(images: Tensor) -> Tensor:
     return torch.round(images.clamp(0.0, 1.0) * 255.0) / 255.0
 
 
-def _check_count(name: str, value: int, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}.")
-    return value
-
-
 def _likelihood_denoiser(model: EvaluableModel, n: int) -> tuple[DenoiserLike, dict[str, Tensor] | None]:
     """The unconditional model without thresholding (likelihoods are of p(x); clipping would break the ODE)."""
-    return model.guided_denoiser(n, labels=None, guidance=None, thresholding="none")
+    return model.guided_denoiser(n, thresholding="none")
 
 
 def _model_space(model: EvaluableModel, images: Tensor) -> Tensor:
@@ -207,115 +276,47 @@ def evaluate_model(
     model: EvaluableModel,
     metrics: str | Sequence[str] | None = None,
     *,
-    num_samples: int = 1000,
-    sampler: str | None = None,
-    steps: int | None = None,
-    guidance: float | None = None,
-    features: str | None = None,
-    inception_weights: str | None = None,
-    extractor: FeatureExtractor | None = None,
-    seed: int = 0,
-    batch_size: int = 256,
-    num_real: int | None = None,
-    bpd_images: int = 128,
-    bpd_batch_size: int = 64,
-    probe: str = "rademacher",
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    cache_dir: str | None = None,
+    options: EvaluationOptions | None = None,
+    extractor: feats.FeatureExtractor | None = None,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    **settings: Any,
 ) -> dict[str, Any]:
     """Sample ``num_samples`` (class-conditional models: balanced labels, the model's guidance unless given),
-    compare them with held-out real data and return a plain dict: settings, ``metrics`` and ``seconds``."""
-    config = model.config
-    names = parse_metrics(metrics, config)
-    _check_count("num_samples", num_samples, MIN_SAMPLES)
-    _check_count("bpd_images", bpd_images, 1)
-    if num_real is not None:
-        _check_count("num_real", num_real, MIN_SAMPLES)
-    if probe not in PROBES:
-        raise ValueError(f"probe={probe!r} is not known; expected one of {PROBES}.")
-    say = log or (lambda _msg: None)
-    sample_cfg = config.sample
-    sampler = sampler or sample_cfg.sampler
-    steps = steps if steps is not None else sample_cfg.steps
-    num_classes = config.network.num_classes or 0
-    guidance = (sample_cfg.guidance if guidance is None else float(guidance)) if num_classes else None
-    real, real_desc = load_reference_data(config, num_real, seed)
+    compare them with held-out real data and return a plain dict: settings, ``metrics`` and ``seconds``.
+
+    ``options`` or its fields by name (``num_samples``, ``features``, ``seed``, ``sampler``, ``steps``,
+    ``guidance``, ``probe``, ``rtol``, ...: see ``EvaluationOptions.from_settings``); ``extractor`` replaces
+    the feature network ``features`` names; ``log`` receives one line per stage.
+    """
+    opts = EvaluationOptions.of(options, settings)
+    names = parse_metrics(metrics, model.config)
+    run = _Evaluation(model, names, opts, progress, log or (lambda _msg: None))
+    request = run.request()
+    resolved = request.resolve(model.config.sample)
+    real, real_desc = load_reference_data(model.config, opts.num_real, opts.seed)
     result: dict[str, Any] = {
-        "dataset": config.data.dataset,
+        "dataset": model.config.data.dataset,
         "real": real_desc,
         "num_real": len(real),
-        "num_samples": num_samples,
-        "sampler": sampler,
-        "steps": steps,
-        "nfe": nfe(sampler, steps),
-        "guidance": guidance,
-        "seed": seed,
-        "metrics": {},
-        "seconds": {},
+        "num_samples": opts.num_samples,
+        "sampler": resolved.sampler.sampler,
+        "steps": resolved.sampler.steps,
+        "nfe": resolved.sampler.nfe,
+        "guidance": resolved.guidance.guidance if run.num_classes else None,
+        "seed": opts.seed,
+        "metrics": run.values,
+        "seconds": run.seconds,
     }
-    values: dict[str, float | int] = result["metrics"]
-    seconds: dict[str, float] = result["seconds"]
-    samples = None
-    if any(m in _SAMPLE_METRICS for m in names):
-        labels = [i % num_classes for i in range(num_samples)] if num_classes else None
-        say(f"sampling {num_samples} with {sampler}, {steps} steps (NFE {result['nfe']}), guidance {guidance} ...")
-        start = time.perf_counter()
-        samples = model.sample(
-            num_samples, labels=labels, sampler=sampler, steps=steps, guidance=guidance, seed=seed,
-            batch_size=batch_size, progress=progress,
-        )  # fmt: skip
-        seconds["sampling"] = time.perf_counter() - start
+    samples = run.sample(request, result) if any(m in _SAMPLE_METRICS for m in names) else None
     if any(m in _FEATURE_METRICS for m in names):
-        assert samples is not None
-        if extractor is None:
-            start = time.perf_counter()
-            kind = features or default_features(config)
-            extractor = make_feature_extractor(kind, config, inception_weights, cache_dir, model.device, say)
-            seconds["feature_network"] = time.perf_counter() - start
-        start = time.perf_counter()
-        result["features"] = extractor.name
-        say(f"features: {extractor.name} ...")
-        real_f = reference_features(extractor, _to_8bit(real), config.data.dataset, batch_size, cache_dir)
-        fake_f = extract_features(extractor, _to_8bit(samples), batch_size)
-        seconds["features"] = time.perf_counter() - start
-        start = time.perf_counter()
-        if "fid" in names:
-            values["fid"] = fid_from_features(real_f, fake_f)
-        if "kid" in names:
-            values["kid"], values["kid_std"] = kernel_inception_distance(real_f, fake_f, seed=seed)
-        if "pr" in names:
-            values["precision"], values["recall"] = precision_recall(real_f, fake_f)
-        if "dc" in names:
-            values["density"], values["coverage"] = density_coverage(real_f, fake_f)
-        seconds["metrics"] = time.perf_counter() - start
-    if _is_points(config):
-        _point_metrics(model, names, real, samples, values, seconds, seed, rtol, atol, progress, say)
+        result["features"] = run.feature_metrics(real, samples, extractor)
+    if any(m in POINT_METRICS for m in names):
+        run.point_metrics(real, samples)
     if "bpd" in names:
-        x = _model_space(model, _to_8bit(real[:bpd_images]))
-        denoiser, cond = _likelihood_denoiser(model, len(x))
-        say(f"bits/dim of {len(x)} real images (probability-flow ODE, {probe} probe) ...")
-        start = time.perf_counter()
-        res = bits_per_dim(
-            denoiser, x, cond, seed=seed, batch_size=bpd_batch_size, probe=probe, rtol=rtol, atol=atol,
-            progress=progress,
-        )  # fmt: skip
-        seconds["bpd"] = time.perf_counter() - start
-        values["bpd"], values["bpd_nfe"], values["bpd_images"] = res.bpd.mean().item(), res.nfe, len(x)
-        values["bpd_sem"] = _sem(res.bpd)
+        run.bits_per_dim(real)
     if "vlb" in names:
-        x = _model_space(model, _to_8bit(real[:bpd_images]))
-        denoiser, cond = _likelihood_denoiser(model, len(x))
-        if not isinstance(denoiser.process, DiscreteVPProcess):
-            raise ValueError("metric 'vlb' needs a discrete-time (ddpm) process; use 'bpd'.")
-        say(f"DDPM variational bound of {len(x)} real images ({denoiser.process.num_steps} steps) ...")
-        start = time.perf_counter()
-        vlb = ddpm_vlb(denoiser, x, cond, seed=seed, batch_size=max(bpd_batch_size, 1), progress=progress)
-        seconds["vlb"] = time.perf_counter() - start
-        values["vlb"], values["vlb_images"], values["vlb_sem"] = vlb.bpd.mean().item(), len(x), _sem(vlb.bpd)
-        values["vlb_prior"], values["vlb_decoder"] = vlb.prior.mean().item(), vlb.decoder.mean().item()
+        run.variational_bound(real)
     return result
 
 
@@ -324,21 +325,25 @@ def _sem(values: Tensor) -> float:
     return float(values.std().item() / math.sqrt(len(values))) if len(values) > 1 else 0.0
 
 
-def _point_metrics(
-    model: EvaluableModel,
-    names: tuple[str, ...],
-    real: Tensor,
-    samples: Tensor | None,
-    values: dict[str, float | int],
-    seconds: dict[str, float],
-    seed: int,
-    rtol: float,
-    atol: float,
-    progress: bool,
-    say: Callable[[str], None],
-) -> None:
-    """SWD, MMD and the true-density NLL of the samples; the model's NLL of held-out points (exact divergence)."""
-    start = time.perf_counter()
+def _feature_scores(names: Sequence[str], real: Tensor, fake: Tensor, seed: int) -> dict[str, float]:
+    """The feature metrics asked for, of real and generated features (N, D)."""
+    values: dict[str, float] = {}
+    if "fid" in names:
+        values["fid"] = fid_from_features(real, fake)
+    if "kid" in names:
+        values["kid"], values["kid_std"] = kernel_inception_distance(real, fake, seed=seed)
+    if "pr" in names:
+        values["precision"], values["recall"] = precision_recall(real, fake)
+    if "dc" in names:
+        values["density"], values["coverage"] = density_coverage(real, fake)
+    return values
+
+
+def _point_scores(
+    names: Sequence[str], real: Tensor, samples: Tensor | None, toy: str | None, seed: int
+) -> dict[str, float]:
+    """SWD, MMD and the true-density NLL (of the samples and of the real points) of the toy ``toy``."""
+    values: dict[str, float] = {}
     if samples is not None:
         samples = samples.float().cpu()
         if not torch.isfinite(samples).all():
@@ -348,18 +353,110 @@ def _point_metrics(
     if "mmd" in names:
         values["mmd"] = mmd_rbf(real, samples)
     if "true_nll" in names:
-        params = _TRUE_DENSITIES[_toy_name(model.config)]()
+        params = _TRUE_DENSITIES[toy]()
         values["true_nll"] = -gaussian_mixture_log_prob(samples, params).mean().item()
         values["true_nll_real"] = -gaussian_mixture_log_prob(real, params).mean().item()
-    seconds["metrics"] = time.perf_counter() - start
-    if "nll" in names:
-        x = real[:1000].to(model.device)
-        denoiser, cond = _likelihood_denoiser(model, len(x))
-        say(f"model NLL of {len(x)} held-out points (probability-flow ODE, exact divergence) ...")
+    return values
+
+
+class _Evaluation:
+    """One run of ``evaluate_model``: the model, its checked options and metric names, and the numbers and
+    seconds each stage adds."""
+
+    def __init__(
+        self,
+        model: EvaluableModel,
+        names: tuple[str, ...],
+        options: EvaluationOptions,
+        progress: bool,
+        say: Callable[[str], None],
+    ) -> None:
+        self.model, self.names, self.opts, self.progress, self.say = model, names, options, progress, say
+        self.num_classes = model.config.network.num_classes or 0
+        self.values: dict[str, float | int] = {}
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        """Record the wall-clock seconds of a stage that completes."""
         start = time.perf_counter()
-        res = ode_log_likelihood(denoiser, x, cond, probe="exact", rtol=rtol, atol=atol, seed=seed, progress=progress)
-        seconds["nll"] = time.perf_counter() - start
-        values["nll"], values["nll_nfe"], values["nll_points"] = -res.log_prob.mean().item(), res.nfe, len(x)
+        yield
+        self.seconds[stage] = time.perf_counter() - start
+
+    def request(self) -> SampleRequest:
+        """The sampling request: the options' sampler and guidance, balanced labels, the evaluation's seed."""
+        req = self.opts.sampling
+        labels = [i % self.num_classes for i in range(self.opts.num_samples)] if self.num_classes else None
+        conditioning = req.conditioning.model_copy(update={"labels": labels})
+        return req.model_copy(update={"conditioning": conditioning, "seed": self.opts.seed})
+
+    def sample(self, request: SampleRequest, result: Mapping[str, Any]) -> Tensor:
+        """The ``num_samples`` samples the request asks for (``result`` holds its resolved settings, for the log)."""
+        n = self.opts.num_samples
+        what = f"{result['sampler']}, {result['steps']} steps (NFE {result['nfe']}), guidance {result['guidance']}"
+        self.say(f"sampling {n} with {what} ...")
+        with self.timed("sampling"):
+            return self.model.sample(n, request=request, batch_size=self.opts.batch_size, progress=self.progress)
+
+    def feature_metrics(self, real: Tensor, samples: Tensor | None, extractor: feats.FeatureExtractor | None) -> str:
+        """FID, KID, precision/recall, density/coverage asked for; returns the extractor's name."""
+        assert samples is not None
+        opts, config = self.opts, self.model.config
+        if extractor is None:
+            with self.timed("feature_network"):
+                kind = default_features(config) if opts.features == "auto" else opts.features
+                weights, device = opts.inception_weights, self.model.device
+                extractor = make_feature_extractor(kind, config, weights, opts.cache_dir, device, self.say)
+        with self.timed("features"):
+            self.say(f"features: {extractor.name} ...")
+            real_f = feats.reference_features(
+                extractor, _to_8bit(real), config.data.dataset, opts.batch_size, opts.cache_dir
+            )
+            fake_f = feats.extract_features(extractor, _to_8bit(samples), opts.batch_size)
+        with self.timed("metrics"):
+            self.values.update(_feature_scores(self.names, real_f, fake_f, opts.seed))
+        return extractor.name
+
+    def point_metrics(self, real: Tensor, samples: Tensor | None) -> None:
+        """SWD, MMD, the true-density NLL of the samples; the model's NLL of held-out points (exact divergence)."""
+        with self.timed("metrics"):
+            self.values.update(_point_scores(self.names, real, samples, _toy_name(self.model.config), self.opts.seed))
+        if "nll" not in self.names:
+            return
+        x = real[:1000].to(self.model.device)
+        denoiser, cond = _likelihood_denoiser(self.model, len(x))
+        self.say(f"model NLL of {len(x)} held-out points (probability-flow ODE, exact divergence) ...")
+        options = self.opts.likelihood.model_copy(update={"probe": "exact"})
+        with self.timed("nll"):
+            res = ode_log_likelihood(denoiser, x, cond, options=options, seed=self.opts.seed, progress=self.progress)
+        self.values.update({"nll": -res.log_prob.mean().item(), "nll_nfe": res.nfe, "nll_points": len(x)})
+
+    def bits_per_dim(self, real: Tensor) -> None:
+        """Bits/dim of the first ``bpd_images`` real images through the probability-flow ODE."""
+        x = _model_space(self.model, _to_8bit(real[: self.opts.bpd_images]))
+        denoiser, cond = _likelihood_denoiser(self.model, len(x))
+        self.say(f"bits/dim of {len(x)} real images (probability-flow ODE, {self.opts.likelihood.probe} probe) ...")
+        with self.timed("bpd"):
+            res = bits_per_dim(
+                denoiser, x, cond, options=self.opts.likelihood, seed=self.opts.seed,
+                batch_size=self.opts.bpd_batch_size, progress=self.progress,
+            )  # fmt: skip
+        self.values.update({"bpd": res.bpd.mean().item(), "bpd_nfe": res.nfe, "bpd_images": len(x)})
+        self.values["bpd_sem"] = _sem(res.bpd)
+
+    def variational_bound(self, real: Tensor) -> None:
+        """DDPM's variational bound (bits/dim) of the first ``bpd_images`` real images."""
+        x = _model_space(self.model, _to_8bit(real[: self.opts.bpd_images]))
+        denoiser, cond = _likelihood_denoiser(self.model, len(x))
+        if not isinstance(denoiser.process, DiscreteVPProcess):
+            raise ValueError("metric 'vlb' needs a discrete-time (ddpm) process; use 'bpd'.")
+        self.say(f"DDPM variational bound of {len(x)} real images ({denoiser.process.num_steps} steps) ...")
+        with self.timed("vlb"):
+            vlb = ddpm_vlb(
+                denoiser, x, cond, seed=self.opts.seed, batch_size=self.opts.bpd_batch_size, progress=self.progress
+            )
+        self.values.update({"vlb": vlb.bpd.mean().item(), "vlb_images": len(x), "vlb_sem": _sem(vlb.bpd)})
+        self.values.update({"vlb_prior": vlb.prior.mean().item(), "vlb_decoder": vlb.decoder.mean().item()})
 
 
 _LABELS = {

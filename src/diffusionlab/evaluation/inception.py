@@ -21,7 +21,14 @@ from torch import Tensor, nn
 
 from diffusionlab.io import CheckpointError, load_tensors
 
-__all__ = ["FIDInceptionV3", "load_inception", "inception_state_dict", "FID_WEIGHTS_NAME", "INCEPTION_SIZE"]
+__all__ = [
+    "FIDInceptionV3",
+    "load_inception",
+    "inception_input",
+    "inception_state_dict",
+    "FID_WEIGHTS_NAME",
+    "INCEPTION_SIZE",
+]
 
 FID_WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
 INCEPTION_SIZE = 299
@@ -176,10 +183,7 @@ class FIDInceptionV3(nn.Module):
 
     def features(self, images: Tensor) -> Tensor:
         """Pool features (N, 2048) of RGB images (N, 3, H, W) in [0, 1] (resized to 299x299 here)."""
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"Inception takes RGB images (N, 3, H, W) in [0, 1], got shape {tuple(images.shape)}.")
-        x = F.interpolate(images, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear", align_corners=False)
-        x = 2.0 * x - 1.0
+        x = inception_input(images)
         x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
         x = F.max_pool2d(x, kernel_size=3, stride=2)
         x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
@@ -193,6 +197,15 @@ class FIDInceptionV3(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         """The 1008 logits of the graph (for completeness; FID uses ``features``)."""
         return self.fc(self.features(images))
+
+
+def inception_input(images: Tensor) -> Tensor:
+    """RGB images (N, 3, H, W) in [0, 1] as the graph takes them: resized to 299x299 (bilinear, half-pixel
+    centres, ``align_corners=False``, as pytorch-fid) and mapped to [-1, 1]."""
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"Inception takes RGB images (N, 3, H, W) in [0, 1], got shape {tuple(images.shape)}.")
+    x = F.interpolate(images, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear", align_corners=False)
+    return 2.0 * x - 1.0
 
 
 def _expected_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:

@@ -18,22 +18,25 @@ depend on the batch size used to compute it (up to the ODE solver's tolerance, w
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from pydantic import Field, field_validator
 from scipy.integrate import solve_ivp
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from diffusionlab.denoisers import DenoiserLike
 from diffusionlab.losses import ddpm_vlb_term, gaussian_kl
-from diffusionlab.processes import DiscreteVPProcess, broadcast_like
+from diffusionlab.processes import DiscreteVPProcess, GaussianProcess, broadcast_like
 from diffusionlab.sampling import NoiseSource
+from diffusionlab.sampling.request import FrozenSettings
 
 __all__ = [
     "PROBES",
+    "LikelihoodOptions",
     "Likelihood",
     "BitsPerDim",
     "VariationalBound",
@@ -126,13 +129,89 @@ def _divergence(v: Tensor, x: Tensor, probes: Tensor | None) -> Tensor:
     return total / probes.shape[0]
 
 
-def _check_ode_options(probe: str, num_probes: int, rtol: float, atol: float) -> None:
-    if probe not in PROBES:
-        raise ValueError(f"probe={probe!r} is not known; expected one of {PROBES}.")
-    if isinstance(num_probes, bool) or not isinstance(num_probes, int) or num_probes < 1:
-        raise ValueError(f"num_probes={num_probes!r} must be a positive integer.")
-    if not (rtol > 0 and atol > 0):
-        raise ValueError(f"rtol={rtol} and atol={atol} must be positive.")
+class LikelihoodOptions(FrozenSettings):
+    """How the likelihood ODE is solved: the divergence estimator (``probe``, ``num_probes``), the solver's
+    tolerances and method, and the time interval (None: the process's own ends)."""
+
+    probe: str = "rademacher"
+    num_probes: int = 1
+    rtol: float = Field(default=1e-5, gt=0)
+    atol: float = Field(default=1e-5, gt=0)
+    t_min: float | None = None
+    t_max: float | None = None
+    method: str = "RK45"
+
+    @field_validator("probe")
+    @classmethod
+    def _probe(cls, v: str) -> str:
+        if v not in PROBES:
+            raise ValueError(f"probe={v!r} is not known; expected one of {PROBES}")
+        return v
+
+    @field_validator("num_probes", mode="before")
+    @classmethod
+    def _num_probes(cls, v: object) -> object:
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"num_probes={v!r} must be a positive integer")
+        return v
+
+    @classmethod
+    def of(cls, options: LikelihoodOptions | None, settings: Mapping[str, object]) -> LikelihoodOptions:
+        """``options`` as given, or built (and checked) from settings by name; not both."""
+        if options is not None and settings:
+            raise ValueError(f"give options or the settings {sorted(settings)}, not both.")
+        return options if options is not None else cls.make(**settings)
+
+    def interval(self, process: GaussianProcess) -> tuple[float, float]:
+        """(t_min, t_max) of the integration, checked against the process's time range."""
+        t0 = float(process.t_min if self.t_min is None else self.t_min)
+        t1 = float(process.t_max if self.t_max is None else self.t_max)
+        if not 0.0 < t0 < t1 <= float(process.t_max):
+            raise ValueError(
+                f"t_min={t0}, t_max={t1}: expected 0 < t_min < t_max <= {process.t_max} (the process's end)."
+            )
+        return t0, t1
+
+
+def _draw_probes(options: LikelihoodOptions, x: Tensor, noise: NoiseSource | None) -> Tensor | None:
+    """The Hutchinson probes (num_probes, N, ...), drawn once per sample and kept along the path; None if exact."""
+    if noise is None or options.probe == "exact":
+        return None
+    if len(noise) != len(x):
+        raise ValueError(f"the noise source has {len(noise)} streams for {len(x)} samples; give one per sample.")
+    draws = torch.stack([noise(x.shape[1:], dtype=x.dtype) for _ in range(options.num_probes)])
+    if options.probe == "gaussian":
+        return draws.to(x.device)
+    probes = torch.sign(draws).to(x.device)  # Rademacher: the signs of Gaussian draws
+    probes[probes == 0] = 1.0
+    return probes
+
+
+def _augmented_dynamics(
+    denoiser: DenoiserLike, like: Tensor, cond: Cond, probes: Tensor | None, tick: Callable[[], None]
+) -> Callable[[float, np.ndarray], np.ndarray]:
+    """d/dt of the flat state [x, log-density change] for ``solve_ivp``: [v(x, t), div v(x, t)] (Song et al.
+    2021, eq. 39); ``like`` gives the batch's shape, dtype and device, ``tick`` counts the evaluations."""
+    n, shape, dim = like.shape[0], tuple(like.shape), like[0].numel()
+
+    def fun(t: float, state: np.ndarray) -> np.ndarray:
+        tick()
+        xt = torch.from_numpy(state[: n * dim]).reshape(shape).to(device=like.device, dtype=like.dtype)
+        tt = torch.full((n,), float(t), dtype=torch.float64, device=like.device)
+        with torch.enable_grad():
+            xt.requires_grad_(True)
+            v = probability_flow_velocity(denoiser, xt, tt, cond)
+            div = _divergence(v, xt, probes)
+        return np.concatenate([v.detach().double().cpu().numpy().reshape(-1), div.detach().double().cpu().numpy()])
+
+    return fun
+
+
+def _prior_log_prob(process: GaussianProcess, x_end: Tensor, t_end: float) -> Tensor:
+    """log N(x_T; 0, (alpha^2 + sigma^2) I) per sample (N, D) of the ODE's end point: the prior at t_max."""
+    t = torch.tensor(t_end, dtype=torch.float64)
+    var = float(process.alpha(t) ** 2 + process.sigma(t) ** 2)
+    return -0.5 * x_end.shape[1] * math.log(2.0 * math.pi * var) - (x_end**2).sum(1) / (2.0 * var)
 
 
 def ode_log_likelihood(
@@ -140,70 +219,48 @@ def ode_log_likelihood(
     x: Tensor,
     cond: Cond = None,
     *,
-    probe: str = "rademacher",
-    num_probes: int = 1,
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    t_min: float | None = None,
-    t_max: float | None = None,
+    options: LikelihoodOptions | None = None,
     seed: int = 0,
     indices: Sequence[int] | None = None,
     noise: NoiseSource | None = None,
-    method: str = "RK45",
     progress: bool = False,
+    **settings: object,
 ) -> Likelihood:
     """log p(x) (nats, per sample) of data x at t_min under the probability-flow ODE of a denoiser.
 
     Integrates [x, log-density change] from t_min (default: the process's) to t_max (default: its end) with
     ``solve_ivp`` and adds the prior log N(x_T; 0, (alpha^2 + sigma^2) I) at t_max (Song et al. 2021, eq. 39 and
-    appendix D.2). ``probe`` 'rademacher' or 'gaussian' (``num_probes`` per evaluation, drawn once per sample
-    from ``NoiseSource(seed, indices)`` or ``noise`` and kept along the path) or 'exact' (for low dimensions).
+    appendix D.2). ``options`` (or its fields by name: ``probe``, ``num_probes``, ``rtol``, ``atol``, ``t_min``,
+    ``t_max``, ``method``): Rademacher or Gaussian probes drawn once per sample from ``NoiseSource(seed, indices)``
+    or ``noise`` and kept along the path, or 'exact' (for low dimensions).
     """
     _check_x(x)
-    _check_ode_options(probe, num_probes, rtol, atol)
+    opts = LikelihoodOptions.of(options, settings)
     process = denoiser.process
-    t0 = float(process.t_min if t_min is None else t_min)
-    t1 = float(process.t_max if t_max is None else t_max)
-    if not 0.0 < t0 < t1 <= float(process.t_max):
-        raise ValueError(f"t_min={t0}, t_max={t1}: expected 0 < t_min < t_max <= {process.t_max} (the process's end).")
-    n, shape, dim = x.shape[0], tuple(x.shape), x[0].numel()
-    device, dtype = x.device, x.dtype
-    probes = None
-    if probe != "exact":
-        noise = noise if noise is not None else NoiseSource(seed, indices if indices is not None else range(n), device)
-        if len(noise) != n:
-            raise ValueError(f"the noise source has {len(noise)} streams for {n} samples; give one per sample.")
-        draws = torch.stack([noise(shape[1:], dtype=dtype) for _ in range(num_probes)])
-        probes = torch.sign(draws).to(device) if probe == "rademacher" else draws.to(device)
-        if probe == "rademacher":
-            probes[probes == 0] = 1.0
+    t0, t1 = opts.interval(process)
+    n, dim = x.shape[0], x[0].numel()
+    if noise is None and opts.probe != "exact":
+        noise = NoiseSource(seed, indices if indices is not None else range(n), x.device)
+    probes = _draw_probes(opts, x, noise)
     nfe = 0
     bar = tqdm(desc="likelihood ODE", unit="nfe", disable=not progress, dynamic_ncols=True)
 
-    def fun(t: float, state: np.ndarray) -> np.ndarray:
+    def tick() -> None:
         nonlocal nfe
         nfe += 1
         bar.update(1)
-        xt = torch.from_numpy(state[: n * dim]).reshape(shape).to(device=device, dtype=dtype)
-        tt = torch.full((n,), float(t), dtype=torch.float64, device=device)
-        with torch.enable_grad():
-            xt.requires_grad_(True)
-            v = probability_flow_velocity(denoiser, xt, tt, cond)
-            div = _divergence(v, xt, probes)
-        return np.concatenate([v.detach().double().cpu().numpy().reshape(-1), div.detach().double().cpu().numpy()])
 
+    fun = _augmented_dynamics(denoiser, x, cond, probes, tick)
     start = np.concatenate([x.detach().double().cpu().numpy().reshape(-1), np.zeros(n)])
     try:
-        solution = solve_ivp(fun, (t0, t1), start, method=method, rtol=rtol, atol=atol)
+        solution = solve_ivp(fun, (t0, t1), start, method=opts.method, rtol=opts.rtol, atol=opts.atol)
     finally:
         bar.close()
     if not solution.success:
         raise RuntimeError(f"the likelihood ODE did not integrate from t={t0} to {t1}: {solution.message}")
     end = torch.from_numpy(solution.y[:, -1])
-    x_end, delta = end[: n * dim].reshape(n, dim), end[n * dim :]
-    t_end = torch.tensor(t1, dtype=torch.float64)
-    var = float(process.alpha(t_end) ** 2 + process.sigma(t_end) ** 2)
-    prior = -0.5 * dim * math.log(2.0 * math.pi * var) - (x_end**2).sum(1) / (2.0 * var)
+    prior = _prior_log_prob(process, end[: n * dim].reshape(n, dim), t1)
+    delta = end[n * dim :]
     return Likelihood(prior + delta, prior, delta, nfe)
 
 
@@ -232,18 +289,20 @@ def bits_per_dim(
     x: Tensor,
     cond: Cond = None,
     *,
+    options: LikelihoodOptions | None = None,
     seed: int = 0,
     batch_size: int = 64,
     progress: bool = False,
-    **ode_options: object,
+    **settings: object,
 ) -> BitsPerDim:
     """NLL in bits/dim of 8-bit data x in [-1, 1] (N, ...) through the probability-flow ODE, uniformly dequantised.
 
     bpd = -log p(x + u) / (D ln 2) + log2(256 / 2), the dequantisation bound on -log2 P(x) / D for bins of
-    width 2/256 (Song et al. 2021, appendix D.2). ``ode_options`` go to ``ode_log_likelihood``.
+    width 2/256 (Song et al. 2021, appendix D.2). ``options`` (or its fields by name) as ``ode_log_likelihood``'s.
     """
     _check_x(x)
     _check_batch_size(batch_size)
+    opts = LikelihoodOptions.of(options, settings)
     dim = x[0].numel()
     out, nfe = [], 0
     for lo in range(0, len(x), batch_size):
@@ -251,9 +310,8 @@ def bits_per_dim(
         noise = NoiseSource(seed, range(lo, hi), x.device)
         uniform = torch.special.ndtr(noise(x.shape[1:], dtype=torch.float64))  # Phi(z) ~ U(0, 1)
         xd = dequantize(x[lo:hi].double(), uniform.to(x.device)).to(x.dtype)
-        result = ode_log_likelihood(
-            denoiser, xd, _slice_cond(cond, lo, hi, x.device), noise=noise, progress=progress, **ode_options
-        )
+        c = _slice_cond(cond, lo, hi, x.device)
+        result = ode_log_likelihood(denoiser, xd, c, options=opts, noise=noise, progress=progress)
         out.append(-result.log_prob / (dim * math.log(2.0)) + _BIN_OFFSET_BITS)
         nfe += result.nfe
     return BitsPerDim(torch.cat(out), nfe)
@@ -302,43 +360,48 @@ def ddpm_vlb(
         )
     _check_x(x)
     _check_batch_size(batch_size)
-    steps = process.num_steps
-    ln2 = math.log(2.0)
     x0_all = quantize(x)
+    total = process.num_steps * math.ceil(len(x) / batch_size)
     parts: list[tuple[Tensor, Tensor, Tensor]] = []
-    bar = tqdm(total=steps * math.ceil(len(x) / batch_size), desc="vlb", disable=not progress, dynamic_ncols=True)
-    for lo in range(0, len(x), batch_size):
-        hi = min(lo + batch_size, len(x))
-        x0 = x0_all[lo:hi]
-        n = hi - lo
-        c = _slice_cond(cond, lo, hi, x.device)
-        noise = NoiseSource(seed, range(lo, hi), x.device)
-
-        def times(k: int, n: int = n) -> Tensor:
-            """Continuous time of DDPM step k + 1 (the process's grid t_k = (k + 1) / T)."""
-            return torch.full((n,), (k + 1) / steps, dtype=torch.float64, device=x.device)
-
-        # L_T: KL(N(alpha_T x0, sigma_T^2) || N(0, 1))
-        t_end = times(steps - 1)
-        a_end, s_end = broadcast_like(process.alpha(t_end), x0), broadcast_like(process.sigma(t_end), x0)
-        zeros = torch.zeros_like(x0)
-        prior = gaussian_kl(a_end * x0, torch.log(s_end**2).expand_as(x0), zeros, zeros).flatten(1).mean(1) / ln2
-        diffusion = torch.zeros(n, dtype=torch.float64, device=x.device)
-        for k in range(steps - 1, 0, -1):
-            t, s = times(k), times(k - 1)
-            x_t = process.add_noise(x0, t, noise.like(x0))
-            x0_hat = denoiser(x_t, t, c).x0
-            diffusion += ddpm_vlb_term(process, x0, x_t, t, s, x0_hat).double()
-            bar.update(1)
-        # L_0: p(x_0 | x_1) = N(x0_hat(x_1), beta_1), beta_1 = 1 - alpha(t_0)^2 (Ho et al. 2020, sec. 3.3)
-        t_first = times(0)
-        x_1 = process.add_noise(x0, t_first, noise.like(x0))
-        x0_hat = denoiser(x_1, t_first, c).x0
-        beta_1 = 1.0 - broadcast_like(process.alpha(t_first), x0).double() ** 2
-        log_p = discretized_gaussian_log_likelihood(x0, x0_hat, beta_1.sqrt().expand_as(x0))
-        decoder = -log_p.flatten(1).mean(1) / ln2
-        bar.update(1)
-        parts.append((prior.double(), diffusion, decoder))
-    bar.close()
+    with tqdm(total=total, desc="vlb", disable=not progress, dynamic_ncols=True) as bar:
+        for lo in range(0, len(x), batch_size):
+            hi = min(lo + batch_size, len(x))
+            noise = NoiseSource(seed, range(lo, hi), x.device)
+            c = _slice_cond(cond, lo, hi, x.device)
+            parts.append(_vlb_terms(denoiser, x0_all[lo:hi], c, noise, lambda: bar.update(1)))
     prior, diffusion, decoder = (torch.cat(p) for p in zip(*parts, strict=True))
     return VariationalBound(prior + diffusion + decoder, prior, diffusion, decoder)
+
+
+def _vlb_terms(
+    denoiser: DenoiserLike, x0: Tensor, cond: Cond, noise: NoiseSource, tick: Callable[[], None]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """L_T, sum_{t=2}^T L_{t-1} and L_0 in bits/dim of one batch of quantised data x0 (N, ...) (Ho et al. 2020,
+    eq. 5 and 13), every x_t drawn from ``noise``; ``tick`` is called once per network evaluation."""
+    process: DiscreteVPProcess = denoiser.process  # type: ignore[assignment]
+    steps, n, ln2 = process.num_steps, len(x0), math.log(2.0)
+
+    def times(k: int) -> Tensor:
+        """Continuous time of DDPM step k + 1 (the process's grid t_k = (k + 1) / T)."""
+        return torch.full((n,), (k + 1) / steps, dtype=torch.float64, device=x0.device)
+
+    # L_T: KL(N(alpha_T x0, sigma_T^2) || N(0, 1))
+    t_end = times(steps - 1)
+    a_end, s_end = broadcast_like(process.alpha(t_end), x0), broadcast_like(process.sigma(t_end), x0)
+    zeros = torch.zeros_like(x0)
+    prior = gaussian_kl(a_end * x0, torch.log(s_end**2).expand_as(x0), zeros, zeros).flatten(1).mean(1) / ln2
+    diffusion = torch.zeros(n, dtype=torch.float64, device=x0.device)
+    for k in range(steps - 1, 0, -1):
+        t, s = times(k), times(k - 1)
+        x_t = process.add_noise(x0, t, noise.like(x0))
+        x0_hat = denoiser(x_t, t, cond).x0
+        diffusion += ddpm_vlb_term(process, x0, x_t, t, s, x0_hat).double()
+        tick()
+    # L_0: p(x_0 | x_1) = N(x0_hat(x_1), beta_1), beta_1 = 1 - alpha(t_0)^2 (Ho et al. 2020, sec. 3.3)
+    t_first = times(0)
+    x_1 = process.add_noise(x0, t_first, noise.like(x0))
+    x0_hat = denoiser(x_1, t_first, cond).x0
+    beta_1 = 1.0 - broadcast_like(process.alpha(t_first), x0).double() ** 2
+    log_p = discretized_gaussian_log_likelihood(x0, x0_hat, beta_1.sqrt().expand_as(x0))
+    tick()
+    return prior.double(), diffusion, -log_p.flatten(1).mean(1) / ln2
