@@ -85,6 +85,14 @@ def _read_config(folder: Path) -> ModelConfig:
         raise CheckpointError(f"{folder / CONFIG_NAME} is not a valid model config ({msg}).") from None
 
 
+def _request(request: SampleRequest | None, settings: dict[str, Any]) -> SampleRequest:
+    """``request``, or one built from settings by name; one clear error when both are given."""
+    given = sorted(k for k, v in settings.items() if v is not None)
+    if request is not None and given:
+        raise ValueError(f"give request= or the settings {given} by name, not both.")
+    return request if request is not None else SampleRequest.from_settings(**settings)
+
+
 class Pipeline:
     """A diffusion model ready to sample: ``Pipeline.load(folder).sample(16, labels=[3] * 16, seed=0)``."""
 
@@ -215,7 +223,7 @@ class Pipeline:
         No labels (or no prompt) on a conditional model samples the unconditional model, where no guidance
         applies; ``classifier_scale`` > 0 adds classifier guidance from the model's noise-aware classifier.
         """
-        req = (request or SampleRequest.from_settings(**settings)).resolve(self.config.sample)
+        req = _request(request, settings).resolve(self.config.sample)
         g, c, net = req.guidance, req.conditioning, self.config.network
         if (c.prompt is not None or c.negative_prompt is not None) and not net.text_dim:
             raise ValueError("a prompt was given, but this model was trained without text conditioning.")
@@ -261,9 +269,7 @@ class Pipeline:
         from the noise stream (seed, i), so it does not depend on ``batch_size``; ``indices`` draws only those
         samples of the ``num_samples`` (one process's share when several split a run), the same as in a full run.
         """
-        if labels is not None:
-            settings["labels"] = labels
-        req = (request or SampleRequest.from_settings(**settings)).resolve(self.config.sample)
+        req = _request(request, {**settings, "labels": labels}).resolve(self.config.sample)
         n = num_samples if num_samples is not None else req.conditioning.count()
         if n is None:
             raise ValueError("give num_samples, or a list of labels or prompts (one per sample).")
