@@ -1,10 +1,13 @@
 """The web page in a real browser: it describes the model, samples a grid, inpaints an upload, shows errors.
 
-Needs Playwright (pip install playwright) and Debian's chromium at /usr/bin/chromium; skipped without them.
+Needs Playwright (in the test extra) and Debian's chromium at /usr/bin/chromium; skipped without them, except in
+CI (CI=true), where .ci/run installs both and a missing browser fails the run.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import socket
 import threading
 import time
@@ -15,6 +18,8 @@ import pytest
 from PIL import Image
 
 CHROMIUM = Path("/usr/bin/chromium")
+if os.environ.get("CI") and not (CHROMIUM.is_file() and importlib.util.find_spec("playwright")):
+    raise RuntimeError("CI must run the browser test: .ci/run installs chromium and the test extra's playwright")
 sync_api = pytest.importorskip("playwright.sync_api")
 uvicorn = pytest.importorskip("uvicorn")
 pytest.importorskip("fastapi")

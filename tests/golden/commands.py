@@ -11,6 +11,7 @@ import hashlib
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -200,17 +201,23 @@ def write_input(folder: Path) -> None:
     Image.fromarray(img, mode="L").save(folder / "input.png")
 
 
-def run_group(group: str, folder: Path) -> dict[str, str]:
-    """Run one group's commands in order in ``folder``; return {file: sha256} of the recorded files."""
+def _run(name: str, args: list[str], files: list[str], folder: Path) -> dict[str, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    cmd = CLI + list(args)
+    proc = subprocess.run(cmd, env=env, cwd=folder, capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{name}: {' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return {f: hashlib.sha256((folder / f).read_bytes()).hexdigest() for f in files}
+
+
+def run_group(group: str, folder: Path, workers: int = 2) -> dict[str, str]:
+    """Run one group's commands in ``folder``: the first (training) alone, then the ones that read its model
+    side by side on ``workers`` threads (each command is its own one-thread process); {file: sha256}."""
     folder.mkdir(parents=True, exist_ok=True)
     write_input(folder)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    hashes = {}
-    for name, args, files in GROUPS[group]:
-        cmd = CLI + list(args)
-        proc = subprocess.run(cmd, env=env, cwd=folder, capture_output=True, text=True, timeout=900)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{name}: {' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}")
-        for f in files:
-            hashes[f] = hashlib.sha256((folder / f).read_bytes()).hexdigest()
+    (first, *rest) = GROUPS[group]
+    hashes = _run(*first, folder)
+    with ThreadPoolExecutor(workers) as pool:
+        for result in pool.map(lambda c: _run(*c, folder), rest):
+            hashes.update(result)
     return hashes
