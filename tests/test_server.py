@@ -11,8 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from diffusionlab.images import make_grid, png_bytes
+from diffusionlab.images import make_grid, png_bytes, to_pil
 from diffusionlab.pipeline import Pipeline
+from diffusionlab.tasks import img2img, inpaint
 
 fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -93,6 +94,61 @@ def test_bf16_over_http_is_the_python_apis_bf16(noisy_model: Path) -> None:
     fp32 = pipe.sample(4, labels=[0, 1, 2, 1], steps=10, seed=2)
     # bf16 ran (measured on this model: mean |bf16 - fp32| 0.0014-0.0020 over seeds 0-2, 0.0028-0.0033 at 3 steps)
     assert 0 < float((bf16 - fp32).abs().mean()) <= 0.004
+
+
+def uint8_tensor(array: np.ndarray) -> torch.Tensor:
+    """A grayscale uint8 (H, W) array as the (1, 1, H, W) batch in [0, 1] the Python API takes."""
+    return torch.from_numpy(array).float()[None, None] / 255
+
+
+def test_img2img_over_http_is_the_python_apis_img2img(noisy_model: Path) -> None:
+    image = np.random.default_rng(1).integers(0, 256, (8, 8), dtype=np.uint8)
+    settings = {"label": 2, "sampler": "dpmpp_2m", "steps": 6, "guidance": 3.0, "seed": 4}
+    body = {"image": png_b64(image), "strength": 0.7, **settings}
+    client = TestClient(create_app(noisy_model))
+    response = client.post("/api/img2img", json=body)
+    answer = decode(response)
+    assert answer.text["task"] == "img2img" and answer.text["strength"] == "0.7" and answer.text["label"] == "2"
+    pipe = Pipeline.load(noisy_model)
+    expected = img2img(pipe, uint8_tensor(image), 0.7, labels=[2], sampler="dpmpp_2m", steps=6, guidance=3.0, seed=4)
+    assert np.array_equal(np.asarray(answer), np.asarray(to_pil(expected[0])))  # the same pixels
+    assert response.content == png_bytes(to_pil(expected[0]), answer.text)  # the same PNG, bit for bit
+    # the edit is not the input, and each setting counts (so the test would see one dropped on the way)
+    assert not np.array_equal(np.asarray(answer), image)
+    for changed in ({"strength": 0.5}, {"label": 0}, {"seed": 5}, {"steps": 5}, {"guidance": 1.0}):
+        other = client.post("/api/img2img", json={**body, **changed})
+        assert not np.array_equal(np.asarray(decode(other)), np.asarray(answer)), changed
+
+
+@pytest.mark.parametrize(
+    "method, options", [("repaint", {}), ("replace", {"sampler": "ddim", "reconstruction_guidance": 0.5})]
+)
+def test_inpaint_over_http_is_the_python_apis_inpaint(noisy_model: Path, method: str, options: dict) -> None:
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 256, (8, 8), dtype=np.uint8)
+    mask = np.zeros((8, 8), np.uint8)
+    mask[2:6, 3:] = 255  # fill a block on the right
+    settings = {"label": 1, "steps": 4, "guidance": 2.5, "seed": 7, **options}
+    body = {"image": png_b64(image), "mask": png_b64(mask), "method": method, **settings}
+    client = TestClient(create_app(noisy_model))
+    response = client.post("/api/inpaint", json=body)
+    answer = decode(response)
+    assert answer.text["task"] == "inpaint" and answer.text["method"] == method
+    pipe = Pipeline.load(noisy_model)
+    fill = torch.from_numpy(mask >= 128)
+    kwargs = {"labels": [1], **{k: v for k, v in settings.items() if k != "label"}}
+    expected = inpaint(pipe, uint8_tensor(image), fill, method=method, **kwargs)
+    assert np.array_equal(np.asarray(answer), np.asarray(to_pil(expected[0])))  # the same pixels
+    assert response.content == png_bytes(to_pil(expected[0]), answer.text)  # the same PNG, bit for bit
+    result = np.asarray(answer)
+    assert np.array_equal(result[mask == 0], image[mask == 0])  # kept pixels
+    assert not np.array_equal(result[mask > 0], image[mask > 0])  # filled pixels are new
+    changes = [{"label": 0}, {"seed": 8}, {"steps": 3}, {"guidance": 1.0}]
+    other_method = {"method": "repaint", "sampler": None, "reconstruction_guidance": 0.0}
+    changes += [{"reconstruction_guidance": 0.0}, other_method] if method == "replace" else []
+    for changed in changes:
+        other = client.post("/api/inpaint", json={**body, **changed})
+        assert not np.array_equal(np.asarray(decode(other)), result), changed
 
 
 def test_request_models_are_the_library_request_types(client: TestClient) -> None:
