@@ -251,7 +251,3 @@ def space_for_data(config: ModelConfig, data: Tensor) -> type[ModelSpace]:
         return PointSpace
     return LatentImageSpace if config.latent is not None else PixelImageSpace
 
-
-def describe(space: ModelSpace) -> dict[str, Any]:
-    """Plain-data summary for the API and the studio: the space's name and sample shape."""
-    return {"space": space.name, "sample_shape": list(space.sample_shape)}
