@@ -250,4 +250,3 @@ def space_for_data(config: ModelConfig, data: Tensor) -> type[ModelSpace]:
     if data.ndim == 2:
         return PointSpace
     return LatentImageSpace if config.latent is not None else PixelImageSpace
-
