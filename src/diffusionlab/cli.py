@@ -8,6 +8,7 @@ with the flags the user typed.
 from __future__ import annotations
 
 import inspect
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -105,6 +106,16 @@ def _run(fn: Callable[[], Any], command: Callable[..., Any]) -> Any:
     except KeyboardInterrupt:
         typer.secho("interrupted.", err=True)
         raise typer.Exit(130) from None
+    except OSError as err:  # out of disk, a read-only folder, a path that is a folder: name the path
+        _fail(_os_error(err))
+    except MemoryError:
+        _fail("out of memory; lower --batch-size or the number of samples.")
+
+
+def _os_error(err: OSError) -> str:
+    """An operating-system error as one line naming the path it concerns."""
+    what = err.strerror or type(err).__name__
+    return f"{err.filename}: {what}" if err.filename else f"{what} ({err})"
 
 
 # ---------------------------------------------------------------- parsing helpers
@@ -326,13 +337,25 @@ class _Grid:
 def _grid(pipe: Any, labels: str | None, num_samples: int | None, per_class: int | None, nrow: int) -> _Grid:
     """--per-class: every class in its own labelled row (unconditional: per_class rows); else the labels given,
     one for all or one each, or num_samples (16) unlabelled samples."""
+    if nrow < 1:
+        _fail(f"--nrow={nrow} must be a positive integer.")
+    from .limits import check_limit, limits
+
     if per_class is None:
+        if num_samples is not None:
+            check_limit("num_samples", num_samples, "max_samples")
         given = labels_for(_parse_labels(labels), num_samples)
         n = len(given) if given is not None else (num_samples if num_samples is not None else 16)
         return _Grid(given, n, min(nrow, n), shown={"labels": ",".join(map(str, given)) if given else ""})
     if per_class <= 0:
         _fail(f"--per-class={per_class} must be a positive integer.")
     k = pipe.config.network.num_classes
+    most = limits().max_samples
+    if per_class * (k or per_class) > most:
+        _fail(
+            f"--per-class={per_class} asks for {per_class * (k or per_class)} samples, more than the limit of "
+            f"{most:,}; set {limits().env_name('max_samples')} to raise it."
+        )
     if not k:
         return _Grid(None, per_class * per_class, per_class)
     names = pipe.config.data.class_names or [str(c) for c in range(k)]
@@ -347,7 +370,9 @@ def _read_cond_image(path: Path | None, pipe: Any) -> Any:
 
     if path is None:
         return None
-    channels = pipe.config.network.cond_channels or 1
+    if not pipe.config.network.cond_channels:  # before the file is read: it may be large
+        _fail(f"--cond-image={path} was given, but this model was trained without image conditioning.")
+    channels = pipe.config.network.cond_channels
     try:
         with Image.open(_existing(path, "--cond-image")) as img:
             array = np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
@@ -355,6 +380,12 @@ def _read_cond_image(path: Path | None, pipe: Any) -> Any:
         _fail(f"cannot read image {path}: {err}")
     array = array[:, :, None] if array.ndim == 2 else array
     return torch.from_numpy(array).permute(2, 0, 1)[None]
+
+
+def _check_out_file(out: Path) -> None:
+    """--out names a file to write (replaced atomically if it exists), never a folder."""
+    if out.is_dir():
+        _fail(f"--out={out} is a folder; expected a file path such as {out / 'result.png'}.")
 
 
 def _check_out_dir(out_dir: Path | None) -> None:
@@ -411,6 +442,7 @@ def sample(
     from .tasks.distributed_sampling import end_process_group, world_size
 
     def run() -> None:
+        _check_out_file(out)
         _check_out_dir(out_dir)
         pipe = Pipeline.load(model)
         grid = _grid(pipe, labels, num_samples, per_class, nrow)
@@ -465,6 +497,8 @@ def evaluate(
     from .pipeline import Pipeline
 
     def run() -> None:
+        if out is not None:
+            _check_out_file(out)
         result = evaluate_model(
             Pipeline.load(model),
             metrics,
@@ -532,6 +566,7 @@ def inpaint(
     from .tasks import save_image
 
     def run() -> None:
+        _check_out_file(out)
         given = [name for name, v in (("--mask", mask), ("--rect", rect), ("--outpaint", outpaint)) if v is not None]
         if len(given) != 1:
             _fail(f"give exactly one of --mask, --rect or --outpaint (got {', '.join(given) or 'none'}).")
@@ -577,6 +612,7 @@ def img2img(
     from .tasks import img2img as img2img_images
 
     def run() -> None:
+        _check_out_file(out)
         check_strength(strength)
         pipe = Pipeline.load(model)
         result = img2img_images(
@@ -624,6 +660,7 @@ def denoise(
     from .tasks import estimate_noise_sigma, save_image
 
     def run() -> None:
+        _check_out_file(out)
         level = _noise_level(sigma)
         pipe = Pipeline.load(model)
         images = _read_task_image(pipe, image)
@@ -661,6 +698,7 @@ def anomaly(
     from .tasks import anomaly_scores, write_scores_csv
 
     def run() -> None:
+        _check_out_file(out)
         files, _, _ = find_images(images)
         pipe = Pipeline.load(model)
         batch = torch.cat([_read_task_image(pipe, f, "image") for f in files])
@@ -702,9 +740,52 @@ def serve(model: opt.ModelFolder, host: opt.Host = "127.0.0.1", port: opt.Port =
     _run(run, serve)
 
 
-def main() -> None:
-    """Console-script entry point."""
-    app(prog_name="diffusionlab")
+def _show_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+    """A library warning (a stated fallback) as one ``warning:`` line on stderr."""
+    typer.secho(f"warning: {str(message).splitlines()[0]}", err=True, fg=typer.colors.YELLOW)
+
+
+def _usage_line(err: Any) -> str:
+    """A click usage error (a flag's value of the wrong type, an unknown flag) as one line."""
+    return " ".join(err.format_message().split())
+
+
+def main() -> int:
+    """Console-script entry point: every failure the user can cause ends in one ``error:`` line and exit 2."""
+    import warnings
+
+    click = sys.modules[typer.BadParameter.__module__]  # click's exceptions, wherever this typer keeps them
+
+    warnings.showwarning = _show_warning
+    try:
+        code = app(prog_name="diffusionlab", standalone_mode=False)
+    except click.NoArgsIsHelpError:  # the help is already shown
+        return 0
+    except click.UsageError as err:
+        command = (
+            f"diffusionlab {err.ctx.command_path.split(' ', 1)[1]}"
+            if err.ctx and " " in err.ctx.command_path
+            else "diffusionlab"
+        )
+        typer.secho(f"error: {_usage_line(err)} (see `{command} --help`)", err=True, fg=typer.colors.RED)
+        return 2
+    except click.ClickException as err:
+        typer.secho(f"error: {_usage_line(err)}", err=True, fg=typer.colors.RED)
+        return err.exit_code
+    except typer.Abort:
+        typer.secho("interrupted.", err=True)
+        return 130
+    except Exception as err:  # noqa: BLE001 - a bug of ours: one line and exit 70, the traceback on request
+        if os.environ.get("DIFFUSIONLAB_TRACEBACK"):
+            raise
+        typer.secho(
+            f"error: internal error ({type(err).__name__}: {_one_line(err)}); this is a diffusionlab bug, please "
+            "report it with the command line (DIFFUSIONLAB_TRACEBACK=1 shows where it happened).",
+            err=True,
+            fg=typer.colors.RED,
+        )
+        return 70
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from .config import ModelConfig
+from .limits import check_limit
 from .networks.text import TextEncoder
 from .sampling.request import Conditioning
 
@@ -114,13 +115,20 @@ def network_conditioning(
     return out
 
 
+def check_batch_size(batch_size: int) -> int:
+    """``batch_size``, or one clear error unless it is a positive integer within ``limits().max_batch_size``."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} must be a positive integer.")
+    check_limit("batch_size", batch_size, "max_batch_size")
+    return batch_size
+
+
 def iter_batches(
     indices: Sequence[int], batch_size: int, cond: dict[str, Tensor] | None, device: torch.device
 ) -> Iterator[tuple[list[int], dict[str, Tensor] | None]]:
     """The one batched loop of sampling and every task: consecutive batches of at most ``batch_size`` of the
     sample ``indices``, each with its slice of the conditioning on ``device``."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} must be a positive integer.")
+    check_batch_size(batch_size)
     todo = [int(i) for i in indices]
     for start in range(0, len(todo), batch_size):
         idx = todo[start : start + batch_size]

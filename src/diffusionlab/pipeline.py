@@ -7,6 +7,7 @@ A model is a folder, as in diffusers: ``config.json`` (the whole ``ModelConfig``
 from __future__ import annotations
 
 import copy
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,10 +17,11 @@ import torch
 from pydantic import ValidationError
 from torch import Tensor, nn
 
-from .conditioning import check_labels, iter_batches, network_conditioning
+from .conditioning import check_batch_size, check_labels, iter_batches, network_conditioning
 from .config import FORMAT_VERSION, ModelConfig, migrate_model_config
 from .denoisers import Denoiser, DenoiserLike, make_parameterisation
 from .io import CheckpointError, load_json, load_tensors, save_json, save_tensors
+from .limits import check_samples
 from .networks import NoiseAwareClassifier
 from .networks.autoencoder import Autoencoder
 from .networks.text import TextEmbedding, TextEncoder
@@ -83,6 +85,19 @@ def _read_config(folder: Path) -> ModelConfig:
     except ValidationError as err:
         msg = err.errors()[0]["msg"]
         raise CheckpointError(f"{folder / CONFIG_NAME} is not a valid model config ({msg}).") from None
+
+
+def check_finite_samples(samples: Tensor, request: SampleRequest) -> Tensor:
+    """The samples, or one clear error when any is NaN or infinite (never black images reported as success)."""
+    bad = int((~torch.isfinite(samples.flatten(1))).any(1).sum()) if samples.numel() else 0
+    if bad:
+        g, s = request.guidance, request.sampler
+        raise ValueError(
+            f"{bad} of {len(samples)} samples hold NaN or infinite values: the weights or the settings "
+            f"(sampler={s.sampler}, steps={s.steps}, guidance={g.guidance}) made the sampler diverge; nothing was "
+            "written."
+        )
+    return samples
 
 
 def _request(request: SampleRequest | None, settings: dict[str, Any]) -> SampleRequest:
@@ -273,8 +288,10 @@ class Pipeline:
         n = num_samples if num_samples is not None else req.conditioning.count()
         if n is None:
             raise ValueError("give num_samples, or a list of labels or prompts (one per sample).")
-        if n <= 0:
-            raise ValueError(f"num_samples={n} must be a positive integer.")
+        if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+            raise ValueError(f"num_samples={n!r} must be a positive integer.")
+        check_samples("num_samples", n, math.prod(self.sample_shape))
+        check_batch_size(batch_size)
         guided, cond_all = self.guided_denoiser(n, req)
         todo = list(range(n)) if indices is None else [int(i) for i in indices]
         if any(not 0 <= i < n for i in todo):
@@ -297,7 +314,7 @@ class Pipeline:
                     **spec.options,
                 )
                 out.append(self.decode(x).cpu())  # batch by batch: a latent model's decoder runs here
-        return torch.cat(out)
+        return check_finite_samples(torch.cat(out), req)
 
 
 def write_class_grid(

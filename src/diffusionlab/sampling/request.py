@@ -16,6 +16,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from torch import Tensor
 
+from ..limits import check_limit
 from ..processes import GaussianProcess
 from .grids import SPACINGS, default_spacing, time_grid
 from .guidance import check_guidance_interval
@@ -61,7 +62,7 @@ class SamplerSpec(FrozenSettings):
     """Which solver, how many steps, on which time grid, with which solver options (e.g. ``eta``)."""
 
     sampler: str | None = None  # None: the model's (config.sample.sampler)
-    steps: int | None = Field(default=None, ge=1, le=100_000)
+    steps: int | None = Field(default=None, ge=1)
     spacing: str | None = None  # None: the model's, else the process's default
     options: dict[str, float | int | bool | str] = Field(default_factory=dict)
 
@@ -71,6 +72,13 @@ class SamplerSpec(FrozenSettings):
         bad = {k: x for k, x in v.items() if isinstance(x, float) and math.isnan(x)}
         if bad:
             raise ValueError(f"solver option(s) {bad} must be numbers, not NaN")
+        return v
+
+    @field_validator("steps")
+    @classmethod
+    def _bounded(cls, v: int | None) -> int | None:
+        if v is not None:
+            check_limit("steps", v, "max_steps")
         return v
 
     @field_validator("sampler")
