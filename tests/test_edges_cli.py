@@ -132,3 +132,29 @@ def test_non_finite_samples_are_an_error_not_black_images() -> None:
     with pytest.raises(ValueError, match=r"2 of 2 samples hold NaN or infinite values"):
         pipe.sample(2, steps=2, use_ema=False)
     assert torch.isfinite(Pipeline.load(MODEL).sample(2, steps=2)).all()
+
+
+def test_docs_list_every_limit() -> None:
+    from dataclasses import fields
+
+    from diffusionlab.limits import Limits
+
+    table = (Path(__file__).parents[1] / "docs" / "limits.md").read_text()
+    rows = {ln.split("|")[1].strip(" `"): ln.split("|")[2:4] for ln in table.splitlines() if ln.startswith("| `")}
+    assert set(rows) == {f.name for f in fields(Limits)}
+    for f in fields(Limits):
+        default, env = (c.strip(" `") for c in rows[f.name])
+        assert int(default) == f.default and env == Limits().env_name(f.name), f.name
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--num-samples", "1000000000"], "--num-samples=1000000000"),
+        (["--batch-size", "1000000"], "--batch-size=1000000"),
+    ],
+)
+def test_evaluate_counts_are_bounded(monkeypatch, capsys, args, named) -> None:
+    code, err = run_main(monkeypatch, capsys, "evaluate", MODEL, *args)
+    assert code == 2
+    assert named in one_error_line(err)

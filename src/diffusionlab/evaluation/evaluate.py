@@ -26,6 +26,7 @@ from torch import Tensor
 from diffusionlab.config import DDPMProcessConfig
 from diffusionlab.data import eight_gaussians_params, load_dataset, load_toy_dataset, toy_name
 from diffusionlab.denoisers import DenoiserLike
+from diffusionlab.limits import check_limit
 from diffusionlab.processes import DiscreteVPProcess
 from diffusionlab.sampling.request import FrozenSettings, SampleRequest
 
@@ -61,6 +62,13 @@ _TRUE_DENSITIES = {"eight_gaussians": eight_gaussians_params}
 _METRICS_OF_SPACE = {"image": IMAGE_METRICS, "latent_image": IMAGE_METRICS, "points": POINT_METRICS}
 _HELD_OUT_SEED_OFFSET = 7919  # toy test points: a seed other than the training seed (first points would coincide)
 MIN_SAMPLES = 10
+_COUNT_BOUNDS = {  # the limits.py bound of each count
+    "num_samples": "max_samples",
+    "num_real": "max_samples",
+    "bpd_images": "max_samples",
+    "batch_size": "max_batch_size",
+    "bpd_batch_size": "max_batch_size",
+}
 _COUNT_MINIMA = {
     "num_samples": MIN_SAMPLES,
     "num_real": MIN_SAMPLES,
@@ -121,6 +129,8 @@ class EvaluationOptions(FrozenSettings):
             return v
         if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
             raise ValueError(f"{info.field_name}={v!r} must be an integer >= {minimum}")
+        if info.field_name in _COUNT_BOUNDS:
+            check_limit(info.field_name, v, _COUNT_BOUNDS[info.field_name])
         return v
 
     @field_validator("features", mode="before")
