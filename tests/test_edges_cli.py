@@ -158,3 +158,10 @@ def test_evaluate_counts_are_bounded(monkeypatch, capsys, args, named) -> None:
     code, err = run_main(monkeypatch, capsys, "evaluate", MODEL, *args)
     assert code == 2
     assert named in one_error_line(err)
+
+
+@pytest.mark.parametrize("label", ["3", "-1", "100000000000000000000000"])
+def test_labels_outside_the_classes_name_the_flag(monkeypatch, capsys, label) -> None:
+    code, err = run_main(monkeypatch, capsys, "sample", MODEL, "--labels", label, "--no-progress")
+    assert code == 2
+    assert f"--labels={label}: expected class indices 0..2 of this model" in one_error_line(err)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from numbers import Integral
 
 import torch
 from torch import Tensor
@@ -43,10 +44,12 @@ def check_labels(labels: Sequence[int] | Tensor | int | None, n: int | None, num
         return None
     if not num_classes:
         raise ValueError("labels were given, but this model was trained without classes (unconditional).")
-    t = torch.as_tensor([labels] * (n or 1) if isinstance(labels, int) else labels, dtype=torch.long).flatten()
-    bad = t[(t < 0) | (t >= num_classes)]
-    if len(bad):
-        raise ValueError(f"label {int(bad[0])} is outside this model's classes 0..{num_classes - 1}.")
+    given = labels.flatten().tolist() if isinstance(labels, Tensor) else [labels] if isinstance(labels, int) else labels
+    bad = [v for v in given if isinstance(v, bool) or not isinstance(v, Integral) or not 0 <= v < num_classes]
+    if bad:
+        raise ValueError(f"labels={bad[0]!r}: expected class indices 0..{num_classes - 1} of this model.")
+    repeat = (n or 1) if isinstance(labels, int) else 1  # one int label: the same class for all n samples
+    t = torch.as_tensor([int(v) for v in given] * repeat, dtype=torch.long)
     if n is not None and len(t) != n:
         raise ValueError(f"{len(t)} labels were given for {n} samples; give one label per sample or one int.")
     return t
