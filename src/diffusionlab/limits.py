@@ -57,8 +57,7 @@ def check_limit(name: str, value: int | float, bound: str, unit: str = "") -> No
     if value > most:
         shown = value if isinstance(value, int) else f"{value:g}"
         raise ValueError(
-            f"{name}={shown}{unit} is more than the limit of {most:,}{unit}; "
-            f"set {current.env_name(bound)} to raise it."
+            f"{name}={shown}{unit} is more than the limit of {most:,}{unit}; set {current.env_name(bound)} to raise it."
         )
 
 
