@@ -1,4 +1,7 @@
-"""Pictures people look at: image grids with row labels, saved as PNG atomically (floor 1)."""
+"""Pictures people look at: image grids with row labels, saved as PNG atomically; image files read (floor 1).
+
+``read_image_array`` (from ``data.folder``) is the one reader of image files: header checked before decoding.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +15,10 @@ import torch
 from PIL import Image, ImageDraw, PngImagePlugin
 from torch import Tensor
 
+from .data.folder import read_image_array
 from .io import atomic_path
 
-__all__ = ["to_uint8", "to_pil", "make_grid", "save_grid", "png_bytes", "save_png", "save_scatter"]
+__all__ = ["read_image_array", "to_uint8", "to_pil", "make_grid", "save_grid", "png_bytes", "save_png", "save_scatter"]
 
 
 def to_uint8(images: Tensor) -> np.ndarray:
@@ -33,6 +37,8 @@ def make_grid(
     images: Tensor, nrow: int, padding: int = 2, scale: int = 1, row_labels: Sequence[str] | None = None
 ) -> Image.Image:
     """Tile (N, C, H, W) images in [0, 1] into rows of ``nrow``, optionally with a text label left of each row."""
+    if isinstance(nrow, bool) or not isinstance(nrow, int) or nrow < 1:
+        raise ValueError(f"nrow={nrow!r} must be a positive integer.")
     arr = to_uint8(images)
     n, h, w, c = arr.shape
     rows = (n + nrow - 1) // nrow

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,11 @@ from torch import Tensor, nn
 from .conditioning import check_batch_size, check_labels, iter_batches, network_conditioning
 from .config import FORMAT_VERSION, ModelConfig, migrate_model_config
 from .denoisers import Denoiser, DenoiserLike, make_parameterisation
-from .io import CheckpointError, load_json, load_tensors, save_json, save_tensors
+from .io import CheckpointError, load_json, save_json, save_tensors
 from .limits import check_samples
 from .networks import NoiseAwareClassifier
 from .networks.autoencoder import Autoencoder
+from .networks.loading import FallbackWarning, check_format_version, load_weights
 from .networks.text import TextEmbedding, TextEncoder
 from .processes import GaussianProcess
 from .sampling import ClassifierFreeGuidance, ClassifierGuidance, StepCallback, Thresholded, sample
@@ -53,13 +55,31 @@ def build_process(config: ModelConfig) -> GaussianProcess:
     return config.diffusion.process.build()
 
 
-def _load_weights(module: nn.Module, path: Path) -> None:
-    state = load_tensors(path)
+def _load_weights(module: nn.Module, path: Path, what: str = "the network in config.json") -> None:
+    """Load weights that fit ``module`` exactly and are finite, else one ``CheckpointError`` naming the tensor."""
+    load_weights(module, path, what)
+
+
+def _load_ema(pipe: Pipeline, folder: Path) -> None:
+    """The EMA weights into ``pipe.ema``; when the file is absent, a ``FallbackWarning`` if training kept an EMA
+    (``train.ema_decay`` > 0), since sampling then uses the raw weights."""
+    if (folder / EMA_NAME).exists() or (folder / EMA_NAME).is_symlink():
+        pipe.ema = build_network(pipe.config.network)
+        _load_weights(pipe.ema, folder / EMA_NAME)
+    elif pipe.config.train.ema_decay > 0:
+        warnings.warn(f"{folder} has no {EMA_NAME}; sampling uses the raw weights.", FallbackWarning, stacklevel=3)
+
+
+def _load_classifier(folder: Path) -> NoiseAwareClassifier:
+    """The noise-aware classifier of classifier.json + classifier.safetensors, or one ``CheckpointError``."""
+    path = folder / CLASSIFIER_CONFIG_NAME
+    hparams = load_json(path)
     try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise CheckpointError(f"{path} does not fit the network in config.json ({first}).") from None
+        classifier = NoiseAwareClassifier(**hparams)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path} does not describe a noise-aware classifier ({err}).") from None
+    _load_weights(classifier, folder / CLASSIFIER_NAME, f"the classifier in {CLASSIFIER_CONFIG_NAME}")
+    return classifier
 
 
 def _read_config(folder: Path) -> ModelConfig:
@@ -74,12 +94,7 @@ def _read_config(folder: Path) -> ModelConfig:
             f"{folder} is an autoencoder, not a diffusion model; train one in its latent space with "
             f"`diffusionlab train --autoencoder {folder}`."
         )
-    version = raw.get("format_version", 1) if isinstance(raw, dict) else None
-    if isinstance(version, int) and version > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{folder / CONFIG_NAME}: format_version {version} is newer than this diffusionlab reads "
-            f"({FORMAT_VERSION}); upgrade diffusionlab to load it."
-        )
+    check_format_version(raw, folder / CONFIG_NAME, range(1, FORMAT_VERSION + 1))
     try:
         return ModelConfig.model_validate(migrate_model_config(raw) if isinstance(raw, dict) else raw)
     except ValidationError as err:
@@ -132,17 +147,18 @@ class Pipeline:
 
     @classmethod
     def load(cls, folder: str | os.PathLike[str], device: str | torch.device = "cpu") -> Pipeline:
-        """Load a model folder (config.json + model.safetensors [+ ema.safetensors]), of any format version."""
+        """Load a model folder (config.json + model.safetensors [+ ema.safetensors]) of format 1 or 2.
+
+        Weights must fit the network exactly and be finite; an absent ema.safetensors of a model trained with an
+        EMA is a ``FallbackWarning`` (sampling uses the raw weights); anything else untrusted is a CheckpointError.
+        """
         folder = Path(folder)
         config = _read_config(folder)
         pipe = cls(config)
         _load_weights(pipe.network, folder / MODEL_NAME)
-        if (folder / EMA_NAME).is_file():
-            pipe.ema = build_network(config.network)
-            _load_weights(pipe.ema, folder / EMA_NAME)
-        if (folder / CLASSIFIER_NAME).is_file():
-            pipe.classifier = NoiseAwareClassifier(**load_json(folder / CLASSIFIER_CONFIG_NAME))
-            _load_weights(pipe.classifier, folder / CLASSIFIER_NAME)
+        _load_ema(pipe, folder)
+        if (folder / CLASSIFIER_NAME).exists():
+            pipe.classifier = _load_classifier(folder)
         if config.latent is not None:
             pipe.autoencoder = Autoencoder.load(folder / AUTOENCODER_DIR)
         return pipe.to(device)

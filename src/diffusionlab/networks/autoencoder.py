@@ -17,6 +17,7 @@ import copy
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,9 @@ from pydantic import ValidationError
 from torch import Tensor, nn
 
 from ..config import AutoencoderConfig
-from ..io import CheckpointError, load_json, load_tensors, make_dir_readable, save_json, save_tensors
+from ..io import CheckpointError, load_json, make_dir_readable, save_json, save_tensors
 from .embeddings import check_size_multiple
+from .loading import FallbackWarning, check_format_version, load_weights
 from .unet import _groups
 
 __all__ = [
@@ -230,12 +232,30 @@ def _load_diffusers(folder: Path) -> DiffusersAutoencoder:
     return DiffusersAutoencoder(vae)
 
 
-def _load_weights(module: nn.Module, path: Path) -> None:
+AUTOENCODER_FORMATS = (1,)  # the autoencoder folder formats this build reads
+
+
+def _read_config(folder: Path) -> AutoencoderConfig:
+    """An autoencoder folder's config.json of a known format, or one clear ``CheckpointError``."""
+    raw = load_json(folder / CONFIG_NAME)
+    check_format_version(raw, folder / CONFIG_NAME, AUTOENCODER_FORMATS)
     try:
-        module.load_state_dict(load_tensors(path), strict=True)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise CheckpointError(f"{path} does not fit the autoencoder in config.json ({first}).") from None
+        return AutoencoderConfig.model_validate(raw)
+    except ValidationError as err:
+        e = err.errors()[0]
+        where = ".".join(str(p) for p in e["loc"])
+        raise CheckpointError(f"{folder / CONFIG_NAME} is not an autoencoder config ({where}: {e['msg']}).") from None
+
+
+def _load_ema(ae: Autoencoder, folder: Path) -> None:
+    """The EMA weights into ``ae.ema``; when the file is absent, a ``FallbackWarning`` if training kept an EMA."""
+    if (folder / EMA_NAME).exists() or (folder / EMA_NAME).is_symlink():
+        ae.ema = copy.deepcopy(ae.network)
+        load_weights(ae.ema, folder / EMA_NAME, "the autoencoder in config.json")
+    elif ae.config is not None and ae.config.train.ema_decay > 0:
+        warnings.warn(
+            f"{folder} has no {EMA_NAME}; encoding and decoding use the raw weights.", FallbackWarning, stacklevel=3
+        )
 
 
 class Autoencoder:
@@ -259,26 +279,20 @@ class Autoencoder:
     # ------------------------------------------------------------------ files
     @classmethod
     def load(cls, folder: str | os.PathLike[str]) -> Autoencoder:
-        """Load an autoencoder folder (ours, or a diffusers AutoencoderKL saved with ``save_pretrained``)."""
+        """Load an autoencoder folder (ours, or a diffusers AutoencoderKL saved with ``save_pretrained``).
+
+        Ours: format 1, weights that fit exactly and are finite (else one CheckpointError); an absent
+        ema.safetensors of an autoencoder trained with an EMA is a ``FallbackWarning``.
+        """
         folder = Path(folder)
         if not (folder / CONFIG_NAME).is_file():
             raise CheckpointError(f"{folder} has no {CONFIG_NAME}; expected an autoencoder folder.")
         if _is_diffusers_folder(folder):
             ae = cls(None, _load_diffusers(folder))
         else:
-            try:
-                config = AutoencoderConfig.model_validate(load_json(folder / CONFIG_NAME))
-            except ValidationError as err:
-                e = err.errors()[0]
-                where = ".".join(str(p) for p in e["loc"])
-                raise CheckpointError(
-                    f"{folder / CONFIG_NAME} is not an autoencoder config ({where}: {e['msg']})."
-                ) from None
-            ae = cls(config)
-            _load_weights(ae.network, folder / MODEL_NAME)
-            if (folder / EMA_NAME).is_file():
-                ae.ema = copy.deepcopy(ae.network)
-                _load_weights(ae.ema, folder / EMA_NAME)
+            ae = cls(_read_config(folder))
+            load_weights(ae.network, folder / MODEL_NAME, "the autoencoder in config.json")
+            _load_ema(ae, folder)
         for net in (ae.network, ae.ema):  # frozen: trainers copy the weights into a fresh network
             if net is not None:
                 net.requires_grad_(False).eval()

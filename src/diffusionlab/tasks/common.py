@@ -7,22 +7,17 @@ latent models, whose model space is not the pixel space.
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
 from ..conditioning import iter_batches
-from ..data import DataError
 from ..denoisers import DenoiserLike
-from ..images import save_png, to_pil
+from ..images import read_image_array, save_png, to_pil
 from ..pipeline import Pipeline
 from ..processes import GaussianProcess
 from ..sampling import NoiseSource, sample_seed, solve
@@ -41,23 +36,13 @@ __all__ = [
     "auxiliary_noise",
 ]
 
-_GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
-
 
 def read_image(source: str | os.PathLike[str] | bytes) -> Tensor:
     """One image file (a path, or its bytes) as (C, H, W) float32 in [0, 1] at its own size: C = 1 for grayscale
-    files, else 3 (RGB). An alpha channel is dropped; nothing is resized, so every pixel is the file's own.
+    files, else 3 (RGB). An alpha channel is dropped; 16-bit files are divided by 65535; nothing is resized, so
+    every pixel is the file's own. The header is checked (pixel limit, mode) before decoding; errors are DataError.
     """
-    what = "the uploaded image" if isinstance(source, bytes) else f"image file '{Path(source)}'"
-    try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else Path(source)) as img:
-            img.load()
-            img = img.convert("L" if img.mode in _GRAY_MODES else "RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise DataError(f"cannot read {what} ({err}).") from None
-    array = np.asarray(img, dtype=np.uint8)
-    array = array[:, :, None] if array.ndim == 2 else array
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255.0
+    return torch.from_numpy(read_image_array(source)).permute(2, 0, 1)
 
 
 def save_image(image: Tensor, path: str | os.PathLike[str], metadata: Mapping[str, str] | None = None) -> None:
