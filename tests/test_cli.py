@@ -91,7 +91,7 @@ def test_corrupted_safetensors(tmp_path: Path, model_dir: Path) -> None:
 
 def test_label_outside_classes(tmp_path: Path, model_dir: Path) -> None:
     result = run("sample", str(model_dir), "--labels", "12", "--steps", "2", "--out", str(tmp_path / "s.png"))
-    assert_clear_error(result, "label 12", "0..9")
+    assert_clear_error(result, "--labels=12", "0..9")
 
 
 def test_unknown_sampler_and_process(tmp_path: Path, model_dir: Path) -> None:

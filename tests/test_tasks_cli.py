@@ -116,4 +116,4 @@ def test_bad_input_is_one_clear_line(model_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     assert_clear_error(run("anomaly", model_dir, "--images", tmp_path / "empty"), "contains no images")
     assert_clear_error(run("inpaint", model_dir, "--image", image, "--rect", "0,0,8,4", "--method", "magic"), "magic")
-    assert_clear_error(run("img2img", model_dir, "--image", image, "--label", "7"), "label 7")
+    assert_clear_error(run("img2img", model_dir, "--image", image, "--label", "7"), "--label=7")

@@ -364,21 +364,15 @@ def _grid(pipe: Any, labels: str | None, num_samples: int | None, per_class: int
 
 def _read_cond_image(path: Path | None, pipe: Any) -> Any:
     """A condition image file as a (1, C, H, W) tensor in [0, 1] with the model's condition channels."""
-    import numpy as np
     import torch
-    from PIL import Image
+
+    from .images import read_image_array
 
     if path is None:
         return None
     if not pipe.config.network.cond_channels:  # before the file is read: it may be large
         _fail(f"--cond-image={path} was given, but this model was trained without image conditioning.")
-    channels = pipe.config.network.cond_channels
-    try:
-        with Image.open(_existing(path, "--cond-image")) as img:
-            array = np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
-    except OSError as err:
-        _fail(f"cannot read image {path}: {err}")
-    array = array[:, :, None] if array.ndim == 2 else array
+    array = read_image_array(_existing(path, "--cond-image"), channels=pipe.config.network.cond_channels)
     return torch.from_numpy(array).permute(2, 0, 1)[None]
 
 
