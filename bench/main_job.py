@@ -37,6 +37,14 @@ def last_scalar(folder: Path, tag: str) -> float:
     return float(acc.Scalars(tag)[-1].value)
 
 
+def cpu_name() -> str:
+    """The CPU's model name and whether it has the bf16 units (AMX, AVX512-BF16) that make bf16 autocast fast."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "")
+    units = [u for u in ("amx_bf16", "avx512_bf16") if f" {u}" in info]
+    return f"{name or platform.machine()} ({', '.join(units) or 'no bf16 units'})"
+
+
 def train(out: Path, precision: str, steps: int) -> float:
     """Run the README's training command; return its wall time in seconds."""
     cmd = [sys.executable, "-m", "diffusionlab.cli", "train", "--out", str(out), "--steps", str(steps)]
@@ -88,10 +96,12 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(f"| {precision} | {seconds / 60:.1f} min | {loss:.4f} | {acc[0]:.1%} | {acc[1]:.1%} |")
     mean_gap, max_gap = bf16_sampling_gap(args.out / "fp32", 100)
     head = (
-        f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()}, {os.cpu_count()} cores, torch "
+        f"Measured {time.strftime('%Y-%m-%d')} on {cpu_name()}, {os.cpu_count()} cores, torch "
         f"{torch.__version__}, {torch.get_num_threads()} threads: `python bench/main_job.py --steps {args.steps}`"
     )
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     tail = (
+        f"Load average at the end (1, 5, 15 min): {load}. "
         f"bf16 vs fp32 sampling of the fp32 model (100 samples, ddim 50): mean |diff| {mean_gap:.4f}, max {max_gap:.4f}"
     )
     table = "\n".join([head, "", *rows, "", tail]) + "\n"
