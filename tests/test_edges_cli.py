@@ -45,6 +45,10 @@ def one_error_line(stderr: str) -> str:
         (["-n", "1000000000"], "--num-samples=1000000000"),
         (["--per-class", "100000000"], "--per-class=100000000"),
         (["--cond-image", "README.md"], "--cond-image=README.md"),
+        (["--labels", ""], "--labels=''"),
+        (["--labels", " , "], "--labels=' , '"),
+        (["--per-class", "1", "--labels", "1"], "--per-class=1"),
+        (["--per-class", "1", "-n", "3"], "--per-class=1"),
     ],
 )
 def test_bad_sample_options_are_one_line_naming_the_flag(monkeypatch, capsys, tmp_path, args, named) -> None:

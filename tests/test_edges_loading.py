@@ -289,3 +289,36 @@ def test_a_missing_autoencoder_tensor_is_named(autoencoder: Path, tmp_path: Path
     assert (
         str(exc.value) == f"{copy / 'model.safetensors'} lacks 1 tensor(s) of the autoencoder in config.json: '{name}'."
     )
+
+
+def _edit_config(folder: Path, edit) -> None:  # type: ignore[no-untyped-def]
+    raw = load_json(folder / "config.json")
+    edit(raw)
+    (folder / "config.json").write_text(json.dumps(raw))
+
+
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [
+        (lambda c: c["network"].update(width="abc"), "network.width='abc'"),
+        (lambda c: c["sample"].update(guidance=float("nan")), "sample.guidance=nan"),
+        (lambda c: c.update(fuzz_unknown=1), "fuzz_unknown=1: Extra inputs are not permitted"),
+    ],
+)
+def test_an_invalid_config_field_is_named_with_its_value(model: Path, edit, named: str) -> None:  # type: ignore[no-untyped-def]
+    _edit_config(model, edit)
+    with pytest.raises(CheckpointError, match="is not a valid model config") as err:
+        Pipeline.load(model)
+    assert named in str(err.value)
+
+
+def test_class_names_and_channels_must_match_the_network(tmp_path: Path) -> None:
+    folder = Path(__file__).parent / "fixtures" / "format1-image"  # 3 classes
+    shutil.copytree(folder, tmp_path / "m")
+    _edit_config(tmp_path / "m", lambda c: c["data"].update(class_names=["a"]))
+    with pytest.raises(CheckpointError, match=r"data.class_names has 1 names for network.num_classes=3 classes"):
+        Pipeline.load(tmp_path / "m")
+    _edit_config(tmp_path / "m", lambda c: c["data"].update(channels=3))
+    _edit_config(tmp_path / "m", lambda c: c["data"].update(class_names=["a", "b", "c"]))
+    with pytest.raises(CheckpointError, match=r"samples have 3 channels \(data.channels=3\) but the network takes 1"):
+        Pipeline.load(tmp_path / "m")

@@ -138,10 +138,12 @@ def _parse_labels(labels: str | None) -> list[int] | None:
     if labels is None:
         return None
     try:
-        return [int(v) for v in labels.replace(" ", "").split(",") if v != ""]
+        parsed = [int(v) for v in labels.replace(" ", "").split(",") if v != ""]
     except ValueError:
+        parsed = []
+    if not parsed:
         _fail(f"--labels={labels!r} must be comma-separated class indices, e.g. 3,3,7.")
-    return None
+    return parsed
 
 
 def _existing(path: Path | None, option: str) -> Path:
@@ -349,6 +351,8 @@ def _grid(pipe: Any, labels: str | None, num_samples: int | None, per_class: int
         return _Grid(given, n, min(nrow, n), shown={"labels": ",".join(map(str, given)) if given else ""})
     if per_class <= 0:
         _fail(f"--per-class={per_class} must be a positive integer.")
+    if labels is not None or num_samples is not None:
+        _fail(f"--per-class={per_class} draws every class; give it, or --labels / --num-samples, not both.")
     k = pipe.config.network.num_classes
     most = limits().max_samples
     if per_class * (k or per_class) > most:

@@ -96,10 +96,38 @@ def _read_config(folder: Path) -> ModelConfig:
         )
     check_format_version(raw, folder / CONFIG_NAME, range(1, FORMAT_VERSION + 1))
     try:
-        return ModelConfig.model_validate(migrate_model_config(raw) if isinstance(raw, dict) else raw)
+        config = ModelConfig.model_validate(migrate_model_config(raw) if isinstance(raw, dict) else raw)
     except ValidationError as err:
-        msg = err.errors()[0]["msg"]
-        raise CheckpointError(f"{folder / CONFIG_NAME} is not a valid model config ({msg}).") from None
+        raise CheckpointError(f"{folder / CONFIG_NAME} is not a valid model config ({_config_error(err)}).") from None
+    names, k = config.data.class_names, config.network.num_classes
+    if names is not None and k and len(names) != k:
+        raise CheckpointError(
+            f"{folder / CONFIG_NAME}: data.class_names has {len(names)} names for network.num_classes={k} classes."
+        )
+    return config
+
+
+def _config_error(err: ValidationError) -> str:
+    """The first error of a config as ``field.path=value: what was expected`` (long values shortened)."""
+    e = err.errors()[0]
+    where = ".".join(str(p) for p in e["loc"]) or "config"
+    msg = str(e["msg"]).removeprefix("Value error, ")
+    if "input" not in e or isinstance(e["input"], dict | list):
+        return f"{where}: {msg}"
+    shown = repr(e["input"])
+    return f"{where}={shown if len(shown) <= 40 else shown[:37] + '...'}: {msg}"
+
+
+def _check_samples_fit_network(pipe: Pipeline, path: Path) -> None:
+    """One clear error when the config's samples (data.channels, the latent shape, points' dim) do not have the
+    number of channels its network takes (network.in_channels, or network.dim for points)."""
+    shape, net = pipe.sample_shape, pipe.config.network
+    takes, field = (net.in_channels, "network.in_channels") if len(shape) == 3 else (net.dim, "network.dim")
+    if shape[0] != takes:
+        raise CheckpointError(
+            f"{path}: the samples have {shape[0]} channels (data.channels={pipe.config.data.channels}) but the "
+            f"network takes {takes} ({field}); the config contradicts itself."
+        )
 
 
 def check_finite_samples(samples: Tensor, request: SampleRequest) -> Tensor:
@@ -161,6 +189,7 @@ class Pipeline:
             pipe.classifier = _load_classifier(folder)
         if config.latent is not None:
             pipe.autoencoder = Autoencoder.load(folder / AUTOENCODER_DIR)
+        _check_samples_fit_network(pipe, folder / CONFIG_NAME)
         return pipe.to(device)
 
     def save(self, folder: str | os.PathLike[str]) -> None:
