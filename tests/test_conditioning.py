@@ -277,7 +277,7 @@ def test_image_conditions() -> None:
     torch.testing.assert_close(gray[:, 0], 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])
     with pytest.raises(ValueError, match="factor 3 must be >= 2 and divide"):
         low_resolution(x, 3)
-    with pytest.raises(ValueError, match="colourisation needs RGB"):
+    with pytest.raises(ValueError, match="image_condition=.colourise. needs RGB"):
         make_image_condition("colourise", x[:, :1])
 
 
@@ -406,5 +406,5 @@ def test_colourisation_model_on_an_rgb_folder(tmp_path: Path) -> None:
     assert pipe.config.network.cond_channels == 1 and pipe.config.network.in_channels == 3
     out = pipe.sample(2, cond_image=torch.rand(2, 1, 16, 16))
     assert out.shape == (2, 3, 16, 16)
-    with pytest.raises(ValueError, match="colourisation needs RGB"):
+    with pytest.raises(ValueError, match="image_condition=.colourise. needs RGB"):
         _train(tmp_path / "gray", "digits", image_condition="colourise")

@@ -27,7 +27,9 @@ def _check(kind: str) -> str:
 def condition_channels(kind: str, channels: int) -> int:
     """Channels of the condition image for targets with ``channels`` channels."""
     if _check(kind) == "colourise" and channels != 3:
-        raise DataError(f"colourisation needs RGB training images (3 channels), got {channels}.")
+        raise DataError(
+            f"image_condition='colourise' needs RGB training images (3 channels); the dataset has {channels}."
+        )
     return channels if kind == "superres" else 1
 
 
@@ -43,6 +45,6 @@ def make_image_condition(kind: str, images: Tensor, factor: int = 4) -> Tensor:
     if _check(kind) == "superres":
         return low_resolution(images, factor)
     if images.shape[1] != 3:
-        raise DataError(f"colourisation needs RGB images (3 channels), got {images.shape[1]}.")
+        raise DataError(f"image_condition='colourise' needs RGB images (3 channels), got {images.shape[1]}.")
     weights = torch.tensor(_LUMA, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
     return (images * weights).sum(dim=1, keepdim=True)
