@@ -1,20 +1,49 @@
 """Training edges with exact answers: the EMA update and its warm-up, the LR schedules the trainer applies
 (warm-up then cosine or constant, one-cycle), class-label dropout per sample, and the noise-aware classifier's
-accuracy against the Bayes-optimal accuracy of a task whose answer is known in closed form."""
+accuracy against the Bayes-optimal accuracy of a task whose answer is known in closed form. Then the run's
+reliability: config bounds, the network's size counted before it is built, resume from a broken or finished
+training state, the leftovers of a killed run, and kill -9 at random moments."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from cli_helpers import assert_clear_error, run
+from pydantic import ValidationError
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
-from diffusionlab.config import MODEL_SIZES, DataConfig, ModelConfig, NetworkConfig, SampleConfig, TrainConfig
+from diffusionlab.config import (
+    MODEL_SIZES,
+    AutoencoderConfig,
+    AutoencoderNetworkConfig,
+    DataConfig,
+    ModelConfig,
+    NetworkConfig,
+    SampleConfig,
+    TrainConfig,
+    VPProcessConfig,
+)
 from diffusionlab.denoisers import noise_conditioning
+from diffusionlab.io import CheckpointError
+from diffusionlab.networks import size as network_size
+from diffusionlab.networks.autoencoder import KLAutoencoder
 from diffusionlab.pipeline import Pipeline
+from diffusionlab.spaces import NETWORKS, build_network, network_parameters
 from diffusionlab.training import (
     Trainer,
     TrainingData,
@@ -24,6 +53,8 @@ from diffusionlab.training import (
     train_noise_aware_classifier,
     update_ema,
 )
+from diffusionlab.training.autoencoder import new_autoencoder
+from diffusionlab.training.checkpoints import STATE_NAME, latest_checkpoint, remove_leftovers, save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -264,3 +295,315 @@ def test_noisy_accuracy_matches_the_bayes_accuracy_over_training_times(classifie
     best = float(np.mean([bayes_accuracy(float(pipe.process.alpha(t)), float(pipe.process.sigma(t))) for t in times]))
     got = noisy_accuracy(pipe, classifier, held_out, n=1024)
     assert best - 0.05 <= got <= best + 3 * math.sqrt(best * (1 - best) / 1024), (got, best)
+
+
+# ---------------------------------------------------------------------------------------------- config bounds
+TINY = ["--model-size", "tiny", "--image-size", "8", "--batch-size", "8", "--sample-every", "0", "--no-progress"]
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--image-size", "100000"], "--image-size=100000 is more than the limit of 4,096"),
+        (["--image-size", "0"], "--image-size=0"),
+        (["--batch-size", "0"], "--batch-size=0"),
+        (["--batch-size", "70000"], "--batch-size=70000 is more than the limit of 65,536"),
+        (["--steps", "100000001"], "--steps=100000001 is more than the limit of 100,000,000"),
+        (["--checkpoint-every", "-1"], "--checkpoint-every=-1"),
+        (["--sample-every", "-1"], "--sample-every=-1"),
+        (["--log-every", "-1"], "--log-every=-1"),
+        (["--lr", "nan"], "--lr=nan"),
+        (["--lr", "inf"], "--lr=inf"),
+        (["--ema-decay", "nan"], "--ema-decay=nan"),
+        (["--seed", "-1"], "--seed=-1"),
+        (["--seed", str(2**32)], f"--seed={2**32}"),
+    ],
+)
+def test_training_options_out_of_bounds_are_one_line_before_any_work(
+    tmp_path: Path, args: list[str], fragment: str
+) -> None:
+    out = tmp_path / "o"
+    steps = [] if "--steps" in args else ["--steps", "1"]
+    assert_clear_error(run("train", *TINY, *steps, *args, "--out", out), fragment)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "make, field",
+    [
+        (lambda: NetworkConfig(base_channels=0), "base_channels"),
+        (lambda: NetworkConfig(channel_mults=[1, 0]), "channel_mults"),
+        (lambda: NetworkConfig(channel_mults=[]), "channel_mults"),
+        (lambda: NetworkConfig(channel_mults=[1] * 14), "channel_mults"),  # 13 levels halve 4096 to 1
+        (lambda: NetworkConfig(num_res_blocks=0), "num_res_blocks"),
+        (lambda: NetworkConfig(num_heads=0), "num_heads"),
+        (lambda: NetworkConfig(attention_levels=[-1]), "attention_levels"),
+        (lambda: NetworkConfig(dropout=1.0), "dropout"),
+        (lambda: NetworkConfig(in_channels=0), "in_channels"),
+        (lambda: NetworkConfig(kind="mlp", width=0), "width"),
+        (lambda: NetworkConfig(kind="mlp", depth=0), "depth"),
+        (lambda: AutoencoderNetworkConfig(channel_mults=[2, -1]), "channel_mults"),
+        (lambda: TrainConfig(keep_checkpoints=-1), "keep_checkpoints"),
+        (lambda: TrainConfig(warmup_steps=10**9), "warmup_steps"),
+        (lambda: TrainConfig(eval_samples=10**6), "eval_samples"),
+        (lambda: TrainConfig(ema_decay=-0.5), "ema_decay"),
+        (lambda: VPProcessConfig(beta_max=math.inf), "beta_max"),
+        (lambda: SampleConfig(guidance=math.nan), "guidance"),
+    ],
+)
+def test_config_fields_out_of_bounds_are_refused_naming_the_field(make: Callable[[], Any], field: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        make()
+    assert [e["loc"][0] for e in caught.value.errors()] == [field]
+
+
+def test_config_bounds_are_read_from_the_environment_when_the_config_is_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert DataConfig(image_size=4096).image_size == 4096
+    with pytest.raises(ValidationError, match="image_size=4097 is more than the limit of 4,096"):
+        DataConfig(image_size=4097)
+    monkeypatch.setenv("DIFFUSIONLAB_MAX_IMAGE_SIZE", "8192")
+    assert DataConfig(image_size=4097).image_size == 4097
+    assert len(NetworkConfig(channel_mults=[1] * 14).channel_mults) == 14  # one level more for 8192
+    monkeypatch.setenv("DIFFUSIONLAB_MAX_TRAIN_STEPS", "10")
+    with pytest.raises(ValidationError, match="steps=11 is more than the limit of 10; set DIFFUSIONLAB_MAX_TRAIN"):
+        TrainConfig(steps=11)
+
+
+# ---------------------------------------------------------------------------------------------- network size
+def real_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {**MODEL_SIZES["tiny"], "num_classes": 10},
+        {**MODEL_SIZES["small"], "num_res_blocks": 3, "attention_levels": [1], "text_dim": 24},
+        {**MODEL_SIZES["tiny"], "num_res_blocks": 5, "cond_channels": 3, "num_classes": 4},
+        {"kind": "mlp", "width": 32, "depth": 6, "num_classes": 3},
+    ],
+)
+def test_parameters_are_counted_exactly_without_building_the_network(settings: dict[str, Any]) -> None:
+    cfg = NetworkConfig(**settings)
+    assert network_parameters(cfg) == real_parameters(NETWORKS[cfg.kind](cfg))
+
+
+def test_a_network_over_the_limit_is_refused_naming_its_count_and_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = NetworkConfig(**MODEL_SIZES["tiny"], num_classes=10)
+    count = real_parameters(NETWORKS["unet"](cfg))  # 178,209
+    monkeypatch.setenv("DIFFUSIONLAB_MAX_PARAMETERS", str(count - 1))
+    expected = f"has {count:,} parameters, more than the limit of {count - 1:,}; set DIFFUSIONLAB_MAX_PARAMETERS"
+    with pytest.raises(ValueError, match=expected):
+        build_network(cfg)
+    monkeypatch.setenv("DIFFUSIONLAB_MAX_PARAMETERS", str(count))
+    assert real_parameters(build_network(cfg)) == count
+
+
+def test_an_autoencoder_over_the_limit_is_refused_naming_its_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    net = AutoencoderNetworkConfig(base_channels=8, channel_mults=[1, 2], num_res_blocks=4)
+    count = real_parameters(KLAutoencoder(1, 4, 8, (1, 2), 4))
+    monkeypatch.setenv("DIFFUSIONLAB_MAX_PARAMETERS", str(count - 1))
+    with pytest.raises(ValueError, match=f"num_res_blocks=4 has {count:,} parameters, more than the limit of"):
+        new_autoencoder(AutoencoderConfig(network=net))
+
+
+class AllocationRecorder(TorchFunctionMode):
+    """Adds up the bytes of every distinct tensor storage made outside the meta device."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.storages: dict[int, int] = {}
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        if isinstance(out, Tensor) and out.device.type != "meta":
+            self.storages[out.untyped_storage().data_ptr()] = out.untyped_storage().nbytes()
+        return out
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.storages.values())
+
+
+def pets_blocks(n: int) -> int:
+    """The parameters of the pets model's network with n residual blocks per level, built for real."""
+    return real_parameters(
+        NETWORKS["unet"](NetworkConfig(**{**MODEL_SIZES["tiny"], "num_res_blocks": n}, num_classes=3))
+    )
+
+
+@pytest.mark.parametrize(
+    "network, fragment",
+    [
+        ({"base_channels": 1e9}, lambda: "base_channels=1000000000, channel_mults=[1, 2], num_res_blocks=1 has too"),
+        (
+            {"num_res_blocks": 10**7},
+            lambda: f"has {pets_blocks(1) + (10**7 - 1) * (pets_blocks(2) - pets_blocks(1)):,}",
+        ),
+        ({"channel_mults": [1, 10**6]}, lambda: "channel_mults=[1, 1000000], num_res_blocks=1 has "),
+    ],
+)
+def test_a_huge_config_json_is_refused_before_its_weights_are_allocated(
+    pets_model: Path, tmp_path: Path, network: dict[str, Any], fragment: Callable[[], str]
+) -> None:
+    folder = tmp_path / "huge"
+    shutil.copytree(pets_model, folder)
+    raw = json.loads((folder / "config.json").read_text())
+    raw["network"].update(network)
+    (folder / "config.json").write_text(json.dumps(raw))
+    recorder, started = AllocationRecorder(), time.monotonic()
+    with recorder, pytest.raises(ValueError, match=r"the network of .* more than the limit of 4,000,000,000") as e:
+        Pipeline.load(folder)
+    assert fragment() in str(e.value)
+    assert recorder.bytes <= 4 * network_size._FAST_BUILD_ELEMENTS  # what the fast path builds before it counts
+    assert time.monotonic() - started < 60
+    assert_clear_error(run("sample", folder, "--steps", "2", "--out", tmp_path / "s.png"), fragment())
+    assert not (tmp_path / "s.png").exists()
+
+
+# ---------------------------------------------------------------------------------------------- resume
+def run_config(steps: int, **train: object) -> ModelConfig:
+    return tiny_config(steps=steps, checkpoint_every=1, keep_checkpoints=2, warmup_steps=0, **train)
+
+
+@pytest.fixture(scope="module")
+def two_step_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished run of 2 steps with the checkpoints of steps 1 and 2."""
+    out = tmp_path_factory.mktemp("run") / "run"
+    Trainer(run_config(2), out, progress=False, cpu=True, log_tensorboard=False).train()
+    return out
+
+
+def copy_run(run_dir: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "run"
+    shutil.copytree(run_dir, out)
+    return out
+
+
+def resume(out: Path, steps: int) -> Trainer:
+    return Trainer(run_config(steps), out, resume=True, progress=False, cpu=True, log_tensorboard=False)
+
+
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        (lambda s: s.pop("step"), "holds no training step"),
+        (lambda s: s.update(step=-1), "step=-1 must be a whole number of at least 0"),
+        (lambda s: s.update(step="2"), "step='2' must be a whole number"),
+        (lambda s: s.update(step=2.0), "step=2.0 must be a whole number"),
+        (lambda s: s.update(step=True), "step=True must be a whole number"),
+        (lambda s: s.update(step=10**12), "step=1000000000000 is more than the limit of 100,000,000"),
+        (lambda s: s.pop("optimizer"), "has no 'optimizer'"),
+        (lambda s: s.update(rng_python=torch.zeros(3)), "does not fit this run"),
+    ],
+)
+def test_a_broken_training_state_is_one_error_naming_the_file(
+    two_step_run: Path, tmp_path: Path, change: Callable[[dict[str, Any]], Any], fragment: str
+) -> None:
+    out = copy_run(two_step_run, tmp_path)
+    path = out / "checkpoints" / "step-000002" / STATE_NAME
+    state = torch.load(path, weights_only=True)
+    change(state)
+    torch.save(state, path)
+    with pytest.raises(CheckpointError) as caught:
+        resume(out, steps=3)
+    assert str(path) in str(caught.value) and fragment in str(caught.value), str(caught.value)
+    result = run("train", *TINY, "--steps", "3", "--resume", "--out", out)
+    assert_clear_error(result, str(path), fragment)
+
+
+def test_resuming_past_the_steps_asked_for_is_one_line(two_step_run: Path, tmp_path: Path) -> None:
+    out = copy_run(two_step_run, tmp_path)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(CheckpointError, match="step-000002 is at step 2, past steps=1; ask for steps=2 or more"):
+        resume(out, steps=1)
+    result = run("train", *TINY, "--steps", "1", "--resume", "--out", out)
+    assert_clear_error(result, "is at step 2, past --steps=1; ask for --steps=2 or more")
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert resume(out, steps=2).start_step == 2  # a finished run resumed at its own length only finishes again
+
+
+# ---------------------------------------------------------------------------------------------- leftovers
+def test_the_leftovers_of_a_killed_run_are_removed_at_the_next_start(two_step_run: Path, tmp_path: Path) -> None:
+    out = copy_run(two_step_run, tmp_path)
+    root = out / "checkpoints"
+    newest = {p.name: p.read_bytes() for p in (root / "step-000002").iterdir()}
+    (root / ".step-000003.k2j3h4g5").mkdir()  # a checkpoint being written when the run was killed
+    (root / ".step-000003.k2j3h4g5" / "model.safetensors").write_bytes(b"half")
+    (root / ".step-000001.removed").mkdir()  # a checkpoint being pruned
+    (root / ".step-000001.removed" / "config.json").write_text("{}")
+    shutil.copytree(root / "step-000001", root / "step-000000")  # half-pruned by an older version
+    (root / "step-000000" / "model.safetensors").unlink()
+    trainer = resume(out, steps=2)
+    assert trainer.start_step == 2
+    assert sorted(p.name for p in root.iterdir()) == ["step-000001", "step-000002"]
+    assert {p.name: p.read_bytes() for p in (root / "step-000002").iterdir()} == newest
+
+
+def test_a_fresh_run_removes_the_leftovers_of_a_run_killed_before_its_first_checkpoint(tmp_path: Path) -> None:
+    leftover = tmp_path / "run" / "checkpoints" / ".step-000001.abcdefgh"
+    leftover.mkdir(parents=True)
+    (leftover / "config.json").write_text("{}")
+    Trainer(run_config(1), tmp_path / "run", progress=False, cpu=True, log_tensorboard=False)
+    assert list((tmp_path / "run" / "checkpoints").iterdir()) == []
+
+
+class TwoFiles:
+    """A model folder of two files, config.json last, as ``Pipeline.save`` writes one."""
+
+    def save(self, folder: str | os.PathLike[str]) -> None:
+        (Path(folder) / "model.safetensors").write_bytes(b"weights")
+        (Path(folder) / "config.json").write_text("{}")
+
+
+def test_a_kill_while_pruning_leaves_no_half_removed_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for step in (1, 2):
+        save_checkpoint(TwoFiles(), {"step": step}, tmp_path, step, keep=2)
+    real_rmtree = shutil.rmtree
+
+    def killed_midway(path: Any, *args: Any, **kwargs: Any) -> None:
+        if Path(path).exists():
+            next(p for p in sorted(Path(path).iterdir())).unlink()  # one file gone, then the kill
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr("diffusionlab.training.checkpoints.shutil.rmtree", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(TwoFiles(), {"step": 3}, tmp_path, 3, keep=2)  # prunes step 1
+    monkeypatch.setattr("diffusionlab.training.checkpoints.shutil.rmtree", real_rmtree)
+    root = tmp_path / "checkpoints"
+    steps = sorted(p.name for p in root.iterdir() if p.name.startswith("step-"))
+    assert steps == ["step-000002", "step-000003"]
+    assert all(
+        sorted(f.name for f in (root / s).iterdir()) == ["config.json", "model.safetensors", STATE_NAME] for s in steps
+    )
+    assert [p.name for p in remove_leftovers(tmp_path)] == [".step-000001.removed"]
+    assert sorted(p.name for p in root.iterdir()) == steps
+
+
+def test_a_run_killed_at_random_moments_resumes_to_the_same_weights(tmp_path: Path) -> None:
+    """kill -9 while a checkpoint is being written, then at a random moment, then resume to the end: the weights
+    equal those of a run never interrupted, bit for bit, and no leftover survives the last start."""
+    args = [*TINY, "--steps", "6", "--checkpoint-every", "1", "--keep-checkpoints", "2", "--sample-every", "0"]
+    whole = run("train", *args, "--out", tmp_path / "whole")
+    assert whole.exit_code == 0, whole.output
+    out, rng = tmp_path / "killed", random.Random(0)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-c", "from diffusionlab.cli import app; app()", "train", *args, "--out", str(out)]
+    for kill_at in ("mid-checkpoint", rng.uniform(0.0, 0.3), "mid-checkpoint"):
+        process = subprocess.Popen([*command, *(["--resume"] if latest_checkpoint(out) else [])], env=env)
+        before = set(out.glob("checkpoints/.step-*"))  # a leftover of the last kill, removed at the start
+        while process.poll() is None and not set(out.glob("checkpoints/.step-*")) - before:
+            time.sleep(0.001)
+        if isinstance(kill_at, float):
+            time.sleep(kill_at)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    final = subprocess.run(
+        [*command, *(["--resume"] if latest_checkpoint(out) else [])], env=env, capture_output=True, text=True
+    )
+    assert final.returncode == 0, final.stderr
+    for name in ("model.safetensors", "ema.safetensors"):
+        assert (out / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000005", "step-000006"]

@@ -71,6 +71,8 @@ def _one_line(err: BaseException) -> str:
     if isinstance(err, ValidationError):
         e = err.errors()[0]
         name, msg = (e["loc"][-1] if e["loc"] else "value"), str(e["msg"]).removeprefix("Value error, ")
+        if e["type"] == "value_error":  # our own checks already name the setting and its value
+            return msg
         value = e.get("input")
         return f"{name}: {msg}" if isinstance(value, dict) or "input" not in e else f"{name}={value!r}: {msg}"
     return str(err).splitlines()[0] if str(err) else type(err).__name__

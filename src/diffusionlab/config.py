@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from .limits import check_limit, limits
 from .processes import (
     DiscreteVPProcess,
     EDMProcess,
@@ -46,27 +47,60 @@ __all__ = [
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
+
+
+def _max_levels() -> int:
+    """The most levels a UNet may have: each one halves the image, whose side is at most ``max_image_size``."""
+    return limits().max_image_size.bit_length()
+
+
+def _check_levels(name: str, mults: list[int]) -> list[int]:
+    """``channel_mults``: 1 to ``_max_levels()`` entries, each at least 1."""
+    if not 1 <= len(mults) <= _max_levels():
+        raise ValueError(
+            f"{name} has {len(mults)} entries; expected 1 to {_max_levels()} (one level per halving of an image "
+            f"side of at most {limits().max_image_size:,})"
+        )
+    if any(m < 1 for m in mults):
+        raise ValueError(f"{name}={mults}: every entry must be at least 1")
+    return mults
+
+
+def _check_indices(name: str, levels: list[int] | None) -> list[int] | None:
+    if levels is not None and any(level < 0 for level in levels):
+        raise ValueError(f"{name}={levels}: level indices must be at least 0")
+    return levels
 
 
 class NetworkConfig(_Strict):
     """Which network and its shape. ``kind='unet'`` for images, ``'mlp'`` for low-dimensional data."""
 
     kind: Literal["unet", "mlp"] = "unet"
-    in_channels: int = 1
-    base_channels: int = 32
+    in_channels: int = Field(default=1, ge=1)
+    base_channels: int = Field(default=32, ge=1)
     channel_mults: list[int] = Field(default_factory=lambda: [1, 2, 2])
-    num_res_blocks: int = 1
+    num_res_blocks: int = Field(default=1, ge=1)
     attention_levels: list[int] = Field(default_factory=list)
-    num_heads: int = 4
-    dropout: float = 0.0
-    num_classes: int | None = None  # None: unconditional; 0 when training: take the dataset's classes
-    text_dim: int | None = None  # token-embedding width of the text encoder; None: no text conditioning
+    num_heads: int = Field(default=4, ge=1)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    num_classes: int | None = Field(default=None, ge=0)  # None: unconditional; 0 when training: the dataset's
+    text_dim: int | None = Field(default=None, ge=1)  # token-embedding width of the text encoder; None: no text
     cross_attention_levels: list[int] | None = None  # text only; None: every level below full resolution
-    cond_channels: int = 0  # channels of a condition image concatenated to the input (super-resolution, ...)
-    dim: int = 2
-    width: int = 256
-    depth: int = 4
+    cond_channels: int = Field(default=0, ge=0)  # channels of a condition image concatenated to the input
+    dim: int = Field(default=2, ge=1)
+    width: int = Field(default=256, ge=1)
+    depth: int = Field(default=4, ge=1)
+
+    @field_validator("channel_mults")
+    @classmethod
+    def _levels(cls, v: list[int]) -> list[int]:
+        return _check_levels("channel_mults", v)
+
+    @field_validator("attention_levels", "cross_attention_levels")
+    @classmethod
+    def _indices(cls, v: list[int] | None, info: ValidationInfo) -> list[int] | None:
+        return _check_indices(str(info.field_name), v)
 
 
 MODEL_SIZES: dict[str, dict[str, Any]] = {
@@ -175,14 +209,20 @@ class DataConfig(_Strict):
         description="'digits' (embedded), 'captioned-digits' (with prompts), 'mnist:<folder>', 'cifar10:<folder>', "
         "'toy:<name>', or an image folder.",
     )
-    image_size: int = Field(default=16, description="Train at this square size (digits: 8x8 upsampled).")
-    channels: int | None = Field(default=None, description="1 grayscale or 3 RGB; default: the dataset's own.")
-    num_classes: int | None = None
+    image_size: int = Field(default=16, ge=1, description="Train at this square size (digits: 8x8 upsampled).")
+    channels: int | None = Field(default=None, ge=1, description="1 grayscale or 3 RGB; default: the dataset's own.")
+    num_classes: int | None = Field(default=None, ge=0)
     class_names: list[str] | None = None
     image_condition: Literal["superres", "colourise"] | None = Field(
         default=None, description="Train a paired image-to-image model, the pairs made on the fly from the images."
     )
     superres_factor: int = Field(default=4, ge=2, description="Down-sampling factor of image_condition superres.")
+
+    @field_validator("image_size")
+    @classmethod
+    def _bounded(cls, v: int) -> int:
+        check_limit("image_size", v, "max_image_size")
+        return v
 
 
 class TextEncoderConfig(_Strict):
@@ -199,10 +239,10 @@ class TextEncoderConfig(_Strict):
 class TrainConfig(_Strict):
     """How the model is trained (Adam W, warm-up + schedule, EMA, label dropout, checkpoints, logging)."""
 
-    steps: int = Field(default=3000, description="Optimisation steps (the LR schedule's length).")
+    steps: int = Field(default=3000, ge=1, description="Optimisation steps (the LR schedule's length).")
     minutes: float | None = Field(default=None, gt=0, description="Stop early after this many minutes (and save).")
     batch_size: int = Field(
-        default=64, description="Global batch size: examples per step, over all processes and micro-batches."
+        default=64, ge=1, description="Global batch size: examples per step, over all processes and micro-batches."
     )
     grad_accumulation: int = Field(
         default=1, ge=1, description="Micro-batches per process and step: less memory, the same updates."
@@ -228,13 +268,15 @@ class TrainConfig(_Strict):
         default="uniform", description="How training times are drawn (lognormal: EDM's)."
     )
     weighting: Literal["uniform", "min_snr", "edm"] = Field(default="uniform", description="Loss weighting over time.")
-    seed: int = Field(default=0, description="Seed of every random draw of the run.")
-    log_every: int = Field(default=50, description="Log the loss every N steps.")
+    seed: int = Field(default=0, ge=0, lt=2**32, description="Seed of every random draw of the run.")
+    log_every: int = Field(default=50, ge=0, description="Log the loss every N steps (0: only at the end).")
     sample_every: int = Field(
-        default=1000, description="Write a preview (samples, or reconstructions) every N steps (0: never)."
+        default=1000, ge=0, description="Write a preview (samples, or reconstructions) every N steps (0: never)."
     )
-    checkpoint_every: int = Field(default=1000, description="Write a checkpoint every N steps (0: only at the end).")
-    keep_checkpoints: int = Field(default=2, description="Keep this many latest checkpoints.")
+    checkpoint_every: int = Field(
+        default=1000, ge=0, description="Write a checkpoint every N steps (0: only at the end)."
+    )
+    keep_checkpoints: int = Field(default=2, ge=0, description="Keep this many latest checkpoints (0: all).")
     eval_every: int = Field(
         default=0,
         ge=0,
@@ -250,11 +292,22 @@ class TrainConfig(_Strict):
         default="auto", description="Feature network of eval_every (auto: a domain classifier if labelled)."
     )
 
-    @field_validator("steps", "batch_size")
+    @field_validator("steps", "warmup_steps", "ema_start")
     @classmethod
-    def _positive(cls, v: int) -> int:
-        if v <= 0:
-            raise ValueError(f"must be a positive integer, got {v}")
+    def _steps_bounded(cls, v: int, info: ValidationInfo) -> int:
+        check_limit(str(info.field_name), v, "max_train_steps")
+        return v
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch_bounded(cls, v: int) -> int:
+        check_limit("batch_size", v, "max_batch_size")
+        return v
+
+    @field_validator("eval_samples")
+    @classmethod
+    def _samples_bounded(cls, v: int) -> int:
+        check_limit("eval_samples", v, "max_samples")
         return v
 
 
@@ -310,8 +363,13 @@ class AutoencoderNetworkConfig(_Strict):
     in_channels: int = Field(default=1, ge=1)
     latent_channels: int = Field(default=4, ge=1, description="Channels of the latent (Stable Diffusion: 4).")
     base_channels: int = Field(default=32, ge=1, description="Width of the first level (doubled at every further one).")
-    channel_mults: list[int] = Field(default_factory=lambda: [1, 2], min_length=1)
+    channel_mults: list[int] = Field(default_factory=lambda: [1, 2])
     num_res_blocks: int = Field(default=1, ge=1, description="Residual blocks per level.")
+
+    @field_validator("channel_mults")
+    @classmethod
+    def _levels(cls, v: list[int]) -> list[int]:
+        return _check_levels("channel_mults", v)
 
 
 class AutoencoderTrainConfig(TrainConfig):

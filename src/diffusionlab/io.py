@@ -1,9 +1,14 @@
-"""Files that never end half-written: atomic writes, and safetensors/JSON with clear errors (floor 1)."""
+"""Files that never end half-written: atomic writes, and safetensors/JSON with clear errors (floor 1).
+
+Every file is written 0666 less the umask (0644 under umask 022), and an ``OSError`` while writing (a full disk,
+no permission) names the file it was writing, whichever library raised it.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +27,7 @@ __all__ = [
     "save_json",
     "load_json",
     "torch_load_state",
+    "torch_save_state",
     "make_dir_readable",
     "CheckpointError",
 ]
@@ -35,22 +41,50 @@ class CheckpointError(ValueError):
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path`` (atomic on POSIX).
 
-    An interrupted write leaves the old file (or nothing) in place, never a half-written one.
+    An interrupted or failed write leaves the old file (or nothing) in place, never a half-written one, and no
+    temporary file; an ``OSError`` names ``path``. The file gets mode 0666 less the umask, whatever the writer did.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())
     try:
-        yield Path(tmp)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        if _names_another_file(err, path.parent):
+            raise
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from err
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, file_mode())  # after the writer: safetensors, for one, makes its file anew with mode 0600
         os.replace(tmp, path)
+    except OSError as err:
+        if _names_another_file(err, tmp):
+            raise
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from err
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
+
+
+def _names_another_file(err: OSError, stand_in: Path) -> bool:
+    """Whether ``err`` is about a file other than the one being written (named by itself or ``stand_in``)."""
+    return err.filename is not None and Path(err.filename) != stand_in
+
+
+def file_mode() -> int:
+    """The mode of a new file under the process's umask: 0666 less the umask (0644 under umask 022)."""
+    return 0o666 & ~_umask()
 
 
 def _umask() -> int:
+    """The process's umask; read from /proc where it can be, as setting it to read it is not thread-safe."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        status = ""
+    found = re.search(r"^Umask:\s*([0-7]+)$", status, re.MULTILINE)
+    if found:
+        return int(found.group(1), 8)
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -64,7 +98,14 @@ def make_dir_readable(path: str | os.PathLike[str]) -> None:
 def save_tensors(tensors: dict[str, Tensor], path: str | os.PathLike[str]) -> None:
     """Save a flat dict of tensors as safetensors, atomically."""
     with atomic_path(path) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+        try:
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+        except SafetensorError as err:
+            found = re.search(r"os error (\d+)", str(err))  # an OSError inside safetensors: "... (os error 28)"
+            if found is None:
+                raise
+            code = int(found.group(1))
+            raise OSError(code, os.strerror(code), str(tmp)) from err
 
 
 def load_tensors(path: str | os.PathLike[str]) -> dict[str, Tensor]:
@@ -93,6 +134,18 @@ def load_json(path: str | os.PathLike[str]) -> Any:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{path} is not valid JSON ({err}).") from None
+
+
+def torch_save_state(state: Any, path: str | os.PathLike[str]) -> None:
+    """Write a training-state file with ``torch.save``, atomically (through a Python file, so that a failed write
+    is an ``OSError``, not torch's own error)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        try:
+            torch.save(state, f)
+        except RuntimeError as err:  # torch's zip writer fails in turn when the file's write failed
+            if not isinstance(err.__context__, OSError):
+                raise
+            raise err.__context__ from err
 
 
 def torch_load_state(path: str | os.PathLike[str]) -> Any:

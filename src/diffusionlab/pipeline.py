@@ -123,7 +123,7 @@ def _check_samples_fit_network(pipe: Pipeline, path: Path) -> None:
     number of channels its network takes (network.in_channels, or network.dim for points)."""
     shape, net = pipe.sample_shape, pipe.config.network
     takes, field = (net.in_channels, "network.in_channels") if len(shape) == 3 else (net.dim, "network.dim")
-    if shape[0] != takes:
+    if shape[0] is not None and shape[0] != takes:  # None: a config not yet fitted to data
         raise CheckpointError(
             f"{path}: the samples have {shape[0]} channels (data.channels={pipe.config.data.channels}) but the "
             f"network takes {takes} ({field}); the config contradicts itself."
@@ -335,7 +335,8 @@ class Pipeline:
             raise ValueError("give num_samples, or a list of labels or prompts (one per sample).")
         if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
             raise ValueError(f"num_samples={n!r} must be a positive integer.")
-        check_samples("num_samples", n, math.prod(self.sample_shape))
+        shape = self.sample_shape  # unset sizes (a config not yet fitted to data) leave only the count to check
+        check_samples("num_samples", n, math.prod(shape) if all(isinstance(d, int) for d in shape) else 1)
         check_batch_size(batch_size)
         guided, cond_all = self.guided_denoiser(n, req)
         todo = list(range(n)) if indices is None else [int(i) for i in indices]

@@ -19,6 +19,7 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from ..config import AutoencoderConfig
 from ..io import CheckpointError, load_json, make_dir_readable, save_json, save_tensors
 from .embeddings import check_size_multiple
 from .loading import FallbackWarning, check_format_version, load_weights
+from .size import affine_parameters, build_within_limit
 from .unet import _groups
 
 __all__ = [
@@ -258,6 +260,21 @@ def _load_ema(ae: Autoencoder, folder: Path) -> None:
         )
 
 
+def build_kl_autoencoder(n: Any) -> KLAutoencoder:
+    """A fresh ``KLAutoencoder`` of an ``AutoencoderNetworkConfig``; refused (naming the count and the limit) before
+    its weights are allocated when it has more than ``limits().max_parameters`` parameters."""
+
+    def network(blocks: int) -> KLAutoencoder:
+        return KLAutoencoder(n.in_channels, n.latent_channels, n.base_channels, tuple(n.channel_mults), blocks)
+
+    what = (
+        f"the autoencoder of base_channels={n.base_channels}, channel_mults={n.channel_mults}, "
+        f"num_res_blocks={n.num_res_blocks}"
+    )
+    count = partial(affine_parameters, network, n.num_res_blocks)
+    return build_within_limit(partial(network, n.num_res_blocks), count, what)
+
+
 class Autoencoder:
     """A trained autoencoder as one object: ``Autoencoder.load(folder).encode(images)`` -> posterior means.
 
@@ -270,10 +287,7 @@ class Autoencoder:
         if network is None:
             if config is None:
                 raise ValueError("an Autoencoder needs a config or a network.")
-            n = config.network
-            network = KLAutoencoder(
-                n.in_channels, n.latent_channels, n.base_channels, tuple(n.channel_mults), n.num_res_blocks
-            )
+            network = build_kl_autoencoder(config.network)
         self.config, self.network, self.ema = config, network, ema
 
     # ------------------------------------------------------------------ files

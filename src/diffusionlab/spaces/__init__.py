@@ -21,6 +21,7 @@ from ..data import DataError, condition_channels, make_image_condition
 from ..images import save_grid, save_scatter
 from ..networks import MLP, UNet2D
 from ..networks.autoencoder import Autoencoder, latent_scaling_factor
+from ..networks.size import affine_parameters, build_within_limit
 
 __all__ = [
     "ModelSpace",
@@ -30,6 +31,7 @@ __all__ = [
     "SPACES",
     "NETWORKS",
     "build_network",
+    "network_parameters",
     "make_space",
     "space_for_data",
 ]
@@ -61,8 +63,21 @@ NETWORKS = {"unet": _unet, "mlp": _mlp}
 
 
 def build_network(cfg: NetworkConfig) -> nn.Module:
-    """The network a ``NetworkConfig`` describes, freshly initialised."""
-    return NETWORKS[cfg.kind](cfg)
+    """The network a ``NetworkConfig`` describes, freshly initialised; one with more parameters than
+    ``limits().max_parameters`` is refused (naming the count and the limit) before its weights are allocated."""
+    return build_within_limit(lambda: NETWORKS[cfg.kind](cfg), lambda: network_parameters(cfg), _describe(cfg))
+
+
+def network_parameters(cfg: NetworkConfig) -> int | None:
+    """The parameters of ``build_network(cfg)``, counted without allocating (None: too many to count)."""
+    key = "depth" if cfg.kind == "mlp" else "num_res_blocks"
+    return affine_parameters(lambda n: NETWORKS[cfg.kind](cfg.model_copy(update={key: n})), getattr(cfg, key))
+
+
+def _describe(cfg: NetworkConfig) -> str:
+    """The network as the settings that size it: ``the network of base_channels=32, ...``."""
+    names = ("dim", "width", "depth") if cfg.kind == "mlp" else ("base_channels", "channel_mults", "num_res_blocks")
+    return "the network of " + ", ".join(f"{name}={getattr(cfg, name)}" for name in names)
 
 
 class ModelSpace(ABC):

@@ -32,6 +32,7 @@ __all__ = [
     "ReconstructionBatch",
     "autoencoder_loss",
     "fit_autoencoder_config",
+    "new_autoencoder",
     "psnr",
     "reconstruction_psnr",
 ]
@@ -84,8 +85,13 @@ def fit_autoencoder_config(config: AutoencoderConfig, x: Tensor) -> AutoencoderC
     net = config.network.model_copy(update={"in_channels": c})
     data = config.data.model_copy(update={"channels": c, "image_size": h, "num_classes": None, "class_names": None})
     config = config.model_copy(update={"network": net, "data": data}, deep=True)
-    Autoencoder(config).network.check_input_size(h, w)
+    new_autoencoder(config).network.check_input_size(h, w)
     return config
+
+
+def new_autoencoder(config: AutoencoderConfig) -> Autoencoder:
+    """A freshly initialised ``Autoencoder`` of ``config`` (refused before allocating when over the size limit)."""
+    return Autoencoder(config)
 
 
 class ReconstructionBatch(NamedTuple):
@@ -114,7 +120,7 @@ class AutoencoderObjective(Objective):
         data = data if data is not None else load_training_data(config)
         fitted = fit_autoencoder_config(config, data.x)
         set_seed(fitted.train.seed)  # same seed, same initial weights
-        autoencoder = Autoencoder(fitted)
+        autoencoder = new_autoencoder(fitted)
         start_weights(autoencoder, saved)
         return cls(fitted, autoencoder, data)
 

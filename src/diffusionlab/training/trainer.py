@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from ..config import AutoencoderConfig, ModelConfig, TrainConfig
 from ..io import CheckpointError, save_json
 from ..pipeline import CONFIG_NAME
-from .checkpoints import latest_checkpoint, load_training_state, save_checkpoint
+from .checkpoints import STATE_NAME, latest_checkpoint, load_training_state, remove_leftovers, save_checkpoint
 from .data import TrainingData, load_training_data
 from .diffusion import DiffusionObjective
 from .ema import ema_decay_at, update_ema
@@ -145,6 +145,14 @@ def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def _check_resumed_step(step: int, steps: int, checkpoint: Path) -> None:
+    """A run resumed at ``step`` must have that many ``steps`` or more to train (equal: it only finishes)."""
+    if step > steps:
+        raise CheckpointError(
+            f"{checkpoint} is at step {step}, past steps={steps}; ask for steps={step} or more to continue that run."
+        )
+
+
 class Trainer:
     """The one training loop, around an objective: ``Trainer(config, out_dir).train()``.
 
@@ -167,10 +175,13 @@ class Trainer:
         (fresh and seeded, or ``resume=True``: the latest checkpoint's, with optimiser, schedule and RNG)."""
         accelerator = make_accelerator(config.train.mixed_precision, cpu)
         checkpoint = starting_checkpoint(Path(out_dir), resume)
+        if accelerator.is_main_process:
+            remove_leftovers(out_dir)  # what a killed run left; never the checkpoint picked above
         objective = objective_for(config)(config, data, checkpoint, accelerator.device)
         self._attach(objective, accelerator, Path(out_dir), progress, log_tensorboard)
         if checkpoint is not None:
-            self._restore(load_training_state(checkpoint))
+            self._restore(load_training_state(checkpoint), checkpoint / STATE_NAME)
+            _check_resumed_step(self.start_step, objective.train_config.steps, checkpoint)
 
     @classmethod
     def in_memory(cls, objective: Objective, accelerator: Accelerator, progress: bool = True) -> Trainer:
@@ -228,15 +239,22 @@ class Trainer:
             "rng_python": torch.tensor(list(random.getstate()[1]), dtype=torch.int64),
         }
 
-    def _restore(self, state: dict[str, Any]) -> None:
-        self.start_step = int(state["step"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng_torch"])
-        np.random.set_state(
-            ("MT19937", state["rng_numpy"].numpy().astype(np.uint32), int(state["rng_numpy_pos"]), 0, 0.0)
-        )
-        random.setstate((3, tuple(int(v) for v in state["rng_python"].tolist()), None))
+    def _restore(self, state: dict[str, Any], path: Path) -> None:
+        """Continue from a training state (read from ``path``): step, optimiser, LR schedule and RNG states; one
+        ``CheckpointError`` naming the file if any part is missing or does not fit."""
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["rng_torch"])
+            np.random.set_state(
+                ("MT19937", state["rng_numpy"].numpy().astype(np.uint32), int(state["rng_numpy_pos"]), 0, 0.0)
+            )
+            random.setstate((3, tuple(int(v) for v in state["rng_python"].tolist()), None))
+        except KeyError as err:
+            raise CheckpointError(f"{path} has no {err.args[0]!r}; it is not a complete training state.") from None
+        except (TypeError, ValueError, RuntimeError, AttributeError, IndexError) as err:
+            raise CheckpointError(f"{path} does not fit this run ({type(err).__name__}: {err}).") from None
+        self.start_step = state["step"]
 
     # ------------------------------------------------------------------ one step
     def _rows(self) -> slice:
@@ -349,7 +367,7 @@ class Trainer:
             smooth = loss if smooth is None else 0.98 * smooth + 0.02 * loss
             bar.update(1)
             step = self.step
-            if step % tc.log_every == 0 or step == end:
+            if (tc.log_every and step % tc.log_every == 0) or step == end:
                 bar.set_postfix(loss=f"{smooth:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
                 self._log_scalars(step, {"loss": loss, "loss_smooth": smooth, "grad_norm": grad_norm})
             if tc.sample_every and step % tc.sample_every == 0 and step < end:
