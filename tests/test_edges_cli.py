@@ -169,3 +169,20 @@ def test_labels_outside_the_classes_name_the_flag(monkeypatch, capsys, label) ->
     code, err = run_main(monkeypatch, capsys, "sample", MODEL, "--labels", label, "--no-progress")
     assert code == 2
     assert f"--labels={label}: expected class indices 0..2 of this model" in one_error_line(err)
+
+
+def test_an_unwritable_out_names_the_out_path_not_a_temporary(monkeypatch, capsys) -> None:
+    code, err = run_main(monkeypatch, capsys, "sample", MODEL, "-n", 1, "--steps", 1, "--no-progress", "--out",
+                         "/proc/diffusionlab-out.png")  # fmt: skip
+    assert code == 2
+    assert one_error_line(err).startswith("error: /proc/diffusionlab-out.png: ")
+
+
+def test_a_config_nested_too_deeply_is_one_line(monkeypatch, capsys, tmp_path) -> None:
+    import shutil
+
+    shutil.copytree(MODEL, tmp_path / "m")
+    (tmp_path / "m" / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    code, err = run_main(monkeypatch, capsys, "sample", tmp_path / "m", "--out", tmp_path / "o.png")
+    assert code == 2
+    assert "config.json is nested too deeply to be a config" in one_error_line(err)

@@ -49,8 +49,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as err:
-        if _names_another_file(err, path.parent):
-            raise
+        if _names_another_file(err, path.parent) and Path(err.filename).parent != path.parent:
+            raise  # about a folder above, e.g. a file where a folder should be: name that one
         raise OSError(err.errno, err.strerror or str(err), str(path)) from err
     os.close(fd)
     tmp = Path(name)
@@ -134,6 +134,8 @@ def load_json(path: str | os.PathLike[str]) -> Any:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{path} is not valid JSON ({err}).") from None
+    except RecursionError:
+        raise CheckpointError(f"{path} is nested too deeply to be a config.") from None
 
 
 def torch_save_state(state: Any, path: str | os.PathLike[str]) -> None:
