@@ -1,9 +1,17 @@
 """Old model folders keep loading: folders written by the format-1 code (tests/fixtures/format1-*, made with the
-commit before the typed core) load, migrate to the current format and sample the same bytes as they did then."""
+commit before the typed core) load, migrate to the current format and sample what they did then.
+
+fixtures/format1-samples.json holds the samples' values as the format-1 code (6e8c9be) drew them, one thread,
+``Pipeline.load(folder).sample(...)`` with the arguments below, written as ``{"image": x.tolist(), ...}``
+(re-record by running those calls with the old code on PYTHONPATH). They are compared within ``ATOL``: the image
+sampler's convolutions round differently on each CPU (oneDNN picks AVX2, AVX-512 or AMX kernels), which moved
+these pixels by at most 1.5e-6 (oneDNN and ATen limited to AVX2 or SSE4.1, mkldnn off, two threads; the points
+not at all). Small changes of behaviour move them 25 times ATOL or more: guidance 1.5 -> 1.515 by 2.6e-4, Heun's
+(d + d') / 2 -> 0.51 d + 0.49 d' by 1e-2, Euler's step 1.001 times longer the points by 4e-3.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -17,11 +25,15 @@ from diffusionlab.pipeline import Pipeline
 from diffusionlab.spaces import LatentImageSpace, PixelImageSpace, PointSpace
 
 FIXTURES = Path(__file__).parent / "fixtures"
-RECORDED = json.loads((FIXTURES / "format1-samples.json").read_text())
+RECORDED = {k: torch.tensor(v) for k, v in json.loads((FIXTURES / "format1-samples.json").read_text()).items()}
+ATOL = 1e-5
 
 
-def _digest(x: torch.Tensor) -> str:
-    return hashlib.sha256(x.numpy().tobytes()).hexdigest()
+def _assert_recorded(x: torch.Tensor, name: str) -> None:
+    want = RECORDED[name]
+    assert x.dtype == want.dtype and x.shape == want.shape
+    worst = (x - want).abs().max().item()
+    assert worst <= ATOL, f"{name}: samples differ from the format-1 code's by up to {worst:.3g}"
 
 
 def test_format1_image_model_loads_migrated_and_samples_the_same(one_thread: None) -> None:
@@ -30,14 +42,14 @@ def test_format1_image_model_loads_migrated_and_samples_the_same(one_thread: Non
     assert pipe.config.format_version == FORMAT_VERSION == 2
     assert pipe.config.space == "image" and isinstance(pipe.space, PixelImageSpace)
     x = pipe.sample(labels=[0, 1, 2], sampler="heun", steps=4, guidance=1.5, seed=3)
-    assert _digest(x) == RECORDED["image"]
+    _assert_recorded(x, "image")
 
 
 def test_format1_point_model_loads_migrated_and_samples_the_same(one_thread: None) -> None:
     pipe = Pipeline.load(FIXTURES / "format1-points")
     assert pipe.config.space == "points" and isinstance(pipe.space, PointSpace)
     assert pipe.sample_shape == (2,)
-    assert _digest(pipe.sample(5, sampler="euler", steps=6, seed=1)) == RECORDED["points"]
+    _assert_recorded(pipe.sample(5, sampler="euler", steps=6, seed=1), "points")
 
 
 def test_a_migrated_model_saves_as_the_current_format_and_reloads_identically(tmp_path: Path, one_thread: None) -> None:

@@ -1,13 +1,12 @@
 """The golden commands: a short run of the README's main job and the outputs built on it (issue 12).
 
-``record.py`` ran these on the code before the typed-core refactor and wrote ``hashes.json``;
-``tests/test_golden.py`` runs them again and asserts the same bytes. Each command runs on one thread
-(``OMP_NUM_THREADS=1``) so the float summation order, and so the bytes, do not depend on the machine's load.
+``record.py`` ran these on the code before the typed-core refactor and wrote ``reference/``;
+``tests/test_golden.py`` runs them again and compares (``compare.py``). Each command runs on one thread
+(``OMP_NUM_THREADS=1``) so the float summation order does not depend on the machine's load.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from PIL import Image
 
 CLI = [sys.executable, "-c", "from diffusionlab.cli import main; main()"]
 
-# (name, arguments after `diffusionlab`, files whose bytes are recorded); each runs in the group's work folder
+# (name, arguments after `diffusionlab`, files compared with the reference); each runs in the group's work folder
 # with relative paths, since the model folder's path goes into the PNG metadata
 DIGITS = [
     (
@@ -201,23 +200,23 @@ def write_input(folder: Path) -> None:
     Image.fromarray(img, mode="L").save(folder / "input.png")
 
 
-def _run(name: str, args: list[str], files: list[str], folder: Path) -> dict[str, str]:
+def _run(name: str, args: list[str], files: list[str], folder: Path) -> list[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     cmd = CLI + list(args)
     proc = subprocess.run(cmd, env=env, cwd=folder, capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
         raise RuntimeError(f"{name}: {' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}")
-    return {f: hashlib.sha256((folder / f).read_bytes()).hexdigest() for f in files}
+    return list(files)
 
 
-def run_group(group: str, folder: Path, workers: int = 2) -> dict[str, str]:
+def run_group(group: str, folder: Path, workers: int = 2) -> list[str]:
     """Run one group's commands in ``folder``: the first (training) alone, then the ones that read its model
-    side by side on ``workers`` threads (each command is its own one-thread process); {file: sha256}."""
+    side by side on ``workers`` threads (each command is its own one-thread process); the compared files."""
     folder.mkdir(parents=True, exist_ok=True)
     write_input(folder)
     (first, *rest) = GROUPS[group]
-    hashes = _run(*first, folder)
+    files = _run(*first, folder)
     with ThreadPoolExecutor(workers) as pool:
         for result in pool.map(lambda c: _run(*c, folder), rest):
-            hashes.update(result)
-    return hashes
+            files += result
+    return files
