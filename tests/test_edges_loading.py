@@ -80,24 +80,25 @@ def test_an_intact_folder_loads_every_part_without_warnings(model: Path) -> None
 # ---------------------------------------------------------------- format versions
 
 
-@pytest.mark.parametrize("version", [0, -1, "2", True, 2.5, None, [2]])
-def test_a_format_version_that_is_not_one_is_one_line(model: Path, version: object) -> None:
+def _load_error_with_version(model: Path, version: object) -> str:
+    """The error of loading ``model`` with its config's format_version set to ``version``."""
     raw = load_json(model / "config.json")
     (model / "config.json").write_text(json.dumps({**raw, "format_version": version}))
     with pytest.raises(CheckpointError) as exc:
         Pipeline.load(model)
-    assert str(exc.value) == (
+    return str(exc.value)
+
+
+@pytest.mark.parametrize("version", [0, -1, "2", True, 2.5, None, [2]])
+def test_a_format_version_that_is_not_one_is_one_line(model: Path, version: object) -> None:
+    assert _load_error_with_version(model, version) == (
         f"{model / 'config.json'}: format_version {json.dumps(version)} is not one of the format versions "
         "this diffusionlab reads (1, 2)."
     )
 
 
 def test_a_newer_format_version_asks_for_a_newer_diffusionlab(model: Path) -> None:
-    raw = load_json(model / "config.json")
-    (model / "config.json").write_text(json.dumps({**raw, "format_version": 99}))
-    with pytest.raises(CheckpointError) as exc:
-        Pipeline.load(model)
-    assert str(exc.value) == (
+    assert _load_error_with_version(model, 99) == (
         f"{model / 'config.json'}: format_version 99 is newer than this diffusionlab reads (1, 2); "
         "upgrade diffusionlab to load it."
     )
