@@ -187,3 +187,16 @@ def test_a_config_nested_too_deeply_is_one_line(monkeypatch, capsys, tmp_path) -
     code, err = run_main(monkeypatch, capsys, "sample", tmp_path / "m", "--out", tmp_path / "o.png")
     assert code == 2
     assert "config.json is nested too deeply to be a config" in one_error_line(err)
+
+
+def test_a_task_whose_result_is_not_finite_is_an_error_not_a_black_image() -> None:
+    from diffusionlab.tasks import img2img
+
+    pipe = Pipeline.load(MODEL)
+    image = torch.full((1, 1, 8, 8), 0.5)
+    assert torch.isfinite(img2img(pipe, image, 0.5, steps=2, labels=[0])).all()
+    with torch.no_grad():
+        for p in [*pipe.network.parameters(), *pipe.ema.parameters()]:
+            p.fill_(float("nan"))
+    with pytest.raises(ValueError, match=r"1 of 1 samples hold NaN or infinite values"):
+        img2img(pipe, image, 0.5, steps=2, labels=[0])

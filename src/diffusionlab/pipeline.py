@@ -132,7 +132,7 @@ def _check_samples_fit_network(pipe: Pipeline, path: Path) -> None:
 
 def check_finite_samples(samples: Tensor, request: SampleRequest) -> Tensor:
     """The samples, or one clear error when any is NaN or infinite (never black images reported as success)."""
-    bad = int((~torch.isfinite(samples.flatten(1))).any(1).sum()) if samples.numel() else 0
+    bad = int((~torch.isfinite(samples.reshape(len(samples), -1))).any(1).sum()) if samples.numel() else 0
     if bad:
         g, s = request.guidance, request.sampler
         raise ValueError(

@@ -18,7 +18,7 @@ from torch import Tensor
 from ..conditioning import iter_batches
 from ..denoisers import DenoiserLike
 from ..images import read_image_array, save_png, to_pil
-from ..pipeline import Pipeline
+from ..pipeline import Pipeline, check_finite_samples
 from ..processes import GaussianProcess
 from ..sampling import NoiseSource, sample_seed, solve
 from ..sampling.request import SampleRequest, SamplerSpec, precision
@@ -153,7 +153,7 @@ class TaskRun:
         the request's precision; the results concatenated in the order of ``indices``."""
         with precision(self.request.guidance.mixed_precision), torch.no_grad():
             out = [fn(idx, cond) for idx, cond in iter_batches(indices, batch_size, self.cond, self.pipe.device)]
-        return torch.cat(out)
+        return check_finite_samples(torch.cat(out), self.request)
 
 
 def grid_below(process: GaussianProcess, t: float, spec: SamplerSpec) -> Tensor:
