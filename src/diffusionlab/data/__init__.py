@@ -2,7 +2,7 @@
 
 Images are (N, C, S, S) float32 in [-1, 1].
 
-This floor imports only torch, numpy and PIL, never other diffusionlab modules.
+This floor imports only torch, numpy, PIL and `diffusionlab.limits` (floor 0), never the floors above.
 """
 
 from __future__ import annotations
