@@ -412,6 +412,39 @@ def _endpoint(task: str, make: Any, request_model: Any, png: Any) -> Any:
     return post
 
 
+def _png_answer(max_body_bytes: int) -> dict[str, Any]:
+    """The OpenAPI description of a POST endpoint: a PNG, or one of the documented errors with one sentence."""
+    from fastapi.responses import Response
+
+    errors = {
+        400: {"model": ErrorDetail, "description": "A value the model or the task refuses (one sentence)."},
+        413: {"model": ErrorDetail, "description": f"A body over {max_body_bytes:,} bytes."},
+        422: {"model": ErrorDetail, "description": "A body that does not match the request's schema."},
+    }
+    return {
+        "response_class": Response,
+        "response_model": None,
+        "responses": {200: {"content": {"image/png": {}}}, **errors},
+    }
+
+
+def _answer_errors_in_one_sentence(app: Any) -> None:
+    """A body that does not fit its schema answers 422 with one sentence; anything unexpected a 500 that leaks
+    nothing (the exception still reaches the server's log)."""
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": validation_sentence(exc.errors())}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        detail = "the server failed on this request; its log has the details."
+        return JSONResponse({"detail": detail}, status_code=500)
+
+
 def create_app(
     model: Pipeline | str | Path,
     name: str | None = None,
@@ -423,9 +456,8 @@ def create_app(
     """The FastAPI app serving one model: ``GET /`` the web page, ``GET /api/model``, ``POST /api/sample``,
     ``POST /api/img2img`` and ``POST /api/inpaint`` (the last three answer ``image/png``); ``max_*`` bound one
     request (a host may lower them; its schema says so)."""
-    from fastapi import FastAPI, HTTPException, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse, Response
+    from fastapi import FastAPI, HTTPException
+    from fastapi.responses import HTMLResponse, Response
 
     sample_request, img2img_request, inpaint_request = request_models(max_samples, max_steps)
     if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int) or max_body_bytes < 1:
@@ -437,25 +469,7 @@ def create_app(
     page = resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
     app = FastAPI(title="diffusionlab", description=f"The diffusion model {name!r}.", version="1")
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
-    errors = {
-        400: {"model": ErrorDetail, "description": "A value the model or the task refuses (one sentence)."},
-        413: {"model": ErrorDetail, "description": f"A body over {max_body_bytes:,} bytes."},
-        422: {"model": ErrorDetail, "description": "A body that does not match the request's schema."},
-    }
-    png_answer = {
-        "response_class": Response,
-        "response_model": None,
-        "responses": {200: {"content": {"image/png": {}}}, **errors},
-    }
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": validation_sentence(exc.errors())}, status_code=422)
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        detail = "the server failed on this request; its log has the details."
-        return JSONResponse({"detail": detail}, status_code=500)
+    _answer_errors_in_one_sentence(app)
 
     def png(make: Any, req: BaseModel) -> Response:
         """Run a request's work under the lock; a user error becomes HTTP 400 with its one sentence."""
@@ -479,6 +493,6 @@ def create_app(
         ("img2img", img2img_png, img2img_request),
         ("inpaint", inpaint_png, inpaint_request),
     ):
-        app.post(f"/api/{task}", **png_answer)(_endpoint(task, make, request_model, png))
+        app.post(f"/api/{task}", **_png_answer(max_body_bytes))(_endpoint(task, make, request_model, png))
 
     return app
