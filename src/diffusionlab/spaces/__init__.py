@@ -60,6 +60,8 @@ def _mlp(cfg: NetworkConfig) -> nn.Module:
 
 
 NETWORKS = {"unet": _unet, "mlp": _mlp}
+# the settings that size each network, the one its parameter count is affine in last
+_SIZED_BY = {"unet": ("base_channels", "channel_mults", "num_res_blocks"), "mlp": ("dim", "width", "depth")}
 
 
 def build_network(cfg: NetworkConfig) -> nn.Module:
@@ -70,14 +72,13 @@ def build_network(cfg: NetworkConfig) -> nn.Module:
 
 def network_parameters(cfg: NetworkConfig) -> int | None:
     """The parameters of ``build_network(cfg)``, counted without allocating (None: too many to count)."""
-    key = "depth" if cfg.kind == "mlp" else "num_res_blocks"
+    key = _SIZED_BY[cfg.kind][-1]  # the count is affine in the last setting (blocks per level, layers)
     return affine_parameters(lambda n: NETWORKS[cfg.kind](cfg.model_copy(update={key: n})), getattr(cfg, key))
 
 
 def _describe(cfg: NetworkConfig) -> str:
     """The network as the settings that size it: ``the network of base_channels=32, ...``."""
-    names = ("dim", "width", "depth") if cfg.kind == "mlp" else ("base_channels", "channel_mults", "num_res_blocks")
-    return "the network of " + ", ".join(f"{name}={getattr(cfg, name)}" for name in names)
+    return "the network of " + ", ".join(f"{name}={getattr(cfg, name)}" for name in _SIZED_BY[cfg.kind])
 
 
 class ModelSpace(ABC):
