@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+
+# mixed_precision="auto" picks bf16 on CPUs with bf16 units: the suite pins it to fp32 (its subprocesses too) so
+# that its numbers do not depend on the machine; tests of "auto" itself clear or set this variable.
+os.environ["DIFFUSIONLAB_AUTO_PRECISION"] = "no"
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from torch import Tensor
 
+from ..hardware import resolve_precision
 from ..limits import check_limit
 from ..processes import GaussianProcess
 from .grids import SPACINGS, default_spacing, time_grid
@@ -28,6 +29,7 @@ __all__ = [
     "Conditioning",
     "SampleRequest",
     "precision",
+    "sampling_precision",
     "first_error",
     "labels_for",
     "text_metadata",
@@ -137,7 +139,7 @@ class GuidanceSpec(FrozenSettings):
     guidance_interval: tuple[float, float] | None = None
     classifier_scale: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     thresholding: Literal["none", "clip", "dynamic"] | None = None  # None: the model's
-    mixed_precision: Literal["no", "bf16"] = "no"  # bf16: the network under bfloat16 autocast
+    mixed_precision: Literal["auto", "no", "bf16"] = "auto"  # bf16 autocast; auto: where it runs natively
 
     @field_validator("guidance_interval")
     @classmethod
@@ -243,7 +245,7 @@ class SampleRequest(FrozenSettings):
             "guidance_rescale": g.guidance_rescale or None,
             "guidance_interval": ",".join(f"{v:g}" for v in g.guidance_interval) if g.guidance_interval else None,
             "classifier_scale": g.classifier_scale or None,
-            "mixed_precision": None if g.mixed_precision == "no" else g.mixed_precision,
+            "mixed_precision": None if (mp := sampling_precision(g.mixed_precision)) == "no" else mp,
         }
         return text_metadata(**{**settings, **shown})
 
@@ -253,11 +255,17 @@ def text_metadata(**settings: Any) -> dict[str, str]:
     return {k: str(v) for k, v in settings.items() if v is not None}
 
 
+def sampling_precision(mixed_precision: str) -> str:
+    """The precision sampling runs in: "auto" made concrete for this machine (``hardware.resolve_precision``)."""
+    return resolve_precision(mixed_precision, "cuda" if torch.cuda.is_available() else "cpu")
+
+
 @contextlib.contextmanager
 def precision(mixed_precision: str) -> Iterator[None]:
-    """bfloat16 autocast of the network's matmuls and convolutions on the CPU (and the GPU, if any), or nothing."""
+    """bfloat16 autocast of the network's matmuls and convolutions on the CPU (and the GPU, if any), or nothing;
+    "auto" is bf16 where the hardware runs it natively."""
     with contextlib.ExitStack() as stack:
-        if mixed_precision == "bf16":
+        if sampling_precision(mixed_precision) == "bf16":
             stack.enter_context(torch.autocast("cpu", dtype=torch.bfloat16))
             if torch.cuda.is_available():
                 stack.enter_context(torch.autocast("cuda", dtype=torch.bfloat16))
