@@ -29,7 +29,7 @@ def flat_weights(trainer: Trainer) -> Tensor:
 def train_checked(spec: dict) -> dict:
     """Train one run of the spec, gathering every process's weights after each step."""
     config = ModelConfig.model_validate(spec["config"])
-    trainer = Trainer(config, spec["out"], resume=spec["resume"], progress=False, cpu=True, log_tensorboard=False)
+    trainer = Trainer(config, spec["out"], resume=spec["resume"], progress=False, cpu=True, track=False)
     gaps: list[float] = []
     step_once = trainer.train_step
 

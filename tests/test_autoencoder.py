@@ -80,21 +80,19 @@ def test_kl_and_loss_match_closed_forms() -> None:
 
 
 def test_reconstruction_loss_goes_down(tmp_path: Path) -> None:
-    trainer = AutoencoderTrainer(tiny_ae_config(steps=50, lr=3e-3), tmp_path, progress=False, log_tensorboard=False)
+    trainer = AutoencoderTrainer(tiny_ae_config(steps=50, lr=3e-3), tmp_path, progress=False, track=False)
     losses = [trainer.train_step(s)[0] for s in range(50)]
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < 0.6 * first, (first, last)  # measured: 0.70 -> 0.36
 
 
 def test_trainer_writes_a_loadable_folder_and_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
-    full = AutoencoderTrainer(tiny_ae_config(), tmp_path / "full", progress=False, log_tensorboard=False).train()
+    full = AutoencoderTrainer(tiny_ae_config(), tmp_path / "full", progress=False, track=False).train()
     for name in ("config.json", "model.safetensors", "ema.safetensors", "reconstructions.png"):
         assert (tmp_path / "full" / name).is_file(), name
-    AutoencoderTrainer(tiny_ae_config(), tmp_path / "part", progress=False, log_tensorboard=False).train(stop_after=5)
+    AutoencoderTrainer(tiny_ae_config(), tmp_path / "part", progress=False, track=False).train(stop_after=5)
     assert latest_checkpoint(tmp_path / "part").name == "step-000005"
-    resumed = AutoencoderTrainer(
-        tiny_ae_config(), tmp_path / "part", resume=True, progress=False, log_tensorboard=False
-    )
+    resumed = AutoencoderTrainer(tiny_ae_config(), tmp_path / "part", resume=True, progress=False, track=False)
     assert resumed.start_step == 5
     resumed = resumed.train()
     assert states_equal(full.network, resumed.network)
@@ -110,11 +108,11 @@ def test_trainer_writes_a_loadable_folder_and_resume_equals_uninterrupted_run(tm
 def test_trainer_rejects_data_it_cannot_take(tmp_path: Path) -> None:
     bad = tiny_ae_config().model_copy(update={"data": DataConfig(dataset="toy:two_moons")})
     with pytest.raises(ValueError, match="needs images"):
-        AutoencoderTrainer(bad, tmp_path, progress=False, log_tensorboard=False)
+        AutoencoderTrainer(bad, tmp_path, progress=False, track=False)
     deep = tiny_ae_config()
     deep.network.channel_mults = [1, 2, 2, 2, 2]  # f = 16 > 8x8 images
     with pytest.raises(ValueError, match="multiples of 16"):
-        AutoencoderTrainer(deep, tmp_path, progress=False, log_tensorboard=False)
+        AutoencoderTrainer(deep, tmp_path, progress=False, track=False)
 
 
 def test_folder_errors_are_clear(tmp_path: Path) -> None:
@@ -142,10 +140,8 @@ def test_diffusers_autoencoder_folder_loads_and_round_trips(tmp_path: Path) -> N
 
 
 def test_gradient_accumulation_trains_the_same_weights(tmp_path: Path) -> None:
-    one = AutoencoderTrainer(tiny_ae_config(steps=3), tmp_path / "a", progress=False, log_tensorboard=False)
-    two = AutoencoderTrainer(
-        tiny_ae_config(steps=3, grad_accumulation=4), tmp_path / "b", progress=False, log_tensorboard=False
-    )
+    one = AutoencoderTrainer(tiny_ae_config(steps=3), tmp_path / "a", progress=False, track=False)
+    two = AutoencoderTrainer(tiny_ae_config(steps=3, grad_accumulation=4), tmp_path / "b", progress=False, track=False)
     for step in range(3):
         la, lb = one.train_step(step)[0], two.train_step(step)[0]
         assert lb == pytest.approx(la, rel=1e-5)

@@ -286,11 +286,11 @@ def _train(tmp: Path, dataset: str, **data: object) -> Pipeline:
     cfg = ModelConfig(
         network=NetworkConfig(**MODEL_SIZES["tiny"], num_classes=0),
         data=DataConfig(dataset=dataset, image_size=16, **data),
-        train=TrainConfig(steps=4, batch_size=8, sample_every=0, checkpoint_every=0, warmup_steps=1),
+        train=TrainConfig(steps=4, batch_size=8, sample_every=0, final_eval=False, checkpoint_every=0, warmup_steps=1),
         sample=SampleConfig(steps=3),
         text_encoder=TextEncoderConfig(),
     )
-    Trainer(cfg, tmp, progress=False, cpu=True, log_tensorboard=False).train()
+    Trainer(cfg, tmp, progress=False, cpu=True, track=False).train()
     return Pipeline.load(tmp)
 
 
@@ -321,7 +321,7 @@ def test_text_model_trains_and_samples(text_model: Path) -> None:
 def test_trainer_drops_prompts_to_the_empty_one(text_model: Path) -> None:
     cfg = Pipeline.load(text_model).config
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"label_dropout": 0.5, "batch_size": 64})})
-    trainer = Trainer(cfg, text_model / "again", progress=False, cpu=True, log_tensorboard=False)
+    trainer = Trainer(cfg, text_model / "again", progress=False, cpu=True, track=False)
     _, _, _, cond = trainer.batch(0)
     empty = trainer.text.tokens[-1]
     dropped = [bool(torch.equal(tok[: empty.shape[0]], empty)) for tok in cond["text"]]

@@ -43,10 +43,12 @@ def train(out: Path, data: TrainingData | None = None, **condition: object) -> P
     config = ModelConfig(
         network=NetworkConfig(**MODEL_SIZES["tiny"], num_classes=None),
         data=DataConfig(dataset="digits", image_size=8, **condition),
-        train=TrainConfig(steps=100, batch_size=16, lr=5e-3, warmup_steps=5, sample_every=0, checkpoint_every=0),
+        train=TrainConfig(
+            steps=100, batch_size=16, lr=5e-3, warmup_steps=5, sample_every=0, final_eval=False, checkpoint_every=0
+        ),
         sample=SampleConfig(steps=10),
     )
-    Trainer(config, out, data=data, progress=False, cpu=True, log_tensorboard=False).train()
+    Trainer(config, out, data=data, progress=False, cpu=True, track=False).train()
     return Pipeline.load(out)
 
 

@@ -60,10 +60,12 @@ def guided_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = ModelConfig(
         network=NetworkConfig(**MODEL_SIZES["tiny"], num_classes=None),
         data=DataConfig(dataset=str(root / "halves"), image_size=8, channels=1),
-        train=TrainConfig(steps=60, batch_size=16, lr=2e-3, warmup_steps=5, sample_every=0, checkpoint_every=0),
+        train=TrainConfig(
+            steps=60, batch_size=16, lr=2e-3, warmup_steps=5, sample_every=0, final_eval=False, checkpoint_every=0
+        ),
         sample=SampleConfig(steps=10),
     )
-    Trainer(config, root / "model", progress=False, cpu=True, log_tensorboard=False).train()
+    Trainer(config, root / "model", progress=False, cpu=True, track=False).train()
     args = ["--dataset", root / "halves", "--steps", 60, "--batch-size", 32, "--lr", 3e-3, "--no-progress"]
     result = run("train-classifier", root / "model", *args)
     assert result.exit_code == 0, result.output

@@ -45,6 +45,7 @@ def tiny_config(**train: object) -> ModelConfig:
             warmup_steps=2,
             ema_start=1,
             sample_every=0,
+            final_eval=False,
             checkpoint_every=3,
             keep_checkpoints=5,
             **train,
@@ -65,7 +66,7 @@ def weights(folder: Path, ema: bool = False) -> torch.Tensor:
 
 
 def initial_weights(tmp: Path) -> torch.Tensor:
-    trainer = Trainer(tiny_config(), tmp, progress=False, cpu=True, log_tensorboard=False)
+    trainer = Trainer(tiny_config(), tmp, progress=False, cpu=True, track=False)
     return torch.cat([p.detach().flatten() for p in trainer.pipeline.network.parameters()])
 
 
@@ -86,7 +87,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """one: 1 process; two: 2 processes (torchrun); one_to_two: one's step 3 resumed on 2 processes with 2
     micro-batches each; two_to_one: two's step 3 resumed on 1 process. All train 6 steps of batch 16."""
     root = tmp_path_factory.mktemp("runs")
-    Trainer(tiny_config(), root / "one", progress=False, cpu=True, log_tensorboard=False).train()
+    Trainer(tiny_config(), root / "one", progress=False, cpu=True, track=False).train()
     copy_checkpoint(root / "one", 3, root / "one_to_two")
     spec = {
         "runs": [
@@ -103,7 +104,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     (root / "spec.json").write_text(json.dumps(spec))
     launch([*TORCHRUN, str(Path(__file__).parent / "distributed_worker.py"), str(root / "spec.json")])
     copy_checkpoint(root / "two", 3, root / "two_to_one")
-    resumed = Trainer(tiny_config(), root / "two_to_one", resume=True, progress=False, cpu=True, log_tensorboard=False)
+    resumed = Trainer(tiny_config(), root / "two_to_one", resume=True, progress=False, cpu=True, track=False)
     assert resumed.start_step == 3
     resumed.train()
     return root, json.loads((root / "report.json").read_text())

@@ -53,7 +53,9 @@ def tiny_config(steps: int) -> ModelConfig:
     return ModelConfig(
         network=NetworkConfig(**MODEL_SIZES["tiny"], num_classes=0),
         data=DataConfig(dataset="digits", image_size=8),
-        train=TrainConfig(steps=steps, batch_size=4, sample_every=0, checkpoint_every=1, keep_checkpoints=2),
+        train=TrainConfig(
+            steps=steps, batch_size=4, sample_every=0, final_eval=False, checkpoint_every=1, keep_checkpoints=2
+        ),
         sample=SampleConfig(steps=2),
     )
 
@@ -80,7 +82,7 @@ def test_a_training_run_writes_files_and_folders_with_the_umasks_modes(
     tmp_path: Path, mask: int, file_mode: int, dir_mode: int
 ) -> None:
     with umask(mask):
-        Trainer(tiny_config(steps=3), tmp_path / "run", progress=False, log_tensorboard=False).train()
+        Trainer(tiny_config(steps=3), tmp_path / "run", progress=False, track=False).train()
     found = modes(tmp_path / "run")
     assert "checkpoints/step-000003/model.safetensors" in found and "model.safetensors" in found
     expected = {p: dir_mode if (tmp_path / "run" / p).is_dir() else file_mode for p in found}

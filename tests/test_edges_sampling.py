@@ -107,10 +107,12 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
     config = ModelConfig(
         network=NetworkConfig(**MODEL_SIZES["tiny"], num_classes=0),
         data=DataConfig(dataset="digits", image_size=8),
-        train=TrainConfig(steps=40, batch_size=16, warmup_steps=5, ema_start=5, sample_every=0, checkpoint_every=0),
+        train=TrainConfig(
+            steps=40, batch_size=16, warmup_steps=5, ema_start=5, sample_every=0, final_eval=False, checkpoint_every=0
+        ),
         sample=SampleConfig(steps=3),
     )
-    trainer = Trainer(config, tmp_path_factory.mktemp("bf16"), progress=False, cpu=True, log_tensorboard=False)
+    trainer = Trainer(config, tmp_path_factory.mktemp("bf16"), progress=False, cpu=True, track=False)
     for step in range(config.train.steps):
         trainer.train_step(step)
     return trainer.pipeline

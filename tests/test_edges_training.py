@@ -65,13 +65,13 @@ def tiny_config(num_classes: int | None = 0, **train: object) -> ModelConfig:
     return ModelConfig(
         network=NetworkConfig(**MODEL_SIZES["tiny"], num_classes=num_classes),
         data=DataConfig(dataset="digits", image_size=8),
-        train=TrainConfig(**{"batch_size": 4, "sample_every": 0, "checkpoint_every": 0, **train}),
+        train=TrainConfig(**{"batch_size": 4, "sample_every": 0, "final_eval": False, "checkpoint_every": 0, **train}),
         sample=SampleConfig(steps=3),
     )
 
 
 def make_trainer(out: Path, data: TrainingData | None = None, num_classes: int | None = 0, **train: object) -> Trainer:
-    return Trainer(tiny_config(num_classes, **train), out, data=data, progress=False, cpu=True, log_tensorboard=False)
+    return Trainer(tiny_config(num_classes, **train), out, data=data, progress=False, cpu=True, track=False)
 
 
 def flat(module: nn.Module) -> Tensor:
@@ -470,7 +470,7 @@ def run_config(steps: int, **train: object) -> ModelConfig:
 def two_step_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished run of 2 steps with the checkpoints of steps 1 and 2."""
     out = tmp_path_factory.mktemp("run") / "run"
-    Trainer(run_config(2), out, progress=False, cpu=True, log_tensorboard=False).train()
+    Trainer(run_config(2), out, progress=False, cpu=True, track=False).train()
     return out
 
 
@@ -481,7 +481,7 @@ def copy_run(run_dir: Path, tmp_path: Path) -> Path:
 
 
 def resume(out: Path, steps: int) -> Trainer:
-    return Trainer(run_config(steps), out, resume=True, progress=False, cpu=True, log_tensorboard=False)
+    return Trainer(run_config(steps), out, resume=True, progress=False, cpu=True, track=False)
 
 
 @pytest.mark.parametrize(
@@ -544,7 +544,7 @@ def test_a_fresh_run_removes_the_leftovers_of_a_run_killed_before_its_first_chec
     leftover = tmp_path / "run" / "checkpoints" / ".step-000001.abcdefgh"
     leftover.mkdir(parents=True)
     (leftover / "config.json").write_text("{}")
-    Trainer(run_config(1), tmp_path / "run", progress=False, cpu=True, log_tensorboard=False)
+    Trainer(run_config(1), tmp_path / "run", progress=False, cpu=True, track=False)
     assert list((tmp_path / "run" / "checkpoints").iterdir()) == []
 
 

@@ -22,14 +22,14 @@ def tiny_config(dataset: str = "digits", **train: object) -> ModelConfig:
     return ModelConfig(
         network=NetworkConfig(**MODEL_SIZES["tiny"], num_classes=0),
         data=DataConfig(dataset=dataset, image_size=8),
-        train=TrainConfig(steps=2, batch_size=8, sample_every=0, checkpoint_every=0, **train),
+        train=TrainConfig(steps=2, batch_size=8, sample_every=0, final_eval=False, checkpoint_every=0, **train),
     )
 
 
 @pytest.fixture(scope="module")
 def digits_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("digits")
-    Trainer(tiny_config(), out, progress=False, cpu=True, log_tensorboard=False).train()
+    Trainer(tiny_config(), out, progress=False, cpu=True, track=False).train()
     return out
 
 
@@ -39,7 +39,7 @@ def toy_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = tiny_config("toy:eight_gaussians").model_copy(
         update={"network": NetworkConfig(kind="mlp", width=32, depth=2, num_classes=0)}
     )
-    Trainer(cfg, out, progress=False, cpu=True, log_tensorboard=False).train()
+    Trainer(cfg, out, progress=False, cpu=True, track=False).train()
     return out
 
 
@@ -103,7 +103,7 @@ def test_trainer_logs_evaluations_without_changing_training(tmp_path: Path) -> N
 
     evals = {"eval_every": 1, "eval_metrics": ["fid", "kid"], "eval_samples": 10, "eval_features": "pixels"}
     with_eval = Trainer(tiny_config(**evals), tmp_path / "a", progress=False, cpu=True).train()
-    plain = Trainer(tiny_config(), tmp_path / "b", progress=False, cpu=True, log_tensorboard=False).train()
+    plain = Trainer(tiny_config(), tmp_path / "b", progress=False, cpu=True, track=False).train()
     for (name, p), q in zip(with_eval.network.state_dict().items(), plain.network.state_dict().values(), strict=True):
         assert torch.equal(p, q), name  # evaluation draws no random numbers of the training run
     for step in (1, 2):

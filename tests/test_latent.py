@@ -41,7 +41,15 @@ def latent_config(autoencoder: Path, steps: int = 6) -> ModelConfig:
     return ModelConfig(
         network=NetworkConfig(**MODEL_SIZES["tiny"], num_classes=0),
         data=DataConfig(dataset="digits", image_size=8),
-        train=TrainConfig(steps=steps, batch_size=16, warmup_steps=2, ema_start=2, sample_every=0, checkpoint_every=0),
+        train=TrainConfig(
+            steps=steps,
+            batch_size=16,
+            warmup_steps=2,
+            ema_start=2,
+            sample_every=0,
+            final_eval=False,
+            checkpoint_every=0,
+        ),
         latent=LatentConfig(autoencoder=str(autoencoder)),
         sample=SampleConfig(steps=4),  # samples.png at the end: few steps, for speed
     )
@@ -55,14 +63,14 @@ def ae_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         data=DataConfig(dataset="digits", image_size=8),
         train=AutoencoderTrainConfig(steps=30, batch_size=16, lr=3e-3, warmup_steps=2, sample_every=0),
     )
-    AutoencoderTrainer(config, out, progress=False, log_tensorboard=False).train()
+    AutoencoderTrainer(config, out, progress=False, track=False).train()
     return out
 
 
 @pytest.fixture(scope="module")
 def latent_dir(ae_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("latent")
-    Trainer(latent_config(ae_dir), out, progress=False, log_tensorboard=False).train()
+    Trainer(latent_config(ae_dir), out, progress=False, track=False).train()
     return out
 
 
@@ -111,9 +119,9 @@ def test_encode_is_the_scaled_posterior_mean_and_decode_gives_images(latent_dir:
 def test_resume_uses_the_checkpoint_copy_of_the_autoencoder(ae_dir: Path, latent_dir: Path, tmp_path: Path) -> None:
     source = tmp_path / "ae"
     shutil.copytree(ae_dir, source)
-    Trainer(latent_config(source), tmp_path / "run", progress=False, log_tensorboard=False).train(stop_after=3)
+    Trainer(latent_config(source), tmp_path / "run", progress=False, track=False).train(stop_after=3)
     shutil.rmtree(source)  # the run's checkpoint holds its own copy
-    resumed = Trainer(latent_config(source), tmp_path / "run", resume=True, progress=False, log_tensorboard=False)
+    resumed = Trainer(latent_config(source), tmp_path / "run", resume=True, progress=False, track=False)
     assert resumed.start_step == 3
     pipe = resumed.train()
     full = Pipeline.load(latent_dir)
@@ -122,7 +130,7 @@ def test_resume_uses_the_checkpoint_copy_of_the_autoencoder(ae_dir: Path, latent
 
 def test_a_diffusers_autoencoder_serves_a_latent_model(tmp_path: Path) -> None:
     tiny_diffusers_vae(tmp_path / "vae")
-    pipe = Trainer(latent_config(tmp_path / "vae", steps=2), tmp_path / "m", progress=False, log_tensorboard=False)
+    pipe = Trainer(latent_config(tmp_path / "vae", steps=2), tmp_path / "m", progress=False, track=False)
     pipe.train()
     loaded = Pipeline.load(tmp_path / "m")
     assert Autoencoder.load(tmp_path / "m" / "autoencoder").config is None  # a diffusers folder again

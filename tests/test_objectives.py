@@ -53,7 +53,7 @@ def model_config(parameterisation: str = "eps", num_classes: int | None = None, 
         network=NetworkConfig(**MODEL_SIZES["tiny"], num_classes=num_classes),
         diffusion=DiffusionConfig(process=DDPMProcessConfig(schedule="linear"), parameterisation=parameterisation),
         data=DataConfig(dataset="digits", image_size=8),
-        train=TrainConfig(checkpoint_every=0, **settings),
+        train=TrainConfig(checkpoint_every=0, final_eval=False, **settings),
     )
 
 
@@ -132,9 +132,9 @@ def test_classifier_loss_is_the_cross_entropy_of_its_logits() -> None:
 # ------------------------------------------------------------------------------------------ the loop
 def trainer_of(kind: str, out: Path) -> Trainer:
     if kind == "diffusion":
-        return Trainer(model_config("v", num_classes=0), out, data=images(), progress=False, log_tensorboard=False)
+        return Trainer(model_config("v", num_classes=0), out, data=images(), progress=False, track=False)
     if kind == "autoencoder":
-        return Trainer(autoencoder_config(), out, data=images(), progress=False, log_tensorboard=False)
+        return Trainer(autoencoder_config(), out, data=images(), progress=False, track=False)
     return Trainer.in_memory(classifier_objective(), make_accelerator("no", cpu=True), progress=False)
 
 
@@ -178,8 +178,11 @@ def test_fitting_is_pure_and_the_saved_config_is_what_was_trained(tmp_path: Path
     assert config == before  # the caller's config is not touched
     assert fitted.network.num_classes == 3 and fitted.data.class_names == ["c0", "c1", "c2"]
     assert fitted.data.channels == 1 and fitted.space == "image"
-    trainer = Trainer(config, tmp_path, data=data, progress=False, log_tensorboard=False)
+    trainer = Trainer(config, tmp_path, data=data, progress=False, track=False)
     config.train.steps = 99  # the caller's config changes after set-up: the run's does not
+    # the run stores the precision it trains in: "auto" made concrete (fp32 under the suite's pin)
+    assert config.train.mixed_precision == "auto" and trainer.config.train.mixed_precision == "no"
+    fitted = fitted.model_copy(update={"train": fitted.train.model_copy(update={"mixed_precision": "no"})})
     assert trainer.config == fitted and trainer.config.train.steps == 2
     trainer.train()
     assert Pipeline.load(tmp_path).config == fitted
@@ -187,14 +190,14 @@ def test_fitting_is_pure_and_the_saved_config_is_what_was_trained(tmp_path: Path
 
 def test_resume_refuses_data_that_no_longer_fits_the_checkpoint(tmp_path: Path) -> None:
     config = model_config(num_classes=0, steps=4)
-    Trainer(config, tmp_path, data=images(), progress=False, log_tensorboard=False).train(stop_after=2)
+    Trainer(config, tmp_path, data=images(), progress=False, track=False).train(stop_after=2)
     with pytest.raises(CheckpointError, match="no longer fits"):
-        Trainer(config, tmp_path, data=images(classes=5), resume=True, progress=False, log_tensorboard=False)
+        Trainer(config, tmp_path, data=images(classes=5), resume=True, progress=False, track=False)
 
 
 def test_errors_name_the_api_arguments(tmp_path: Path) -> None:
     config = model_config(steps=1)
-    trainer = Trainer(config, tmp_path, data=images(classes=None), progress=False, log_tensorboard=False)
+    trainer = Trainer(config, tmp_path, data=images(classes=None), progress=False, track=False)
     trainer.train()
     with pytest.raises(CheckpointError, match=r"pass resume=True to continue it, or choose another out_dir"):
         Trainer(config, tmp_path, data=images(classes=None), progress=False)

@@ -24,6 +24,7 @@ def tiny_config(steps: int = 12, **train: object) -> ModelConfig:
             warmup_steps=2,
             ema_start=3,
             sample_every=0,
+            final_eval=False,
             checkpoint_every=0,
             **train,
         ),
@@ -36,7 +37,7 @@ def states_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 
 def test_loss_goes_down_and_model_folder_is_complete(tmp_path: Path) -> None:
-    trainer = Trainer(tiny_config(steps=150, lr=3e-3), tmp_path, progress=False, log_tensorboard=False)
+    trainer = Trainer(tiny_config(steps=150, lr=3e-3), tmp_path, progress=False, track=False)
     losses = [trainer.train_step(s)[0] for s in range(150)]
     assert sum(losses[-20:]) / 20 < 0.65 * sum(losses[:20]) / 20  # measured: 0.36 vs 0.69
     trainer.start_step = 150
@@ -60,10 +61,10 @@ def test_save_load_round_trips_bit_for_bit(tmp_path: Path) -> None:
 
 
 def test_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
-    full = Trainer(tiny_config(), tmp_path / "full", progress=False, log_tensorboard=False).train()
-    Trainer(tiny_config(), tmp_path / "part", progress=False, log_tensorboard=False).train(stop_after=5)
+    full = Trainer(tiny_config(), tmp_path / "full", progress=False, track=False).train()
+    Trainer(tiny_config(), tmp_path / "part", progress=False, track=False).train(stop_after=5)
     assert latest_checkpoint(tmp_path / "part").name == "step-000005"
-    resumed = Trainer(tiny_config(), tmp_path / "part", resume=True, progress=False, log_tensorboard=False)
+    resumed = Trainer(tiny_config(), tmp_path / "part", resume=True, progress=False, track=False)
     assert resumed.start_step == 5
     resumed = resumed.train()
     assert states_equal(full.network, resumed.network)
@@ -71,7 +72,7 @@ def test_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
 
 
 def test_same_seed_same_samples_any_batch_size(tmp_path: Path) -> None:
-    pipe = Trainer(tiny_config(steps=3), tmp_path, progress=False, log_tensorboard=False).train()
+    pipe = Trainer(tiny_config(steps=3), tmp_path, progress=False, track=False).train()
     labels = [3, 1, 4, 1, 5, 9, 2]
     a = pipe.sample(labels=labels, steps=4, seed=11, batch_size=7)
     b = pipe.sample(labels=labels, steps=4, seed=11, batch_size=2)
@@ -86,7 +87,7 @@ def test_checkpoints_are_complete_and_pruned(tmp_path: Path) -> None:
     cfg = tiny_config(steps=9)
     cfg.train.checkpoint_every = 3
     cfg.train.keep_checkpoints = 2
-    Trainer(cfg, tmp_path, progress=False, log_tensorboard=False).train()
+    Trainer(cfg, tmp_path, progress=False, track=False).train()
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert names == ["step-000006", "step-000009"]  # no temporary folders left, oldest pruned
 
@@ -107,7 +108,7 @@ def test_corrupted_and_incomplete_model_folders_are_clear_errors(tmp_path: Path)
 
 
 def test_labels_are_checked(tmp_path: Path) -> None:
-    pipe = Trainer(tiny_config(steps=1), tmp_path, progress=False, log_tensorboard=False).train()
+    pipe = Trainer(tiny_config(steps=1), tmp_path, progress=False, track=False).train()
     with pytest.raises(ValueError, match=r"labels=10: expected class indices 0..9"):
         pipe.sample(labels=[10], steps=2)
     uncond = Pipeline(tiny_config().model_copy(update={"network": NetworkConfig(**MODEL_SIZES["tiny"])}))

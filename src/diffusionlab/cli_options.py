@@ -81,6 +81,8 @@ def config_option(model: type[BaseModel], name: str, panel: str) -> inspect.Para
     """One config field as a typer option: ``--name-with-dashes``, the field's type, default and description."""
     info = model.model_fields[name]
     value = info.get_default(call_default_factory=True)
+    if _is_list(info.annotation) and isinstance(value, list):
+        value = ",".join(str(v) for v in value)  # the command line takes a list comma-separated
     option = typer.Option(help=_help(model, name), rich_help_panel=panel)
     annotation = Annotated[_option_type(info.annotation), option]
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=value, annotation=annotation)

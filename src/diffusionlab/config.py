@@ -253,23 +253,39 @@ class TrainConfig(_Strict):
     )
     warmup_steps: int = Field(default=100, ge=0, description="Steps of linear learning-rate warm-up.")
     weight_decay: float = Field(default=0.0, ge=0, description="AdamW's decoupled weight decay.")
+    adam_betas: tuple[float, float] = Field(
+        default=(0.9, 0.999), description="AdamW's moment decays (beta1, beta2), each in [0, 1)."
+    )
     grad_clip: float = Field(default=1.0, ge=0, description="Clip the gradient norm to this (0: no clipping).")
     ema_decay: float = Field(
         default=0.999, ge=0, lt=1, description="EMA decay of the averaged weights the saved model uses."
     )
     ema_start: int = Field(default=200, ge=0, description="Step from which the EMA averages (a copy before).")
+    ema_power: float | None = Field(
+        default=None,
+        gt=0,
+        description="EMA warm-up decay 1 - (1 + n)^-power, n steps since ema_start (diffusers' use_ema_warmup, "
+        "power 3/4); none: (1 + n) / (10 + n).",
+    )
     label_dropout: float = Field(
         default=0.1, ge=0, le=1, description="Share of labels and prompts dropped, for classifier-free guidance."
     )
-    mixed_precision: Literal["no", "bf16", "fp16"] = Field(
-        default="no", description="Training precision (through accelerate)."
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
+        default="auto",
+        description="Training precision (through accelerate); auto: bf16 where the hardware runs it natively (CPUs "
+        "with AVX512-BF16 or AMX, CUDA GPUs with bf16), else no (fp32). A run stores the precision it used.",
     )
-    time_sampling: Literal["uniform", "lognormal"] = Field(
-        default="uniform", description="How training times are drawn (lognormal: EDM's)."
+    time_sampling: Literal["uniform", "lognormal", "logit_normal"] = Field(
+        default="uniform", description="How training times are drawn (lognormal: EDM's; logit_normal: SD3's)."
     )
     weighting: Literal["uniform", "min_snr", "edm"] = Field(default="uniform", description="Loss weighting over time.")
     seed: int = Field(default=0, ge=0, lt=2**32, description="Seed of every random draw of the run.")
     log_every: int = Field(default=50, ge=0, description="Log the loss every N steps (0: only at the end).")
+    log_with: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=lambda: ["tensorboard"],
+        description="Experiment trackers, all offline by default: tensorboard (OUT/tensorboard), wandb (OUT/wandb, "
+        "WANDB_MODE=online to upload), mlflow (OUT/mlruns unless MLFLOW_TRACKING_URI is set).",
+    )
     sample_every: int = Field(
         default=1000, ge=0, description="Write a preview (samples, or reconstructions) every N steps (0: never)."
     )
@@ -282,12 +298,23 @@ class TrainConfig(_Strict):
         ge=0,
         description="Evaluate the EMA model every N steps (0: never); logged as eval/* and eval/*.json.",
     )
-    eval_metrics: list[Literal["fid", "kid", "pr", "dc", "bpd", "vlb", "swd", "mmd", "true_nll", "nll"]] | None = Field(
+    eval_metrics: (
+        list[Literal["fid", "kid", "pr", "dc", "accuracy", "fid_real", "bpd", "vlb", "swd", "mmd", "true_nll", "nll"]]
+        | None
+    ) = Field(
         default=None,
         description="Metrics of eval_every, as `evaluate --metrics` (default: the model kind's: images fid, kid, pr, "
         "dc; points swd, mmd, nll).",
     )
     eval_samples: int = Field(default=1000, ge=10, description="Samples per evaluation of eval_every.")
+    eval_guidance: float = Field(
+        default=1.0, ge=0, description="Guidance scale of the evaluations' samples (1: the conditional model)."
+    )
+    final_eval: bool = Field(
+        default=True,
+        description="Evaluate the EMA model once training ends (eval_metrics, eval_samples), print the numbers and "
+        "write eval/step-NNNNNN.json.",
+    )
     eval_features: Literal["auto", "classifier", "pixels"] = Field(
         default="auto", description="Feature network of eval_every (auto: a domain classifier if labelled)."
     )
@@ -296,6 +323,13 @@ class TrainConfig(_Strict):
     @classmethod
     def _steps_bounded(cls, v: int, info: ValidationInfo) -> int:
         check_limit(str(info.field_name), v, "max_train_steps")
+        return v
+
+    @field_validator("adam_betas")
+    @classmethod
+    def _betas(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in v):
+            raise ValueError(f"adam_betas={v}: each must be in [0, 1)")
         return v
 
     @field_validator("batch_size")

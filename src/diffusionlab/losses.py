@@ -23,6 +23,7 @@ __all__ = [
     "TimeSampling",
     "UniformTimes",
     "LogNormalTimes",
+    "LogitNormalTimes",
     "Weighting",
     "UniformWeighting",
     "MinSNRWeighting",
@@ -80,6 +81,21 @@ class LogNormalTimes(TimeSampling):
         return t.clamp(process.t_min, process.t_max).to(device)
 
 
+class LogitNormalTimes(TimeSampling):
+    """Flow-matching time t = sigmoid(n), n ~ N(m, s^2) (Esser et al. 2024, SD3, eq. 19); mapped to any process
+    through the log-SNR, which for flow's alpha = 1 - t, sigma = t is lambda = -2 logit(t) = -2 n."""
+
+    name = "logit_normal"
+
+    def __init__(self, m: float = 0.0, s: float = 1.0) -> None:
+        self.m, self.s = m, s
+
+    def __call__(self, process, n, generator=None, device="cpu"):  # type: ignore[no-untyped-def]
+        logit = self.m + self.s * torch.randn(n, generator=generator, dtype=torch.float64)
+        t = process.t_from_log_snr(-2.0 * logit)
+        return t.clamp(process.t_min, process.t_max).to(device)
+
+
 class Weighting(ABC):
     """A loss weighting, written as the weight on the squared x0 error: ``weighting(denoiser, t, like)``."""
 
@@ -125,7 +141,7 @@ class EDMWeighting(Weighting):
         return (ve**2 + sd**2) / (ve * sd) ** 2
 
 
-TIME_SAMPLINGS: dict[str, type[TimeSampling]] = {c.name: c for c in (UniformTimes, LogNormalTimes)}
+TIME_SAMPLINGS: dict[str, type[TimeSampling]] = {c.name: c for c in (UniformTimes, LogNormalTimes, LogitNormalTimes)}
 WEIGHTINGS: dict[str, type[Weighting]] = {c.name: c for c in (UniformWeighting, MinSNRWeighting, EDMWeighting)}
 
 
@@ -135,7 +151,9 @@ def make_time_sampling(name: str | TimeSampling, p_mean: float = -1.2, p_std: fl
         return name
     if name not in TIME_SAMPLINGS:
         raise ValueError(f"time_sampling={name!r} is not known; expected one of {tuple(TIME_SAMPLINGS)}.")
-    return LogNormalTimes(p_mean, p_std) if TIME_SAMPLINGS[name] is LogNormalTimes else UniformTimes()
+    if TIME_SAMPLINGS[name] is LogNormalTimes:
+        return LogNormalTimes(p_mean, p_std)
+    return TIME_SAMPLINGS[name]()
 
 
 def make_weighting(name: str | Weighting, sigma_data: float = 0.5, gamma: float = 5.0) -> Weighting:

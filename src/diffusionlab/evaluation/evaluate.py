@@ -31,6 +31,7 @@ from diffusionlab.processes import DiscreteVPProcess
 from diffusionlab.sampling.request import FrozenSettings, SampleRequest
 
 from . import features as feats
+from .classifier import predict
 from .likelihood import LikelihoodOptions, bits_per_dim, ddpm_vlb, ode_log_likelihood
 from .metrics import density_coverage, fid_from_features, kernel_inception_distance, precision_recall
 from .toy import gaussian_mixture_log_prob, mmd_rbf, sliced_wasserstein
@@ -50,11 +51,11 @@ __all__ = [
     "format_results",
 ]
 
-IMAGE_METRICS = ("fid", "kid", "pr", "dc", "bpd", "vlb")
+IMAGE_METRICS = ("fid", "kid", "pr", "dc", "accuracy", "fid_real", "bpd", "vlb")
 POINT_METRICS = ("swd", "mmd", "true_nll", "nll")
 FEATURES = ("classifier", "inception", "pixels")
-_FEATURE_METRICS = ("fid", "kid", "pr", "dc")
-_SAMPLE_METRICS = ("fid", "kid", "pr", "dc", "swd", "mmd", "true_nll")
+_FEATURE_METRICS = ("fid", "kid", "pr", "dc", "accuracy", "fid_real")
+_SAMPLE_METRICS = ("fid", "kid", "pr", "dc", "accuracy", "fid_real", "swd", "mmd", "true_nll")
 _ON_REQUEST = ("bpd", "vlb")  # the images' likelihoods are slow: computed only when asked for
 # the true densities the toys module knows in closed form
 _TRUE_DENSITIES = {"eight_gaussians": eight_gaussians_params}
@@ -176,18 +177,44 @@ def _toy_name(config: Any) -> str | None:
     return toy_name(config.data.dataset)
 
 
-def default_metrics(config: Any) -> tuple[str, ...]:
-    """Every metric of the model's space but the slow image likelihoods (and true_nll where no density is known):
-    FID, KID, precision/recall, density/coverage for images; SWD, MMD, NLLs for points."""
-    known = _toy_name(config) in _TRUE_DENSITIES
+def _has_test_split(config: Any) -> bool:
+    """Whether the model's dataset has a held-out test split (digits, MNIST, CIFAR-10), which FID compares with."""
+    name = config.data.dataset.strip().lower()
+    return name == "digits" or name.partition(":")[0] in ("mnist", "cifar10")
+
+
+def _unavailable(name: str, config: Any, features: str = "auto") -> str | None:
+    """Why a metric of the model's space does not apply to this model with these ``features`` (None: it does)."""
+    if name == "true_nll" and _toy_name(config) not in _TRUE_DENSITIES:
+        return (
+            f"true_nll needs a dataset with a known density ({', '.join('toy:' + k for k in _TRUE_DENSITIES)}); "
+            f"this model was trained on {config.data.dataset!r}."
+        )
+    if name == "accuracy" and not (config.network.num_classes and default_features(config) == "classifier"):
+        return "accuracy needs a class-conditional model of a labelled dataset (its domain classifier judges it)."
+    if name == "accuracy" and features not in ("auto", "classifier"):
+        return f"accuracy needs features 'classifier' (a domain classifier); got {features!r}."
+    if name == "fid_real" and not _has_test_split(config):
+        return (
+            f"fid_real needs a dataset with a test split (digits, mnist:, cifar10:); {config.data.dataset!r} has "
+            "none to hold the real images apart from."
+        )
+    return None
+
+
+def default_metrics(config: Any, features: str = "auto") -> tuple[str, ...]:
+    """Every metric of the model's space that applies to it but the slow image likelihoods: FID, KID,
+    precision/recall, density/coverage (and accuracy, fid_real where they apply) for images; SWD, MMD, NLLs for
+    points."""
     metrics = _METRICS_OF_SPACE[config.space]
-    return tuple(m for m in metrics if m not in _ON_REQUEST and (known or m != "true_nll"))
+    return tuple(m for m in metrics if m not in _ON_REQUEST and _unavailable(m, config, features) is None)
 
 
-def parse_metrics(metrics: str | Sequence[str] | None, config: Any) -> tuple[str, ...]:
-    """Metric names from a comma-separated string or a list, checked against the model's space."""
+def parse_metrics(metrics: str | Sequence[str] | None, config: Any, features: str = "auto") -> tuple[str, ...]:
+    """Metric names from a comma-separated string or a list, checked against the model's space and the feature
+    network (``features``, as ``EvaluationOptions.features``)."""
     if metrics is None:
-        return default_metrics(config)
+        return default_metrics(config, features)
     names = [m.strip().lower() for m in (metrics.split(",") if isinstance(metrics, str) else metrics) if m.strip()]
     if not names:
         raise ValueError("no metrics were given; expected a comma-separated list such as fid,kid.")
@@ -197,11 +224,10 @@ def parse_metrics(metrics: str | Sequence[str] | None, config: Any) -> tuple[str
             raise ValueError(
                 f"metric {name!r} is not available for this {config.space} model; expected some of {allowed}."
             )
-    if "true_nll" in names and _toy_name(config) not in _TRUE_DENSITIES:
-        raise ValueError(
-            f"true_nll needs a dataset with a known density ({', '.join('toy:' + k for k in _TRUE_DENSITIES)}); "
-            f"this model was trained on {config.data.dataset!r}."
-        )
+    for name in names:
+        why = _unavailable(name, config, features)
+        if why is not None:
+            raise ValueError(why)
     if "vlb" in names and not isinstance(config.diffusion.process, DDPMProcessConfig):
         raise ValueError(
             f"metric 'vlb' (DDPM's variational bound) needs a discrete-time process (ddpm); this model's is "
@@ -300,7 +326,7 @@ def evaluate_model(
     the feature network ``features`` names; ``log`` receives one line per stage.
     """
     opts = EvaluationOptions.of(options, settings)
-    names = parse_metrics(metrics, model.config)
+    names = parse_metrics(metrics, model.config, opts.features)
     run = _Evaluation(model, names, opts, progress, log or (lambda _msg: None))
     request = run.request()
     resolved = request.resolve(model.config.sample)
@@ -425,7 +451,34 @@ class _Evaluation:
             fake_f = feats.extract_features(extractor, _to_8bit(samples), opts.batch_size)
         with self.timed("metrics"):
             self.values.update(_feature_scores(self.names, real_f, fake_f, opts.seed))
+        if "accuracy" in self.names:
+            self.values["accuracy"] = self.class_accuracy(extractor, samples)
+        if "fid_real" in self.names:
+            with self.timed("fid_real"):
+                self.values["fid_real"] = self.real_fid(extractor, real_f)
         return extractor.name
+
+    def class_accuracy(self, extractor: feats.FeatureExtractor, samples: Tensor) -> float:
+        """The share of samples the domain classifier assigns to the label they were drawn for."""
+        if not isinstance(extractor, feats.ClassifierFeatures):
+            raise ValueError(f"accuracy needs features 'classifier' (a domain classifier); got {extractor.name!r}.")
+        labels = torch.arange(len(samples)) % self.num_classes
+        predicted = predict(extractor.classifier, _to_8bit(samples) * 2.0 - 1.0, self.opts.batch_size)
+        return float((predicted.cpu() == labels).float().mean())
+
+    def real_fid(self, extractor: feats.FeatureExtractor, real_f: Tensor) -> float:
+        """FID of ``num_samples`` real training images (seeded draw) against the same held-out reference: the
+        score a perfect model would get at this sample count, which FID's bias depends on (Chong & Forsyth 2020)."""
+        config, n = self.model.config, self.opts.num_samples
+        train = load_dataset(config.data.dataset, config.data.image_size, config.data.channels, split="train")
+        if len(train) < n:
+            raise ValueError(
+                f"fid_real needs num_samples={n} real training images; the train split holds {len(train)}."
+            )
+        keep = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.opts.seed))[:n]
+        images = (train.images[keep.sort().values] + 1.0) / 2.0
+        features = feats.extract_features(extractor, _to_8bit(images), self.opts.batch_size)
+        return fid_from_features(real_f, features)
 
     def point_metrics(self, real: Tensor, samples: Tensor | None) -> None:
         """SWD, MMD, the true-density NLL of the samples; the model's NLL of held-out points (exact divergence)."""
@@ -478,6 +531,8 @@ _LABELS = {
     "coverage": ("coverage", "~1 when equal (k=5)"),
     "bpd": ("bits/dim (ODE)", "NLL of real data; lower is better"),
     "vlb": ("bits/dim (DDPM VLB)", "upper bound on the NLL"),
+    "accuracy": ("class accuracy", "share of samples the domain classifier assigns to their label"),
+    "fid_real": ("FID of real images", "real training images vs the same reference: FID's floor at this count"),
     "swd": ("sliced Wasserstein", "~0 when equal"),
     "mmd": ("MMD^2 (RBF)", "unbiased; ~0 when equal"),
     "true_nll": ("NLL of samples under the true density", "nats/point"),

@@ -125,6 +125,7 @@ class DiffusionObjective(Objective):
     """Train a ``Pipeline``: the denoising loss of ``losses.denoising_loss`` in the network's target space."""
 
     preview_name = "samples.png"
+    evaluates = True
 
     def __init__(
         self, config: ModelConfig, pipeline: Pipeline, data: TrainingData, captions: Captions | None = None
@@ -223,7 +224,7 @@ class DiffusionObjective(Objective):
     def check_evaluation(self) -> None:
         from ..evaluation import parse_metrics
 
-        parse_metrics(self.train_config.eval_metrics, self.config)
+        parse_metrics(self.train_config.eval_metrics, self.config, self.train_config.eval_features)
 
     def evaluate(self) -> dict[str, Any]:
         """``diffusionlab evaluate``'s metrics of the EMA model (``eval_metrics``, ``eval_samples``, ...)."""
@@ -231,4 +232,11 @@ class DiffusionObjective(Objective):
 
         tc = self.train_config
         features = None if tc.eval_features == "auto" else tc.eval_features
-        return evaluate_model(self.model, tc.eval_metrics, num_samples=tc.eval_samples, features=features, seed=tc.seed)
+        return evaluate_model(
+            self.model,
+            tc.eval_metrics,
+            num_samples=tc.eval_samples,
+            features=features,
+            seed=tc.seed,
+            guidance=tc.eval_guidance,
+        )

@@ -6,13 +6,15 @@ import torch
 from torch import nn
 
 
-def ema_decay_at(step: int, decay: float, start: int) -> float:
+def ema_decay_at(step: int, decay: float, start: int, power: float | None = None) -> float:
     """Decay used at ``step``: 0 (copy) before ``start`` (the seed's ``step_start_ema``), then
-    min(decay, (1 + n) / (10 + n)) with n steps since the start, so early averages do not lag far behind."""
+    min(decay, (1 + n) / (10 + n)) with n steps since the start, so early averages do not lag far behind; with
+    ``power``, min(decay, 1 - (1 + n)^-power) (diffusers' EMAModel warm-up, its ``use_ema_warmup``)."""
     if step < start:
         return 0.0
     n = step - start
-    return min(decay, (1.0 + n) / (10.0 + n))
+    warm = 1.0 - (1.0 + n) ** -power if power is not None else (1.0 + n) / (10.0 + n)
+    return min(decay, warm)
 
 
 @torch.no_grad()

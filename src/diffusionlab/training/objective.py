@@ -25,7 +25,8 @@ __all__ = ["Objective", "take", "resumed_config", "start_weights", "RESUMABLE_SE
 # the model is the checkpoint's; how long to train, how to log and how to split batches may change on resume
 RESUMABLE_SETTINGS = frozenset(
     {"steps", "minutes", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints"}
-    | {"eval_every", "eval_metrics", "eval_samples", "eval_features", "grad_accumulation"}
+    | {"eval_every", "eval_metrics", "eval_samples", "eval_features", "eval_guidance", "final_eval"}
+    | {"grad_accumulation", "log_with"}
 )
 
 C = TypeVar("C", ModelConfig, AutoencoderConfig)
@@ -41,6 +42,7 @@ class Objective(ABC):
 
     progress_label: ClassVar[str] = "train"  # the progress bar's name
     preview_name: ClassVar[str | None] = None  # the picture written beside the finished model (None: none)
+    evaluates: ClassVar[bool] = False  # whether ``evaluate`` measures anything (final_eval runs it)
 
     config: Any
     train_config: TrainConfig

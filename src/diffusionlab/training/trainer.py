@@ -3,7 +3,8 @@
 What a run learns is an *objective* (``training.objective``): a diffusion model, an autoencoder or a noise-aware
 classifier. The loop writes the rest once for all of them: the processes' slices and micro-batches, the refusal of
 a non-finite loss, gradient clipping, AdamW and the LR schedule, the EMA, checkpoints and resume, TensorBoard,
-evaluation and previews, and the checkpoint saved on Ctrl-C or SIGTERM.
+evaluation and previews, the experiment trackers (``log_with``: TensorBoard, W&B, MLflow), and the checkpoint saved
+on Ctrl-C or SIGTERM.
 
 Every step's global batch (indices, times, noise, label dropout) is drawn from a generator seeded by
 ``(seed, step)``, and each process takes its slice. So a run is the same whether it is resumed or not and, up to
@@ -18,6 +19,7 @@ import math
 import os
 import random
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,17 +28,20 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..config import AutoencoderConfig, ModelConfig, TrainConfig
-from ..io import CheckpointError, save_json
+from ..hardware import describe_precision, resolve_precision
+from ..io import CheckpointError, load_json, save_json
 from ..pipeline import CONFIG_NAME
 from .checkpoints import STATE_NAME, latest_checkpoint, load_training_state, remove_leftovers, save_checkpoint
 from .data import TrainingData, load_training_data
 from .diffusion import DiffusionObjective
 from .ema import ema_decay_at, update_ema
-from .objective import Objective, take
+from .objective import C, Objective, take
+from .tracking import Trackers, check_trackers
 
 __all__ = [
     "Trainer",
@@ -47,6 +52,7 @@ __all__ = [
     "make_accelerator",
     "starting_checkpoint",
     "objective_for",
+    "with_run_precision",
 ]
 
 
@@ -73,6 +79,11 @@ def micro_batches(n: int, k: int) -> list[slice]:
 
 def make_accelerator(mixed_precision: str, cpu: bool = False) -> Accelerator:
     """The accelerate set-up of a run, joined to the processes a launcher started (checked)."""
+    # accelerate keeps one precision per process; a later run in the same process (a notebook, a bench, the noise-
+    # aware classifier after an "auto" bf16 run) may ask for another: start its state afresh, keeping the processes
+    held = AcceleratorState._shared_state.get("_mixed_precision")
+    if held is not None and held != mixed_precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
     # without a GPU, accelerate joins the processes of torchrun / accelerate launch only when told cpu=True
     accelerator = Accelerator(mixed_precision=mixed_precision, cpu=cpu or not torch.accelerator.is_available())
     launched = int(os.environ.get("WORLD_SIZE", "1"))
@@ -82,6 +93,31 @@ def make_accelerator(mixed_precision: str, cpu: bool = False) -> Accelerator:
             "check the launch command (torchrun --nproc_per_node / accelerate launch --num_processes)."
         )
     return accelerator
+
+
+def _device(cpu: bool) -> torch.device:
+    """The device a run trains on: the accelerator's (a GPU) unless ``cpu`` or there is none."""
+    available = torch.accelerator.is_available() and not cpu
+    return torch.accelerator.current_accelerator() if available else torch.device("cpu")  # type: ignore[return-value]
+
+
+def with_run_precision(config: C, checkpoint: Path | None, cpu: bool = False) -> C:
+    """``config`` with the precision its run uses: a resumed run's own (its checkpoint's config), else the
+    setting made concrete for this machine ("auto": ``hardware.resolve_precision``)."""
+    saved = _saved_precision(checkpoint) if checkpoint is not None else None
+    chosen = resolve_precision(saved or config.train.mixed_precision, _device(cpu))
+    train = config.train.model_copy(update={"mixed_precision": chosen})
+    return config.model_copy(update={"train": train})
+
+
+def _saved_precision(checkpoint: Path) -> str | None:
+    """The precision a checkpoint's run trained in, or None where its config cannot be read (loading the checkpoint
+    then says what is wrong)."""
+    try:
+        value = load_json(checkpoint / CONFIG_NAME)["train"]["mixed_precision"]
+    except (OSError, ValueError, KeyError, TypeError, CheckpointError):
+        return None
+    return value if value in ("no", "bf16", "fp16") else None
 
 
 def starting_checkpoint(out_dir: Path, resume: bool) -> Path | None:
@@ -122,7 +158,9 @@ def _optimiser(network: nn.Module, tc: TrainConfig, device: torch.device) -> tup
     it once per process, which suits a per-process batch size, while ``batch_size`` is global."""
     # fused: 3.2 ms a step instead of 11.7 for the 1.1M-parameter 'small' UNet on one CPU thread
     fused = device.type in ("cpu", "cuda")
-    optimizer = torch.optim.AdamW(network.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=fused)
+    optimizer = torch.optim.AdamW(
+        network.parameters(), lr=tc.lr, betas=tc.adam_betas, weight_decay=tc.weight_decay, fused=fused
+    )
     if tc.lr_schedule == "onecycle":
         return optimizer, torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=tc.lr, total_steps=tc.steps)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc.lr_schedule, tc.warmup_steps, tc.steps))
@@ -169,25 +207,33 @@ class Trainer:
         resume: bool = False,
         progress: bool = True,
         cpu: bool = False,
-        log_tensorboard: bool = True,
+        track: bool = True,
     ) -> None:
         """Set up a run of ``config`` in ``out_dir``: fit the config to the data (a pure step), build the model
-        (fresh and seeded, or ``resume=True``: the latest checkpoint's, with optimiser, schedule and RNG)."""
-        accelerator = make_accelerator(config.train.mixed_precision, cpu)
+        (fresh and seeded, or ``resume=True``: the latest checkpoint's, with optimiser, schedule and RNG). The
+        precision is made concrete first ("auto": bf16 where the hardware has it) and printed."""
+        requested = config.train.mixed_precision
+        check_trackers(config.train.log_with if track else ())
         checkpoint = starting_checkpoint(Path(out_dir), resume)
+        config = with_run_precision(config, checkpoint, cpu)
+        accelerator = make_accelerator(config.train.mixed_precision, cpu)
         if accelerator.is_main_process:
             remove_leftovers(out_dir)  # what a killed run left; never the checkpoint picked above
         objective = objective_for(config)(config, data, checkpoint, accelerator.device)
-        self._attach(objective, accelerator, Path(out_dir), progress, log_tensorboard)
+        self._attach(objective, accelerator, Path(out_dir), progress, track)
         if checkpoint is not None:
             self._restore(load_training_state(checkpoint), checkpoint / STATE_NAME)
             _check_resumed_step(self.start_step, objective.train_config.steps, checkpoint)
+        if accelerator.is_main_process:  # once the data, the model and the checkpoint are known good
+            chosen = config.train.mixed_precision
+            line = describe_precision(requested if checkpoint is None else chosen, _device(cpu))
+            print(line if checkpoint is None else f"{line.split(' (')[0]} (the resumed run's own)", file=sys.stderr)
 
     @classmethod
     def in_memory(cls, objective: Objective, accelerator: Accelerator, progress: bool = True) -> Trainer:
         """A run of an objective built by the caller that writes no files: no checkpoints, previews or logs."""
         trainer = cls.__new__(cls)
-        trainer._attach(objective, accelerator, None, progress, log_tensorboard=False)
+        trainer._attach(objective, accelerator, None, progress, track=False)
         return trainer
 
     def _attach(
@@ -196,10 +242,10 @@ class Trainer:
         accelerator: Accelerator,
         out_dir: Path | None,
         progress: bool,
-        log_tensorboard: bool,
+        track: bool,
     ) -> None:
         self.objective, self.accelerator, self.out_dir = objective, accelerator, out_dir
-        self.progress, self.log_tensorboard = progress, log_tensorboard and out_dir is not None
+        self.progress, self.track = progress, track and out_dir is not None
         tc = objective.train_config
         _check_batch_split(tc, accelerator.num_processes)
         optimizer, self.scheduler = _optimiser(objective.network, tc, accelerator.device)
@@ -208,7 +254,7 @@ class Trainer:
             objective.ema.to(accelerator.device)
         self.start_step, self.step = 0, 0
         self.last_terms: dict[str, float] = {}
-        self._writer: Any = None
+        self._trackers: Trackers | None = None
 
     def __getattr__(self, name: str) -> Any:
         """What the trainer does not hold itself, its objective's (``data``, ``text``, ``grid_prompts``, ...)."""
@@ -317,7 +363,7 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.objective.ema is not None:
-            decay = ema_decay_at(step, tc.ema_decay, tc.ema_start)
+            decay = ema_decay_at(step, tc.ema_decay, tc.ema_start, tc.ema_power)
             update_ema(self.objective.ema, acc.unwrap_model(self.model), decay)
         return float(grad_norm)
 
@@ -328,10 +374,11 @@ class Trainer:
 
         Writes checkpoints every ``checkpoint_every`` steps and at the end, previews every ``sample_every``,
         TensorBoard scalars every ``log_every``; on the main process only. Ctrl-C or SIGTERM saves a checkpoint first.
+        A whole run (no ``stop_after``) ends with an evaluation of the saved model (``final_eval``), printed.
         """
         tc, acc = self.objective.train_config, self.accelerator
         end = tc.steps if stop_after is None else min(tc.steps, stop_after)
-        if tc.eval_every:
+        if tc.eval_every or tc.final_eval:
             self.objective.check_evaluation()  # a metric unfit for this model fails now, not mid-run
         self.step = self.start_step
         show = self.progress and acc.is_main_process
@@ -350,9 +397,13 @@ class Trainer:
         self.save(self.step)
         if not interrupted:
             self.finish()
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+            evaluated = tc.eval_every and self.step % tc.eval_every == 0
+            ended = stop_after is None and self.out_dir is not None  # a whole run that writes files
+            if tc.final_eval and ended and self.objective.evaluates and not evaluated:
+                self._evaluate(self.step, lambda line: print(line, file=sys.stderr, flush=True))
+        if self._trackers is not None:
+            self._trackers.close()
+            self._trackers = None
         if interrupted:
             raise KeyboardInterrupt
         return self.objective.model
@@ -404,19 +455,18 @@ class Trainer:
             return
         path = self.out_dir / "samples" / f"step-{step:06d}.png"
         self.objective.write_preview(path, per_class=4)
-        writer = self._tensorboard()
-        if writer is not None and path.is_file():
+        trackers = self._tracking()
+        if trackers is not None and path.is_file():
             from PIL import Image
 
-            writer.add_image("samples", np.asarray(Image.open(path).convert("RGB")), step, dataformats="HWC")
+            trackers.log_image("samples", np.asarray(Image.open(path).convert("RGB")), step)
 
     def _log_scalars(self, step: int, scalars: dict[str, float]) -> None:
         """Log the step's loss, its smoothed value, the gradient norm, the LR and the objective's terms."""
-        writer = self._tensorboard()
-        if writer is None:
-            return
-        for name, value in {**scalars, "lr": self.scheduler.get_last_lr()[0], **self.last_terms}.items():
-            writer.add_scalar(f"train/{name}", value, step)
+        trackers = self._tracking()
+        if trackers is not None:
+            values = {**scalars, "lr": self.scheduler.get_last_lr()[0], **self.last_terms}
+            trackers.log({f"train/{name}": value for name, value in values.items()}, step)
 
     def _evaluate(self, step: int, write: Callable[[str], None]) -> None:
         """Evaluate the model on the main process while the others wait; log the numbers to TensorBoard as eval/*
@@ -425,17 +475,18 @@ class Trainer:
             result = self.objective.evaluate()
             if self.out_dir is not None:
                 save_json(result, self.out_dir / "eval" / f"step-{step:06d}.json")
-            writer = self._tensorboard()
-            for key, value in result["metrics"].items() if writer is not None else ():
-                writer.add_scalar(f"eval/{key}", value, step)
+            trackers = self._tracking()
+            if trackers is not None:
+                trackers.log({f"eval/{key}": value for key, value in result["metrics"].items()}, step)
             write(f"eval at step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in result["metrics"].items()))
         self.accelerator.wait_for_everyone()
 
-    def _tensorboard(self) -> Any:
-        if not (self.log_tensorboard and self.accelerator.is_main_process):
+    def _tracking(self) -> Trackers | None:
+        """The run's experiment trackers (``log_with``), opened on first use on the main process; None if the run
+        writes no logs."""
+        if not (self.track and self.accelerator.is_main_process):
             return None
-        if self._writer is None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._writer = SummaryWriter(str(self.out_dir / "tensorboard"))
-        return self._writer
+        if self._trackers is None:
+            config = self.objective.config.model_dump(mode="json")
+            self._trackers = Trackers(self.out_dir, self.objective.train_config.log_with, self.out_dir.name, config)
+        return self._trackers
