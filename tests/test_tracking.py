@@ -193,3 +193,31 @@ def test_mlflow_file_store_holds_metrics_params_and_image(tmp_path: Path, monkey
     assert Path(png).name.startswith("samples+step+5+")
     local = client.download_artifacts(run.info.run_id, png, str(tmp_path / "download"))
     np.testing.assert_array_equal(np.asarray(Image.open(local).convert("RGB")), IMAGE)
+
+
+def test_a_training_run_logs_to_every_tracker_of_log_with(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The trainer's scalars, through --log-with tensorboard,mlflow: the same loss values in both stores.
+    mlflow = pytest.importorskip("mlflow")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from diffusionlab.config import MODEL_SIZES, DataConfig, ModelConfig, NetworkConfig, TrainConfig
+    from diffusionlab.training import Trainer
+
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    train = TrainConfig(steps=4, batch_size=8, log_every=2, sample_every=0, checkpoint_every=0, final_eval=False)
+    train = train.model_copy(update={"log_with": ["tensorboard", "mlflow"]})
+    config = ModelConfig(
+        network=NetworkConfig(**MODEL_SIZES["tiny"]), data=DataConfig(dataset="digits", image_size=8), train=train
+    )
+    Trainer(config, tmp_path / "run", progress=False).train()
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    tensorboard = [(s.step, s.value) for s in events.Scalars("train/loss")]
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = mlflow.tracking.MlflowClient(tracking_uri=(tmp_path / "run" / "mlruns").as_uri())
+    (run,) = client.search_runs([client.get_experiment_by_name("run").experiment_id])
+    logged = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "train/loss"))
+    assert [step for step, _ in logged] == [step for step, _ in tensorboard] == [2, 4]
+    assert [v for _, v in logged] == pytest.approx([v for _, v in tensorboard], rel=1e-6)  # TB stores float32
+    assert run.data.params["train.steps"] == "4" and run.data.params["train.mixed_precision"] == "no"
