@@ -34,6 +34,10 @@ from diffusionlab.training import Trainer, TrainingData
 ANOMALY = 9
 
 
+# the recipe the README's anomaly figures were measured with (the 0.1 defaults, before issue 14)
+RECIPE_0_1 = {"ema_decay": 0.999, "ema_start": 200, "mixed_precision": "no", "final_eval": False}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -68,10 +72,10 @@ def train_model(folder: Path, steps: int) -> Pipeline:
     config = ModelConfig(
         network=NetworkConfig(**MODEL_SIZES["small"], num_classes=None),
         data=DataConfig(dataset="digits", image_size=16, channels=1),
-        train=TrainConfig(steps=steps, batch_size=64, sample_every=0, checkpoint_every=0, seed=0),
+        train=TrainConfig(steps=steps, batch_size=64, sample_every=0, checkpoint_every=0, seed=0, **RECIPE_0_1),
     )
     data = TrainingData(train.images[keep], None, None)
-    trainer = Trainer(config, folder, data=data, progress=True, cpu=True, log_tensorboard=False)
+    trainer = Trainer(config, folder, data=data, progress=True, cpu=True, track=False)
     return trainer.train()
 
 

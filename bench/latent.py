@@ -46,6 +46,10 @@ DIGIT_CLASSES = 10
 IMAGE_SIZE = 16
 
 
+# the recipe the README's latent figures were measured with (the 0.1 defaults, before issue 14)
+RECIPE_0_1 = {"ema_decay": 0.999, "ema_start": 200, "mixed_precision": "no", "final_eval": False}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -87,7 +91,7 @@ def train_autoencoder(args: argparse.Namespace, out: Path) -> float:
         ),
     )
     start = time.perf_counter()
-    AutoencoderTrainer(config, out, progress=False, log_tensorboard=False).train()
+    AutoencoderTrainer(config, out, progress=False, track=False).train()
     return time.perf_counter() - start
 
 
@@ -96,11 +100,11 @@ def train_latent_model(args: argparse.Namespace, autoencoder: str, out: Path) ->
     config = ModelConfig(
         network=NetworkConfig(**MODEL_SIZES["small"], num_classes=0),
         data=DataConfig(dataset="digits", image_size=IMAGE_SIZE),
-        train=TrainConfig(steps=args.steps, sample_every=0, checkpoint_every=0),
+        train=TrainConfig(steps=args.steps, sample_every=0, checkpoint_every=0, **RECIPE_0_1),
         latent=LatentConfig(autoencoder=autoencoder),
     )
     start = time.perf_counter()
-    Trainer(config, out, progress=False, log_tensorboard=False).train()
+    Trainer(config, out, progress=False, track=False).train()
     return time.perf_counter() - start
 
 

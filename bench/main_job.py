@@ -1,18 +1,21 @@
-"""The README's main job, measured: `diffusionlab train` on the digits in fp32 and in bf16, timed end to end.
+"""The README's main job, measured: `diffusionlab train` with the 0.1 default recipe and with today's, back to back.
 
-    python bench/main_job.py --steps 3000 --out bench/out/main_job --table bench/results/main_job.md
+    python bench/main_job.py --out bench/out/main_job --table bench/results/main_job.md
 
-For each precision it runs the README's training command (`--mixed-precision no|bf16`), and reports the wall
-time, the smoothed training loss at the last step (TensorBoard's train/loss_smooth), and the share of samples the
-digits classifier assigns to the asked label at guidance w = 1 and 2 (bench/digits_quality.py's measure). Then it
-samples the fp32 model in fp32 and under bf16 autocast (`mixed_precision="bf16"`) with the same seeds and reports
-their mean and largest absolute difference in [0, 1]. These are the README's "about eight minutes", "0.0720 at
-step 3000", "99.6% / 100%" and "within 0.004" figures.
+Runs the README's training command twice in a row on the same machine: once with the flags that restore the
+0.1 default (``OLD_DEFAULT``: the small UNet, 3,000 steps, fp32, EMA 0.999 from step 200) and once as the README
+gives it (today's defaults). For each it reports the wall time of the whole command, the training time (the
+TensorBoard wall-clock span of the train/loss scalars, scaled to every step), and the final evaluation the command
+prints (eval/step-N.json: the digits classifier's accuracy on 1,000 samples at guidance 1, their FID in its features
+and the FID of as many real training images, both against the test split), and whether that reaches the bar of
+issue 14 (accuracy >= 97%, FID <= 1.5 x FID of real images). Then it samples today's model in fp32 and under
+bf16 autocast with the same seeds and reports their largest absolute difference in [0, 1].
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import subprocess
@@ -22,19 +25,13 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from digits_quality import evaluate  # noqa: E402
+from diffusionlab.pipeline import Pipeline
 
-from diffusionlab.pipeline import Pipeline  # noqa: E402
-
-
-def last_scalar(folder: Path, tag: str) -> float:
-    """The last value of a TensorBoard scalar in a run's tensorboard/ folder."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(folder / "tensorboard"))
-    acc.Reload()
-    return float(acc.Scalars(tag)[-1].value)
+# the flags that give the 0.1 default recipe under today's defaults
+OLD_DEFAULT = [
+    "--model-size", "small", "--steps", "3000", "--mixed-precision", "no", "--ema-decay", "0.999", "--ema-start", "200",
+]  # fmt: skip
+BAR_ACCURACY, BAR_FID_RATIO = 0.97, 1.5
 
 
 def cpu_name() -> str:
@@ -45,66 +42,79 @@ def cpu_name() -> str:
     return f"{name or platform.machine()} ({', '.join(units) or 'no bf16 units'})"
 
 
-def train(out: Path, precision: str, steps: int) -> float:
-    """Run the README's training command; return its wall time in seconds."""
-    cmd = [sys.executable, "-m", "diffusionlab.cli", "train", "--out", str(out), "--steps", str(steps)]
-    cmd += ["--mixed-precision", precision, "--no-progress"]
+def training_seconds(folder: Path) -> float:
+    """Seconds the run spent training: the wall-clock span of its train/loss scalars, scaled from the logged
+    steps to all of them (the first is logged after ``log_every`` steps)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(folder / "tensorboard"))
+    acc.Reload()
+    points = acc.Scalars("train/loss")
+    first, last = points[0], points[-1]
+    return (last.wall_time - first.wall_time) * last.step / (last.step - first.step)
+
+
+def final_evaluation(folder: Path) -> dict[str, float]:
+    """The metrics of the run's last evaluation (the one the command prints at the end)."""
+    last = sorted((folder / "eval").glob("step-*.json"))[-1]
+    return json.loads(last.read_text())["metrics"]
+
+
+def train(out: Path, flags: list[str]) -> float:
+    """Run the README's training command with ``flags``; return its wall time in seconds."""
+    cmd = [sys.executable, "-m", "diffusionlab.cli", "train", "--out", str(out), "--no-progress", *flags]
     start = time.perf_counter()
     subprocess.run(cmd, check=True)
     return time.perf_counter() - start
 
 
-def bf16_sampling_gap(model: Path, n: int) -> tuple[float, float]:
-    """Mean and largest |bf16 - fp32| of n samples of a model (same seeds, default sampler), images in [0, 1]."""
+def bf16_sampling_gap(model: Path, n: int) -> float:
+    """Largest |bf16 - fp32| of n samples of a model (same seeds, default sampler), images in [0, 1]."""
     pipe = Pipeline.load(model)
     labels = [i % 10 for i in range(n)]
-    fp32 = pipe.sample(labels=labels, seed=0)
+    fp32 = pipe.sample(labels=labels, seed=0, mixed_precision="no")
     bf16 = pipe.sample(labels=labels, seed=0, mixed_precision="bf16")
-    gap = (bf16 - fp32).abs()
-    return float(gap.mean()), float(gap.max())
+    return float((bf16 - fp32).abs().max())
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Train, measure, print the table (and write it to --table)."""
+    """Train both recipes, measure, print the table (and write it to --table)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--out", type=Path, default=Path("bench/out/main_job"))
-    p.add_argument("--per-class", type=int, default=50)
     p.add_argument("--table", type=Path, default=None, help="also write the table (markdown) here")
+    p.add_argument("--only", choices=["old", "new"], default=None, help="run one recipe (the other's row is skipped)")
     args = p.parse_args(argv)
     rows = [
-        "| precision | wall time | loss_smooth at last step | accuracy w = 1 | accuracy w = 2 |",
-        "|---|---|---|---|---|",
+        "| recipe | whole command | training | steps | precision | accuracy w = 1 | FID | FID real images | bar |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---|",
     ]
-    for precision in ("no", "bf16"):
-        folder = args.out / ("fp32" if precision == "no" else "bf16")
-        seconds = train(folder, precision, args.steps)
-        quality = evaluate(
-            argparse.Namespace(
-                model=str(folder),
-                per_class=args.per_class,
-                sampler="ddim",
-                steps=50,
-                guidance=[1.0, 2.0],
-                seed=0,
-                batch_size=256,
-                cache_dir=None,
-            )
+    seconds: dict[str, float] = {}
+    for name, flags in (("old", OLD_DEFAULT), ("new", [])):
+        if args.only not in (None, name):
+            continue
+        folder = args.out / name
+        wall = train(folder, flags)
+        seconds[name] = training_seconds(folder)
+        m = final_evaluation(folder)
+        config = json.loads((folder / "config.json").read_text())["train"]
+        bar = m["accuracy"] >= BAR_ACCURACY and m["fid"] <= BAR_FID_RATIO * m["fid_real"]
+        label = "0.1 default" if name == "old" else "today's default"
+        rows.append(
+            f"| {label} | {wall / 60:.2f} min | {seconds[name] / 60:.2f} min | {config['steps']} | "
+            f"{config['mixed_precision']} | {m['accuracy']:.1%} | {m['fid']:.3f} | {m['fid_real']:.3f} | "
+            f"{'reached' if bar else 'not reached'} |"
         )
-        acc = [r["overall"] for r in quality["rows"]]
-        loss = last_scalar(folder, "train/loss_smooth")
-        rows.append(f"| {precision} | {seconds / 60:.1f} min | {loss:.4f} | {acc[0]:.1%} | {acc[1]:.1%} |")
-    mean_gap, max_gap = bf16_sampling_gap(args.out / "fp32", 100)
     head = (
-        f"Measured {time.strftime('%Y-%m-%d')} on {cpu_name()}, {os.cpu_count()} cores, torch "
-        f"{torch.__version__}, {torch.get_num_threads()} threads: `python bench/main_job.py --steps {args.steps}`"
+        f"Measured {time.strftime('%Y-%m-%d')} on {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}: "
+        "`python bench/main_job.py` (old and new back to back)"
     )
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    tail = (
-        f"Load average at the end (1, 5, 15 min): {load}. "
-        f"bf16 vs fp32 sampling of the fp32 model (100 samples, ddim 50): mean |diff| {mean_gap:.4f}, max {max_gap:.4f}"
-    )
-    table = "\n".join([head, "", *rows, "", tail]) + "\n"
+    tail = [f"Load average at the end (1, 5, 15 min): {', '.join(f'{x:.1f}' for x in os.getloadavg())}."]
+    if len(seconds) == 2:
+        tail.append(f"Training time, new / old: {seconds['new'] / seconds['old']:.1%}.")
+    if "new" in seconds:
+        gap = bf16_sampling_gap(args.out / "new", 100)
+        tail.append(f"bf16 vs fp32 sampling of today's model (100 samples, default sampler): max |diff| {gap:.4f}.")
+    table = "\n".join([head, "", *rows, "", *tail]) + "\n"
     print(table)
     if args.table is not None:
         args.table.parent.mkdir(parents=True, exist_ok=True)

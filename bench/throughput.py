@@ -96,7 +96,7 @@ def our_trainer(cfg: dict[str, Any], precision: str, batch: int, out_dir: str) -
         data=DataConfig(dataset="synthetic", image_size=cfg["image_size"], channels=cfg["channels"]),
         train=TrainConfig(steps=10_000, batch_size=batch, mixed_precision="bf16" if precision == "bf16" else "no"),
     )
-    return Trainer(config, out_dir, data=synthetic_data(cfg), progress=False, cpu=True, log_tensorboard=False)
+    return Trainer(config, out_dir, data=synthetic_data(cfg), progress=False, cpu=True, track=False)
 
 
 def diffusers_unet(cfg: dict[str, Any]) -> Any:

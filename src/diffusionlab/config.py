@@ -78,7 +78,7 @@ class NetworkConfig(_Strict):
 
     kind: Literal["unet", "mlp"] = "unet"
     in_channels: int = Field(default=1, ge=1)
-    base_channels: int = Field(default=32, ge=1)
+    base_channels: int = Field(default=16, ge=1)  # the "compact" preset: docs/training.md says why
     channel_mults: list[int] = Field(default_factory=lambda: [1, 2, 2])
     num_res_blocks: int = Field(default=1, ge=1)
     attention_levels: list[int] = Field(default_factory=list)
@@ -105,6 +105,7 @@ class NetworkConfig(_Strict):
 
 MODEL_SIZES: dict[str, dict[str, Any]] = {
     "tiny": {"base_channels": 16, "channel_mults": [1, 2], "num_res_blocks": 1, "attention_levels": []},
+    "compact": {"base_channels": 16, "channel_mults": [1, 2, 2], "num_res_blocks": 1, "attention_levels": []},
     "small": {"base_channels": 32, "channel_mults": [1, 2, 2], "num_res_blocks": 1, "attention_levels": []},
     "base": {"base_channels": 64, "channel_mults": [1, 2, 2], "num_res_blocks": 2, "attention_levels": [2]},
     "large": {
@@ -239,7 +240,7 @@ class TextEncoderConfig(_Strict):
 class TrainConfig(_Strict):
     """How the model is trained (Adam W, warm-up + schedule, EMA, label dropout, checkpoints, logging)."""
 
-    steps: int = Field(default=3000, ge=1, description="Optimisation steps (the LR schedule's length).")
+    steps: int = Field(default=1000, ge=1, description="Optimisation steps (the LR schedule's length).")
     minutes: float | None = Field(default=None, gt=0, description="Stop early after this many minutes (and save).")
     batch_size: int = Field(
         default=64, ge=1, description="Global batch size: examples per step, over all processes and micro-batches."
@@ -258,9 +259,9 @@ class TrainConfig(_Strict):
     )
     grad_clip: float = Field(default=1.0, ge=0, description="Clip the gradient norm to this (0: no clipping).")
     ema_decay: float = Field(
-        default=0.999, ge=0, lt=1, description="EMA decay of the averaged weights the saved model uses."
+        default=0.995, ge=0, lt=1, description="EMA decay of the averaged weights the saved model uses."
     )
-    ema_start: int = Field(default=200, ge=0, description="Step from which the EMA averages (a copy before).")
+    ema_start: int = Field(default=100, ge=0, description="Step from which the EMA averages (a copy before).")
     ema_power: float | None = Field(
         default=None,
         gt=0,
@@ -410,6 +411,11 @@ class AutoencoderTrainConfig(TrainConfig):
     """How the autoencoder is trained: the diffusion trainer's options plus its loss (label options unused)."""
 
     lr: float = Field(default=1e-3, gt=0, description="Peak learning rate of AdamW.")
+    steps: int = Field(default=3000, ge=1, description="Optimisation steps (the LR schedule's length).")
+    ema_decay: float = Field(
+        default=0.999, ge=0, lt=1, description="EMA decay of the averaged weights the saved model uses."
+    )
+    ema_start: int = Field(default=200, ge=0, description="Step from which the EMA averages (a copy before).")
     reconstruction_loss: Literal["l1", "l2"] = Field(default="l1", description="Reconstruction loss per pixel.")
     kl_weight: float = Field(
         default=1e-6, ge=0, description="Weight beta of the KL term per pixel (Stable Diffusion: 1e-6)."
