@@ -33,7 +33,7 @@ BAR_FID_RATIO = 1.5
 
 SMALL = {"base_channels": 32, "channel_mults": [1, 2, 2], "num_res_blocks": 1}
 TINY = {"base_channels": 16, "channel_mults": [1, 2], "num_res_blocks": 1}
-TINY3 = {"base_channels": 16, "channel_mults": [1, 2, 2], "num_res_blocks": 1}
+COMPACT = {"base_channels": 16, "channel_mults": [1, 2, 2], "num_res_blocks": 1}
 TINY_RES2 = {"base_channels": 16, "channel_mults": [1, 2], "num_res_blocks": 2}
 MID = {"base_channels": 32, "channel_mults": [1, 2], "num_res_blocks": 1}
 V_COSINE = {"process": {"name": "ddpm", "schedule": "cosine"}, "parameterisation": "v"}
@@ -55,15 +55,21 @@ def _tiny(train: dict[str, Any] | None = None, diffusion: dict[str, Any] | None 
 # name -> (what it is, {"network": ..., "diffusion": ..., "train": ...}); every run is class-conditional, and
 # takes the library's defaults where the recipe says nothing (v, cosine DDPM, uniform t, lr 2e-3, batch 64)
 RECIPES: dict[str, tuple[str, dict[str, dict[str, Any]]]] = {
-    "current": ("v, cosine DDPM, uniform t, EMA 0.999 from 200, small UNet (the 0.1 default)", {"network": SMALL}),
-    "current-fp32": ("current in fp32", {"network": SMALL, "train": {"mixed_precision": "no"}}),
+    "current": (
+        "v, cosine DDPM, uniform t, lr 2e-3, batch 64, EMA 0.999 from 200, small UNet (the 0.1 recipe)",
+        {"network": SMALL, "train": {"ema_decay": 0.999, "ema_start": 200}},
+    ),
+    "current-fp32": (
+        "current in fp32",
+        {"network": SMALL, "train": {"mixed_precision": "no", "ema_decay": 0.999, "ema_start": 200}},
+    ),
     "small": ("small UNet (32 ch, 3 levels), EMA 0.995 from 100", {"network": SMALL, "train": EMA995}),
     "mid": ("32 ch, 2 levels, EMA 0.995", {"network": MID, "train": EMA995}),
     "tiny": ("tiny UNet (16 ch, 2 levels), EMA 0.995", TINY_EMA),
-    "tiny3": ("16 ch, 3 levels [1, 2, 2], EMA 0.995", {"network": TINY3, "train": EMA995}),
+    "compact": ("compact UNet (16 ch, 3 levels), EMA 0.995 (today's default)", {"network": COMPACT, "train": EMA995}),
     "tiny-res2": ("16 ch, 2 levels, 2 residual blocks a level, EMA 0.995", {"network": TINY_RES2, "train": EMA995}),
-    "tiny3-lr4e-3": ("16 ch, 3 levels, EMA 0.995, lr 4e-3", {"network": TINY3, "train": {**EMA995, "lr": 4e-3}}),
-    "tiny-ema999": ("tiny, EMA 0.999 from 200", {"network": TINY}),
+    "compact-lr4e-3": ("compact, lr 4e-3", {"network": COMPACT, "train": {**EMA995, "lr": 4e-3}}),
+    "tiny-ema999": ("tiny, EMA 0.999 from 200", {"network": TINY, "train": {"ema_decay": 0.999, "ema_start": 200}}),
     "tiny-ema99": ("tiny, EMA 0.99 from 50", _tiny({"ema_decay": 0.99, "ema_start": 50})),
     "tiny-min-snr": ("tiny, min-SNR-5 weighting (Hang et al. 2023)", _tiny({"weighting": "min_snr"})),
     "tiny-edm": (

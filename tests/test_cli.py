@@ -13,7 +13,18 @@ from diffusionlab.cli import _flag, _flags, inpaint, sample, train
 from diffusionlab.config import AutoencoderTrainConfig, ModelConfig, NetworkConfig, TrainConfig
 from diffusionlab.pipeline import Pipeline
 
-TINY = ["--model-size", "tiny", "--image-size", "8", "--batch-size", "8", "--sample-every", "0", "--no-progress"]
+TINY = [
+    "--model-size",
+    "tiny",
+    "--image-size",
+    "8",
+    "--batch-size",
+    "8",
+    "--sample-every",
+    "0",
+    "--no-progress",
+    "--no-final-eval",
+]
 
 
 @pytest.fixture(scope="module")

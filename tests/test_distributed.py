@@ -176,14 +176,27 @@ def test_micro_batches_and_shards_cover_every_example_once() -> None:
 
 
 def test_cli_train_under_accelerate_launch_matches_one_process(tmp_path: Path) -> None:
-    args = ["train", "--image-size", "8", "--model-size", "tiny", "--steps", "4", "--batch-size", "16"]
+    args = [
+        "train",
+        "--image-size",
+        "8",
+        "--model-size",
+        "tiny",
+        "--steps",
+        "4",
+        "--batch-size",
+        "16",
+        "--no-final-eval",
+    ]
     args += ["--sample-every", "0", "--checkpoint-every", "0", "--cpu", "--no-progress"]
     result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "one")])
     assert result.exit_code == 0, result.output
     launch([*ACCELERATE, "-m", "diffusionlab.cli", *args, "--grad-accumulation", "2", "--out", str(tmp_path / "two")])
     a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
     assert float((a - b).abs().max()) < 1e-4
-    assert len(list((tmp_path / "two" / "tensorboard").iterdir())) == 1  # one event file: the main process's
+    logs = tmp_path / "two" / "tensorboard"
+    assert len(list(logs.glob("events.out.tfevents.*"))) == 1  # one event file: the main process's
+    assert len(list(logs.glob("*/hparams.yml"))) == 1  # and one copy of the config (TensorBoard's HParams tab)
 
 
 def test_distributed_sampling_gives_the_images_of_one_process(runs: tuple[Path, dict], tmp_path: Path) -> None:

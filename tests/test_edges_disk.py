@@ -26,7 +26,18 @@ from diffusionlab.training import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY = ["--model-size", "tiny", "--image-size", "8", "--batch-size", "8", "--sample-every", "0", "--no-progress"]
+TINY = [
+    "--model-size",
+    "tiny",
+    "--image-size",
+    "8",
+    "--batch-size",
+    "8",
+    "--sample-every",
+    "0",
+    "--no-progress",
+    "--no-final-eval",
+]
 BIG = {"w": torch.zeros(300_000)}  # 1.2 MB of safetensors
 
 
@@ -167,8 +178,8 @@ def train_twice_on_a_full_disk(folder: Path, full: object, reason: str) -> None:
     with full:  # type: ignore[attr-defined]
         resumed = run("train", *TINY, "--steps", "4", "--checkpoint-every", "1", "--resume", "--out", first)
         fresh = run("train", *TINY, "--steps", "2", "--out", folder / "second")
-    assert_clear_error(resumed, f"{first}/checkpoints/step-000003: {reason}")
-    assert_clear_error(fresh, f"{folder / 'second'}/checkpoints/step-000002: {reason}")
+    assert_clear_error(resumed, f"{first}/checkpoints/step-000003: {reason}", progress_on_stderr=True)
+    assert_clear_error(fresh, f"{folder / 'second'}/checkpoints/step-000002: {reason}", progress_on_stderr=True)
     assert snapshot(first) == before
     assert [p.name for p in folder.rglob(".*")] == []  # no temporary file or folder left behind
 

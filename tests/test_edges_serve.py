@@ -235,7 +235,7 @@ def test_non_finite_numbers_are_422_and_never_echoed(
         ("/api/sample", '{"nrow": 2.0}', "nrow=2.0: must be a valid integer."),
         ("/api/sample", '{"labels": ["1"]}', 'labels[0]="1": must be a valid integer.'),
         ("/api/sample", '{"labels": true}', "labels=true: must be a valid list or a valid integer."),
-        ("/api/sample", '{"mixed_precision": false}', "mixed_precision=false: must be 'no' or 'bf16'."),
+        ("/api/sample", '{"mixed_precision": false}', "mixed_precision=false: must be 'auto', 'no' or 'bf16'."),
         ("/api/img2img", '{"image": "aGVsbG8=", "strength": "0.5"}', 'strength="0.5": must be a valid number.'),
         ("/api/img2img", '{"image": "aGVsbG8=", "label": true}', "label=true: must be a valid integer."),
         ("/api/img2img", '{"image": 5}', "image=5: must be a valid string."),

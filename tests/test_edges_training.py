@@ -298,7 +298,18 @@ def test_noisy_accuracy_matches_the_bayes_accuracy_over_training_times(classifie
 
 
 # ---------------------------------------------------------------------------------------------- config bounds
-TINY = ["--model-size", "tiny", "--image-size", "8", "--batch-size", "8", "--sample-every", "0", "--no-progress"]
+TINY = [
+    "--model-size",
+    "tiny",
+    "--image-size",
+    "8",
+    "--batch-size",
+    "8",
+    "--sample-every",
+    "0",
+    "--no-progress",
+    "--no-final-eval",
+]
 
 
 @pytest.mark.parametrize(

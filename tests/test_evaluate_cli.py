@@ -119,7 +119,17 @@ def test_trainer_logs_evaluations_without_changing_training(tmp_path: Path) -> N
 
 def test_train_command_evaluates_every_n_steps(tmp_path: Path) -> None:
     out = tmp_path / "moons"
-    base = ["train", "--dataset", "toy:eight_gaussians", "--steps", "2", "--batch-size", "8", "--no-progress"]
+    base = [
+        "train",
+        "--dataset",
+        "toy:eight_gaussians",
+        "--steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--no-progress",
+        "--no-final-eval",
+    ]
     evals = ["--sample-every", "0", "--eval-every", "1", "--eval-samples", "50", "--eval-metrics", "swd,mmd"]
     result = run(*base, *evals, "--out", str(out))
     assert result.exit_code == 0, result.output

@@ -406,7 +406,18 @@ def test_cli_accepts_every_sampler(tmp_path: Path) -> None:
 
     runner = CliRunner()
     model = tmp_path / "model"
-    tiny = ["--model-size", "tiny", "--image-size", "8", "--batch-size", "8", "--sample-every", "0", "--no-progress"]
+    tiny = [
+        "--model-size",
+        "tiny",
+        "--image-size",
+        "8",
+        "--batch-size",
+        "8",
+        "--sample-every",
+        "0",
+        "--no-progress",
+        "--no-final-eval",
+    ]
     result = runner.invoke(app, ["train", *tiny, "--steps", "2", "--out", str(model)])
     assert result.exit_code == 0, result.output
     for name in SAMPLERS:

@@ -156,7 +156,7 @@ def test_request_models_are_the_library_request_types(client: TestClient) -> Non
     from diffusionlab.server import SampleRequest
 
     schema = client.get("/openapi.json").json()["components"]["schemas"]["SampleRequest"]["properties"]
-    assert schema["mixed_precision"]["anyOf"][0]["enum"] == ["no", "bf16"]
+    assert schema["mixed_precision"]["anyOf"][0]["enum"] == ["auto", "no", "bf16"]
     assert schema["steps"]["anyOf"][0]["maximum"] == 1000  # the server's own limit on top of the library's check
     for name, spec in (("guidance_rescale", GuidanceSpec), ("spacing", SamplerSpec), ("guidance", GuidanceSpec)):
         served, library = SampleRequest.model_fields[name], spec.model_fields[name]

@@ -207,7 +207,10 @@ Thresholding = Annotated[
 Nrow = Annotated[int, typer.Option(help="Images per row of the grid.")]
 MixedPrecision = Annotated[
     str,
-    typer.Option(help="no, or bf16: the network under bfloat16 autocast (faster on CPUs with AVX512-BF16 or AMX)."),
+    typer.Option(
+        help="auto (bf16 where the CPU has AVX512-BF16 or AMX, or the GPU has bf16; else no), no (fp32), or bf16: "
+        "the network under bfloat16 autocast."
+    ),
 ]
 OutDir = Annotated[
     Path | None,

@@ -27,7 +27,7 @@ TRAIN_FLAGS = {
     "--model-size": "tiny",
     "--sample-every": "0",
 }
-SWITCHES = ["--cpu", "--no-progress"]
+SWITCHES = ["--cpu", "--no-progress", "--no-final-eval"]
 MODEL_FILES = ("config.json", "model.safetensors", "ema.safetensors")
 SAMPLE_STEPS = 2  # the fixture models sample with this many steps by default (config.json sample.steps)
 
