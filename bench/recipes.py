@@ -239,14 +239,16 @@ def table(folder: Path, names: list[str] | None = None) -> str:
         r["rate"], r["minutes"] = rate, None if r["steps_to_bar"] is None else r["steps_to_bar"] / rate / 60
     order = sorted(runs, key=lambda k: (runs[k]["minutes"] is None, runs[k]["minutes"] or 0))
     lines = [
-        "| recipe | what | steps/s | steps to bar | train min to bar | last: step, accuracy, FID / FID real |",
-        "|---|---|---:|---:|---:|---|",
+        "| recipe | what | horizon, eval every, samples | steps/s | steps to bar | train min to bar | last: step, "
+        "accuracy, FID / FID real |",
+        "|---|---|---|---:|---:|---:|---|",
     ]
     for k in order:
         r, last = runs[k], runs[k]["curve"][-1]
         what = RECIPES[k][0] if k in RECIPES else ""
         lines.append(
-            f"| {k} | {what} | {r['rate']:.2f} | {fmt(r['steps_to_bar'], 'd')} | {fmt(r['minutes'], '.2f')} | "
+            f"| {k} | {what} | {r['horizon']}, {r['eval_every']}, {r['samples']} | {r['rate']:.2f} | "
+            f"{fmt(r['steps_to_bar'], 'd')} | {fmt(r['minutes'], '.2f')} | "
             f"{last['step']}, {last['accuracy']:.1%}, {last['fid']:.3f} / {last['fid_real']:.3f} |"
         )
     return "\n".join(lines)
@@ -261,20 +263,20 @@ def plot(folder: Path, path: Path, names: list[str] | None = None, per_step: boo
 
     quiet = json.loads((folder / "speed.json").read_text()) if (folder / "speed.json").is_file() else {}
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    for p in sorted(folder.glob("*.json")):
-        if p.stem == "speed" or (names and p.stem not in names):
-            continue
+    shown = [p for p in sorted(folder.glob("*.json")) if p.stem != "speed" and (not names or p.stem in names)]
+    for i, p in enumerate(shown):
+        style = {"color": plt.cm.tab20(i % 20), "marker": "os^"[i // 20 % 3], "label": p.stem}
         run = json.loads(p.read_text())
         curve, rate = run["curve"], quiet.get(p.stem)
         x = [c["step"] if per_step else c["step"] / rate / 60 if rate else c["train_minutes"] for c in curve]
-        a.plot(x, [c["accuracy"] for c in curve], marker="o", label=p.stem)
-        b.plot(x, [c["fid"] / c["fid_real"] for c in curve], marker="o", label=p.stem)
+        a.plot(x, [c["accuracy"] for c in curve], **style)
+        b.plot(x, [c["fid"] / c["fid_real"] for c in curve], **style)
     a.axhline(BAR_ACCURACY, color="k", ls="--", lw=0.8)
     b.axhline(BAR_FID_RATIO, color="k", ls="--", lw=0.8)
     xlabel = "training steps" if per_step else "training minutes"
     a.set(xlabel=xlabel, ylabel="accuracy at guidance 1", ylim=(0.5, 1.0))
     b.set(xlabel=xlabel, ylabel="FID / FID of real images", yscale="log")
-    a.legend(fontsize=7)
+    a.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -307,7 +309,16 @@ def main(argv: list[str] | None = None) -> int:
         result = run_recipe(config, args.eval_every, args.samples, stop_at_bar=not args.full)
         result.update(recipe=name, horizon=args.horizon, cpu=os.uname().machine)
         (args.out / f"{args.name or name}.json").write_text(json.dumps(result, indent=1))
-    text = table(args.out)
+    sys.path.insert(0, str(Path(__file__).parent))
+    from main_job import cpu_name
+
+    speeds = "steps/s measured side by side (--speed)" if (args.out / "speed.json").is_file() else "steps/s as run"
+    head = (
+        f"Measured {time.strftime('%Y-%m-%d')} on {cpu_name()}, {args.threads} thread(s), bf16 and batch 64 unless "
+        f"named, a cosine LR schedule over the horizon, evaluations at guidance 1; {speeds}: "
+        "`python bench/recipes.py --recipes ... && python bench/recipes.py --speed`"
+    )
+    text = head + "\n\n" + table(args.out)
     print(text)
     if args.table is not None:
         args.table.parent.mkdir(parents=True, exist_ok=True)
