@@ -1,8 +1,20 @@
-"""Networks: they map (x, noise-level input, conditions) to an output and know nothing of diffusion."""
+"""Networks: they map (x, noise-level input, conditions) to an output and know nothing of diffusion: the image UNet,
+the MLP of points, the noise-aware classifier, and the token transformer of the discrete family."""
 
 from .classifier import NoiseAwareClassifier
 from .embeddings import LabelEmbedding, NoiseLevelEmbedding, SinusoidalEmbedding
 from .mlp import MLP
+from .transformer import DiscreteTransformer, apply_rotary, rotary_tables
 from .unet import UNet2D
 
-__all__ = ["UNet2D", "MLP", "NoiseAwareClassifier", "SinusoidalEmbedding", "NoiseLevelEmbedding", "LabelEmbedding"]
+__all__ = [
+    "UNet2D",
+    "MLP",
+    "DiscreteTransformer",
+    "NoiseAwareClassifier",
+    "SinusoidalEmbedding",
+    "NoiseLevelEmbedding",
+    "LabelEmbedding",
+    "apply_rotary",
+    "rotary_tables",
+]
