@@ -1,4 +1,4 @@
-"""Datasets: embedded digits, image folders, MNIST and CIFAR-10 files, 2-D toys.
+"""Datasets: embedded digits, image folders, MNIST and CIFAR-10 files, 2-D toys; text corpora and tokenizers.
 
 Images are (N, C, S, S) float32 in [-1, 1].
 
@@ -24,6 +24,22 @@ from .conditions import IMAGE_CONDITIONS, condition_channels, low_resolution, ma
 from .digits import load_digits_dataset
 from .folder import IMAGE_EXTENSIONS, load_image_folder
 from .mnist import load_mnist
+from .text import (
+    TEXT8_ALPHABET,
+    TEXT_DATASET_FORMS,
+    ByteTokenizer,
+    CharTokenizer,
+    HFTokenizer,
+    MarkovSource,
+    TextDataset,
+    Tokenizer,
+    is_text_dataset,
+    load_text_dataset,
+    make_tokenizer,
+    markov_source,
+    normalise_text8,
+    pydocs_text,
+)
 from .toys import (
     TOY_DATASETS,
     GaussianMixtureParams,
@@ -37,6 +53,20 @@ from .toys import (
 )
 
 __all__ = [
+    "TEXT8_ALPHABET",
+    "TEXT_DATASET_FORMS",
+    "ByteTokenizer",
+    "CharTokenizer",
+    "HFTokenizer",
+    "MarkovSource",
+    "TextDataset",
+    "Tokenizer",
+    "is_text_dataset",
+    "load_text_dataset",
+    "make_tokenizer",
+    "markov_source",
+    "normalise_text8",
+    "pydocs_text",
     "IMAGE_CONDITIONS",
     "condition_channels",
     "load_captioned_digits",
