@@ -8,6 +8,10 @@ from diffusionlab.cli import app
 
 runner = CliRunner()
 
+# `train` options for a model that trains in a second: the tiny UNet on 8x8 digits, no previews, no final evaluation
+TINY = ["--model-size", "tiny", "--image-size", "8", "--batch-size", "8", "--sample-every", "0", "--no-progress"]
+TINY += ["--no-final-eval"]
+
 
 def run(*args: object):  # type: ignore[no-untyped-def]
     """``diffusionlab ARGS...`` in this process; returns click's Result (exit_code, output, stderr)."""

@@ -6,25 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_helpers import assert_clear_error, run
+from cli_helpers import TINY, assert_clear_error, run
 from PIL import Image
 
 from diffusionlab.cli import _flag, _flags, inpaint, sample, train
 from diffusionlab.config import AutoencoderTrainConfig, ModelConfig, NetworkConfig, TrainConfig
 from diffusionlab.pipeline import Pipeline
-
-TINY = [
-    "--model-size",
-    "tiny",
-    "--image-size",
-    "8",
-    "--batch-size",
-    "8",
-    "--sample-every",
-    "0",
-    "--no-progress",
-    "--no-final-eval",
-]
 
 
 @pytest.fixture(scope="module")

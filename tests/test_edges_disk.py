@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_helpers import assert_clear_error, run
+from cli_helpers import TINY, assert_clear_error, run
 from PIL import Image
 
 from diffusionlab.config import MODEL_SIZES, DataConfig, ModelConfig, NetworkConfig, SampleConfig, TrainConfig
@@ -26,18 +26,6 @@ from diffusionlab.training import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY = [
-    "--model-size",
-    "tiny",
-    "--image-size",
-    "8",
-    "--batch-size",
-    "8",
-    "--sample-every",
-    "0",
-    "--no-progress",
-    "--no-final-eval",
-]
 BIG = {"w": torch.zeros(300_000)}  # 1.2 MB of safetensors
 
 

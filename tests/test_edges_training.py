@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from cli_helpers import assert_clear_error, run
+from cli_helpers import TINY, assert_clear_error, run
 from pydantic import ValidationError
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
@@ -298,18 +298,6 @@ def test_noisy_accuracy_matches_the_bayes_accuracy_over_training_times(classifie
 
 
 # ---------------------------------------------------------------------------------------------- config bounds
-TINY = [
-    "--model-size",
-    "tiny",
-    "--image-size",
-    "8",
-    "--batch-size",
-    "8",
-    "--sample-every",
-    "0",
-    "--no-progress",
-    "--no-final-eval",
-]
 
 
 @pytest.mark.parametrize(

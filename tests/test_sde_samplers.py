@@ -400,25 +400,14 @@ def test_nfe_is_exact(sampler: str, options: dict, steps: int) -> None:
 
 
 def test_cli_accepts_every_sampler(tmp_path: Path) -> None:
+    from cli_helpers import TINY
     from typer.testing import CliRunner
 
     from diffusionlab.cli import app
 
     runner = CliRunner()
     model = tmp_path / "model"
-    tiny = [
-        "--model-size",
-        "tiny",
-        "--image-size",
-        "8",
-        "--batch-size",
-        "8",
-        "--sample-every",
-        "0",
-        "--no-progress",
-        "--no-final-eval",
-    ]
-    result = runner.invoke(app, ["train", *tiny, "--steps", "2", "--out", str(model)])
+    result = runner.invoke(app, ["train", *TINY, "--steps", "2", "--out", str(model)])
     assert result.exit_code == 0, result.output
     for name in SAMPLERS:
         out = tmp_path / f"{name}.png"
