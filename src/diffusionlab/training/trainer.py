@@ -224,6 +224,8 @@ class Trainer:
         if checkpoint is not None:
             self._restore(load_training_state(checkpoint), checkpoint / STATE_NAME)
             _check_resumed_step(self.start_step, objective.train_config.steps, checkpoint)
+        if config.train.eval_every or config.train.final_eval:
+            objective.check_evaluation()  # a metric unfit for this model fails now, before the run starts
         if accelerator.is_main_process:  # once the data, the model and the checkpoint are known good
             chosen = config.train.mixed_precision
             line = describe_precision(requested if checkpoint is None else chosen, _device(cpu))
