@@ -68,9 +68,12 @@ def test_migration_rules_of_format_1() -> None:
     assert migrate_model_config(base)["space"] == "image"
     assert migrate_model_config({**base, "latent": {"autoencoder": "ae"}})["space"] == "latent_image"
     assert migrate_model_config({"network": {"kind": "mlp"}})["space"] == "points"  # no version: format 1
+    from diffusionlab.config import SPACES as SPACE_NAMES
     from diffusionlab.spaces import SPACES
 
-    assert set(SPACES) == {"image", "latent_image", "points"} and SPACES["latent_image"] is LatentImageSpace
+    # format 1 knew three spaces; format 2 added text ("tokens"), which format-1 folders never name
+    assert set(SPACES) == set(SPACE_NAMES) == {"image", "latent_image", "points", "tokens"}
+    assert SPACES["latent_image"] is LatentImageSpace
 
 
 def test_old_process_dict_is_read_as_the_typed_process() -> None:

@@ -30,6 +30,7 @@ FLOORS = {
     "discrete.sampling": 3,
     "spaces": 4,
     "conditioning": 4,
+    "families": 4,
     "pipeline": 4,
     "training": 5,
     "tasks": 5,

@@ -167,7 +167,7 @@ def test_take_cuts_every_tensor_of_a_nested_batch() -> None:
     batch = DiffusionObjective.prepare(model_config(num_classes=0), images(), None, CPU).global_batch(0)
     part = take(batch, slice(2, 5))
     assert type(part) is type(batch) and part.x0.shape[0] == part.t.shape[0] == part.cond["labels"].shape[0] == 3
-    torch.testing.assert_close(part.eps, batch.eps[2:5])
+    torch.testing.assert_close(part.noise, batch.noise[2:5])
 
 
 # ------------------------------------------------------------------------------------------ fitting

@@ -14,13 +14,14 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
 from . import cli_options as opt
 from .config import (
     MODEL_SIZES,
+    TRANSFORMER_SIZES,
     AutoencoderConfig,
     AutoencoderNetworkConfig,
     AutoencoderTrainConfig,
@@ -32,6 +33,7 @@ from .config import (
     TextEncoderConfig,
     TrainConfig,
 )
+from .data.text import is_text_dataset
 from .sampling.request import GuidanceSpec, labels_for, text_metadata
 
 app = typer.Typer(
@@ -172,7 +174,10 @@ def _read_task_image(pipe: Any, path: Path, what: str = "--image") -> Any:
 # ---------------------------------------------------------------- train
 
 TRAIN_FIELDS = {
-    DataConfig: (("dataset", "image_size", "channels", "image_condition", "superres_factor"), opt.DATA_PANEL),
+    DataConfig: (
+        ("dataset", "image_size", "channels", "image_condition", "superres_factor", "seq_len", "tokenizer"),
+        opt.DATA_PANEL,
+    ),
     DiffusionConfig: (("parameterisation",), opt.DIFFUSION_PANEL),
     TrainConfig: (tuple(TrainConfig.model_fields), opt.TRAIN_PANEL),
 }
@@ -192,17 +197,22 @@ def _model_config(
     model_size: opt.ModelSize,
     conditional: bool,
     text_encoder: str,
-    process: str,
-    schedule: str,
+    process: str | None,
+    schedule: str | None,
     autoencoder: Path | None,
 ) -> ModelConfig:
     """The config a ``train`` command asks for: the config fields as given, the network preset, the process, the
-    text encoder and the autoencoder."""
+    text encoder and the autoencoder. Text data (``is_text_dataset``) gets masked diffusion and a transformer."""
+    text = is_text_dataset(fields.get("dataset") or DataConfig().dataset)
+    process = process or (opt.DEFAULT_TEXT_PROCESS if text else opt.DEFAULT_PROCESS)
+    if schedule is None and process == opt.DEFAULT_PROCESS:
+        schedule = opt.DEFAULT_SCHEDULE
     proc: dict[str, Any] = {"name": process}
-    if "schedule" in getattr(opt.PROCESS_CLASSES.get(process), "model_fields", {}):
-        proc["schedule"] = schedule  # --schedule sets the processes that have one (ddpm)
+    if schedule is not None and "schedule" in getattr(opt.PROCESS_CLASSES.get(process), "model_fields", {}):
+        proc["schedule"] = schedule  # --schedule sets the processes that have one (ddpm, absorbing, uniform)
+    preset = (TRANSFORMER_SIZES if text else MODEL_SIZES)[model_size.value]
     return ModelConfig(
-        network=NetworkConfig(**MODEL_SIZES[model_size.value], num_classes=0 if conditional else None),
+        network=NetworkConfig(**preset, num_classes=0 if conditional else None),
         diffusion=DiffusionConfig(process=proc, **opt.config_values(DiffusionConfig, fields)),
         data=DataConfig(**opt.config_values(DataConfig, fields)),
         text_encoder=None if text_encoder.lower() == "none" else TextEncoderConfig(name=text_encoder),
@@ -212,7 +222,7 @@ def _model_config(
 
 
 def _model_written(out: Path, trainer: Any, pipe: Any) -> str:
-    return f"model written to {out}/ (samples: {out / 'samples.png'})"
+    return f"model written to {out}/ (samples: {out / trainer.objective.preview_name})"
 
 
 def _autoencoder_written(out: Path, trainer: Any, autoencoder: Any) -> str:
@@ -246,8 +256,8 @@ def train(
     model_size: opt.ModelSizeOption = opt.DEFAULT_MODEL_SIZE,
     conditional: opt.Conditional = True,
     text_encoder: opt.TextEncoderOption = opt.DEFAULT_TEXT_ENCODER,
-    process: opt.Process = opt.DEFAULT_PROCESS,
-    schedule: opt.Schedule = opt.DEFAULT_SCHEDULE,
+    process: opt.Process = None,
+    schedule: opt.Schedule = None,
     autoencoder: opt.Autoencoder = None,
     resume: opt.Resume = False,
     cpu: opt.Cpu = False,
@@ -382,10 +392,21 @@ def _read_cond_image(path: Path | None, pipe: Any) -> Any:
     return torch.from_numpy(array).permute(2, 0, 1)[None]
 
 
-def _check_out_file(out: Path) -> None:
+def _check_out_file(out: Path, suffix: str = ".png") -> None:
     """--out names a file to write (replaced atomically if it exists), never a folder."""
     if out.is_dir():
-        _fail(f"--out={out} is a folder; expected a file path such as {out / 'result.png'}.")
+        _fail(f"--out={out} is a folder; expected a file path such as {out / ('result' + suffix)}.")
+
+
+def _samples_file(out: Path | None, pipe: Any) -> Path:
+    """--out of ``sample`` and ``infill``: samples.png (text models: samples.txt) by default; a text model's samples
+    go to a .txt file."""
+    suffix = pipe.space.suffix
+    out = out if out is not None else Path("samples" + suffix)
+    _check_out_file(out, suffix)
+    if suffix != ".png" and out.suffix.lower() != suffix:
+        _fail(f"--out={out}: this model writes its samples as {suffix} files; expected a path ending in {suffix}.")
+    return out
 
 
 def _check_out_dir(out_dir: Path | None) -> None:
@@ -412,7 +433,7 @@ def _draw(pipe: Any, n: int, request: Any, out: Path, **kw: Any) -> tuple[Any, s
 @app.command()
 def sample(
     model: opt.ModelFolder,
-    out: opt.OutFile = Path("samples.png"),
+    out: opt.SamplesFile = None,
     num_samples: opt.NumSamples = None,
     labels: opt.Labels = None,
     per_class: opt.PerClass = None,
@@ -427,6 +448,9 @@ def sample(
     guidance_interval: opt.GuidanceInterval = None,
     classifier_scale: opt.ClassifierScale = opt.request_default(GuidanceSpec, "classifier_scale"),
     eta: opt.Eta = None,
+    temperature: opt.Temperature = None,
+    top_p: opt.TopP = None,
+    cache: opt.Cache = None,
     thresholding: opt.Thresholding = None,
     seed: opt.Seed = 0,
     nrow: opt.Nrow = 8,
@@ -435,30 +459,38 @@ def sample(
     out_dir: opt.OutDir = None,
     progress: opt.Progress = True,
 ) -> None:
-    """Sample a trained model and save a PNG grid (with the settings in the PNG's metadata)."""
+    """Sample a trained model and save a PNG grid with the settings in its metadata (text models: print the samples
+    and write them to a .txt file, the settings on its first line)."""
     from .pipeline import Pipeline
     from .sampling.request import SampleRequest
     from .tasks import write_image_folder
     from .tasks.distributed_sampling import end_process_group, world_size
 
     def run() -> None:
-        _check_out_file(out)
+        if out is not None:
+            _check_out_file(out)
         _check_out_dir(out_dir)
         pipe = Pipeline.load(model)
+        path = _samples_file(out, pipe)
+        if out_dir is not None and pipe.space.suffix != ".png":
+            _fail(f"--out-dir={out_dir} writes one image per sample; this model's samples go to --out ({path}).")
         grid = _grid(pipe, labels, num_samples, per_class, nrow)
         request = SampleRequest.from_settings(
             **dict(labels=grid.labels, sampler=sampler, steps=steps, spacing=spacing, guidance=guidance, seed=seed),
             **dict(prompt=prompt, negative_prompt=negative_prompt, cond_image=_read_cond_image(cond_image, pipe)),
             guidance_interval=_parse_numbers("--guidance-interval", guidance_interval, 2),
             **dict(guidance_rescale=guidance_rescale, classifier_scale=classifier_scale, thresholding=thresholding),
-            **dict(mixed_precision=mixed_precision, eta=eta),
+            **dict(mixed_precision=mixed_precision, eta=eta, temperature=temperature, top_p=top_p, cache=cache),
         ).resolve(pipe.config.sample)
         shown = {"cond_image": cond_image, "guidance_interval": guidance_interval, **grid.shown}
         meta = text_metadata(model=model, **request.metadata(**shown))
-        images, note = _draw(pipe, grid.n, request, out, batch_size=batch_size, progress=progress)
+        images, note = _draw(pipe, grid.n, request, path, batch_size=batch_size, progress=progress)
         if images is not None:
-            pipe.space.save(images, out, nrow=grid.nrow, row_labels=grid.row_labels, metadata=meta)
-            typer.echo(f"wrote {out}{note}")
+            texts = pipe.space.texts(images)
+            for text in texts or []:
+                typer.echo(text)
+            pipe.space.save(images, path, nrow=grid.nrow, row_labels=grid.row_labels, metadata=meta)
+            typer.echo(f"wrote {path}{note}", err=texts is not None)  # text models: only the samples on stdout
         if images is not None and out_dir is not None:
             write_image_folder(images, out_dir, grid.labels, pipe.config.data.class_names)
             typer.echo(f"wrote {len(images)} images to {out_dir}/")
@@ -466,6 +498,49 @@ def sample(
             end_process_group()
 
     _run(run, sample)
+
+
+@app.command()
+def infill(
+    model: opt.ModelFolder,
+    text: Annotated[str, typer.Argument(help="The text with a blank character (--blank) for each token to fill.")],
+    num_samples: opt.NumSamples = 1,
+    blank: Annotated[str, typer.Option(help="The character that marks a blank (one token to fill).")] = "_",
+    labels: opt.Labels = None,
+    guidance: opt.Guidance = None,
+    steps: opt.Steps = None,
+    temperature: opt.Temperature = None,
+    top_p: opt.TopP = None,
+    seed: opt.Seed = 0,
+    batch_size: opt.BatchSize = 256,
+    mixed_precision: opt.MixedPrecision = opt.request_default(GuidanceSpec, "mixed_precision"),
+    out: Annotated[Path | None, typer.Option(help="Also write the completions to this .txt file.")] = None,
+    progress: opt.Progress = True,
+) -> None:
+    """Fill the blanks of a text with a text model, keeping every given character; prints one completion per line.
+    A text shorter than the model's sequences is a prefix: the rest is filled too."""
+    from .io import atomic_write_text
+    from .pipeline import Pipeline
+    from .tasks import infill as fill
+
+    def run() -> None:
+        if out is not None:
+            _check_out_file(out, ".txt")
+        pipe = Pipeline.load(model)
+        if out is not None:
+            _samples_file(out, pipe)
+        settings = dict(labels=labels_for(_parse_labels(labels), num_samples), guidance=guidance, steps=steps)
+        completions = fill(
+            pipe, text, num_samples, blank=blank, batch_size=batch_size, progress=progress, seed=seed,
+            temperature=temperature, top_p=top_p, mixed_precision=mixed_precision, **settings,
+        )  # fmt: skip
+        for completion in completions:
+            typer.echo(completion)
+        if out is not None:
+            atomic_write_text(out, "\n\n".join(completions) + "\n")
+            typer.echo(f"wrote {out}", err=True)
+
+    _run(run, infill)
 
 
 # ---------------------------------------------------------------- evaluate

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from .config import (
     MODEL_SIZES,
+    AbsorbingProcessConfig,
     AutoencoderNetworkConfig,
     DDPMProcessConfig,
     DiffusionConfig,
@@ -26,7 +27,7 @@ from .config import (
     ProcessConfig,
     TextEncoderConfig,
 )
-from .sampling import SAMPLERS, SPACINGS
+from .sampling import SAMPLERS, SPACINGS, TOKEN_SAMPLER_OPTIONS
 
 __all__ = ["config_option", "config_options", "config_values", "request_default", "ModelSize", "PROCESS_CLASSES"]
 
@@ -125,6 +126,7 @@ PROCESS_CLASSES = {get_args(c.model_fields["name"].annotation)[0]: c for c in ge
 DEFAULT_PROCESS = DiffusionConfig().process.name
 DEFAULT_SCHEDULE = getattr(DiffusionConfig().process, "schedule", DDPMProcessConfig().schedule)
 DEFAULT_TEXT_ENCODER = TextEncoderConfig().name
+DEFAULT_TEXT_PROCESS = AbsorbingProcessConfig().name  # text trains masked diffusion (MDLM) unless told otherwise
 # the down-sampling of AutoencoderNetworkConfig's default levels: 2^(levels - 1)
 DEFAULT_DOWNSAMPLE_FACTOR = 2 ** (len(AutoencoderNetworkConfig().channel_mults) - 1)
 
@@ -138,11 +140,22 @@ NumSamples = Annotated[int | None, typer.Option("--num-samples", "-n", help="How
 Sampler = Annotated[
     str | None,
     typer.Option(
-        help=f"Solver: {', '.join(SAMPLERS)} (default: the model's; inpaint --method replace and denoise --mode "
-        "sample: ddpm)."
+        help=f"Solver: {', '.join(SAMPLERS)}; text models: {', '.join(TOKEN_SAMPLER_OPTIONS)} (default: the model's; "
+        "inpaint --method replace and denoise --mode sample: ddpm)."
     ),
 ]
 Steps = Annotated[int | None, typer.Option(help="Solver steps of a full run (default: the model's).")]
+Temperature = Annotated[
+    float | None,
+    typer.Option(help="Text: softmax temperature of x0_hat (0: always the most likely token; default 1)."),
+]
+TopP = Annotated[
+    float | None, typer.Option(help="Text: nucleus sampling, keep the likeliest tokens of this mass (default 1: all).")
+]
+Cache = Annotated[
+    bool | None,
+    typer.Option(help="Text (absorbing): skip the network for samples whose tokens did not change (MDLM's cache)."),
+]
 Guidance = Annotated[
     float | None,
     typer.Option(
@@ -153,6 +166,10 @@ Prompt = Annotated[str | None, typer.Option(help="Text prompt (text-conditional 
 Label = Annotated[int | None, typer.Option(help="Class label to steer towards (default: unconditional).")]
 BatchSize = Annotated[int, typer.Option(help="Samples per network batch (does not change the results).")]
 OutFile = Annotated[Path, typer.Option("--out", help="Where to write the result: a PNG (anomaly: a CSV).")]
+SamplesFile = Annotated[
+    Path | None,
+    typer.Option("--out", help="Where to write the samples: a PNG (text models: a .txt); default samples.png/.txt."),
+]
 TaskImage = Annotated[Path, typer.Option(help="The input image: a PNG of the model's size and channels.")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in --out.")]
 Cpu = Annotated[bool, typer.Option("--cpu", help="Train on the CPU even if a GPU is present.")]
@@ -165,9 +182,21 @@ Conditional = Annotated[
 ]
 TextEncoderOption = Annotated[str, typer.Option(help=TextEncoderConfig.model_fields["name"].description)]
 Process = Annotated[
-    str, typer.Option(help=f"Forward process: one of {', '.join(PROCESS_CLASSES)}.", rich_help_panel=DIFFUSION_PANEL)
+    str | None,
+    typer.Option(
+        help=f"Forward process: one of {', '.join(PROCESS_CLASSES)} (default: {DEFAULT_PROCESS} for images and points, "
+        f"{DEFAULT_TEXT_PROCESS} for text).",
+        rich_help_panel=DIFFUSION_PANEL,
+    ),
 ]
-Schedule = Annotated[str, typer.Option(help=_help(DDPMProcessConfig, "schedule"), rich_help_panel=DIFFUSION_PANEL)]
+Schedule = Annotated[
+    str | None,
+    typer.Option(
+        help=f"Schedule of the process: ddpm's beta schedule (linear, cosine, geometric; default {DEFAULT_SCHEDULE}) "
+        "or a discrete process's alpha(t) (loglinear, cosine; default loglinear).",
+        rich_help_panel=DIFFUSION_PANEL,
+    ),
+]
 Autoencoder = Annotated[
     Path | None,
     typer.Option(

@@ -5,10 +5,11 @@ One name per concept: the fields here are the CLI's options and the API's keywor
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from .discrete.processes import AbsorbingProcess, DiscreteProcess, UniformProcess, make_schedule
 from .limits import check_limit, limits
 from .processes import (
     DiscreteVPProcess,
@@ -29,6 +30,8 @@ __all__ = [
     "VEProcessConfig",
     "EDMProcessConfig",
     "FlowProcessConfig",
+    "AbsorbingProcessConfig",
+    "UniformProcessConfig",
     "DiffusionConfig",
     "SPACES",
     "FORMAT_VERSION",
@@ -39,6 +42,7 @@ __all__ = [
     "TextEncoderConfig",
     "ModelConfig",
     "MODEL_SIZES",
+    "TRANSFORMER_SIZES",
     "LatentConfig",
     "AutoencoderNetworkConfig",
     "AutoencoderTrainConfig",
@@ -74,9 +78,10 @@ def _check_indices(name: str, levels: list[int] | None) -> list[int] | None:
 
 
 class NetworkConfig(_Strict):
-    """Which network and its shape. ``kind='unet'`` for images, ``'mlp'`` for low-dimensional data."""
+    """Which network and its shape. ``kind='unet'`` for images, ``'mlp'`` for low-dimensional data,
+    ``'transformer'`` for token sequences (``width``, ``depth``, ``num_heads``; vocabularies fitted to the data)."""
 
-    kind: Literal["unet", "mlp"] = "unet"
+    kind: Literal["unet", "mlp", "transformer"] = "unet"
     in_channels: int = Field(default=1, ge=1)
     base_channels: int = Field(default=16, ge=1)  # the "compact" preset: docs/training.md says why
     channel_mults: list[int] = Field(default_factory=lambda: [1, 2, 2])
@@ -91,6 +96,9 @@ class NetworkConfig(_Strict):
     dim: int = Field(default=2, ge=1)
     width: int = Field(default=256, ge=1)
     depth: int = Field(default=4, ge=1)
+    vocab_in: int | None = Field(default=None, ge=1)  # transformer: the noisy token states (K, or K + 1 with MASK)
+    vocab_out: int | None = Field(default=None, ge=1)  # transformer: the clean classes K it predicts
+    max_len: int | None = Field(default=None, ge=1)  # transformer: the longest sequence it takes
 
     @field_validator("channel_mults")
     @classmethod
@@ -117,12 +125,31 @@ MODEL_SIZES: dict[str, dict[str, Any]] = {
 }
 
 
+# the transformer's width, depth and heads for each --model-size (token models; the others use MODEL_SIZES)
+TRANSFORMER_SIZES: dict[str, dict[str, Any]] = {
+    "tiny": {"width": 64, "depth": 2, "num_heads": 4},
+    "compact": {"width": 128, "depth": 3, "num_heads": 4},
+    "small": {"width": 192, "depth": 4, "num_heads": 6},
+    "base": {"width": 256, "depth": 6, "num_heads": 8},
+    "large": {"width": 512, "depth": 8, "num_heads": 8},
+}
+
+
 class _ProcessConfig(_Strict):
-    """One forward process's options; ``build()`` makes the process (the only place its name is read)."""
+    """One forward process's options; ``build_for(data)`` makes the process (the only place its name is read).
+
+    ``family`` names the kind of process: "gaussian" (x_t = alpha x0 + sigma eps over real numbers) or "discrete"
+    (corruption of tokens); the pipeline picks how to train and sample from it."""
+
+    family: ClassVar[str] = "gaussian"
 
     def build(self) -> GaussianProcess:
         """The process these options describe."""
         return self._process_class(**self.model_dump(exclude={"name"}, exclude_none=True))  # type: ignore[attr-defined]
+
+    def build_for(self, data: DataConfig) -> GaussianProcess | DiscreteProcess:
+        """The process of a model trained on ``data`` (a Gaussian process does not depend on it)."""
+        return self.build()
 
 
 class DDPMProcessConfig(_ProcessConfig):
@@ -186,8 +213,51 @@ class FlowProcessConfig(_ProcessConfig):
     t_min: float = 1e-4
 
 
+class _DiscreteProcessConfig(_ProcessConfig):
+    """A corruption process over the tokens of a vocabulary of ``K`` classes, kept with probability alpha(t)."""
+
+    family: ClassVar[str] = "discrete"
+    schedule: Literal["loglinear", "cosine"] = Field(
+        default="loglinear", description="alpha(t) of a discrete process: loglinear (MDLM's) or cosine."
+    )
+    eps: float = Field(default=1e-3, gt=0, lt=1, description="alpha(1): the share of tokens left clean at t = 1.")
+
+    def build(self) -> GaussianProcess:
+        raise ValueError(f"process {self.name!r} needs the vocabulary it corrupts; use build_for(data).")  # type: ignore[attr-defined]
+
+    def build_for(self, data: DataConfig) -> DiscreteProcess:
+        if data.vocab_size is None:
+            raise ValueError(
+                f"process {self.name!r} needs data.vocab_size, the number of token classes; it is fitted to the "  # type: ignore[attr-defined]
+                "training data."
+            )
+        return self._process_class(data.vocab_size, make_schedule(self.schedule, self.eps))  # type: ignore[attr-defined]
+
+
+class AbsorbingProcessConfig(_DiscreteProcessConfig):
+    """Masking: a token turns into MASK with probability 1 - alpha(t) (MDLM, Sahoo et al. 2024; D3PM absorbing)."""
+
+    _process_class = AbsorbingProcess
+    name: Literal["absorbing"] = "absorbing"
+
+
+class UniformProcessConfig(_DiscreteProcessConfig):
+    """Uniform transitions: a token is redrawn uniformly with probability 1 - alpha(t) (D3PM uniform; multinomial
+    diffusion, Hoogeboom et al. 2021)."""
+
+    _process_class = UniformProcess
+    name: Literal["uniform"] = "uniform"
+
+
 ProcessConfig = Annotated[
-    DDPMProcessConfig | VPProcessConfig | SubVPProcessConfig | VEProcessConfig | EDMProcessConfig | FlowProcessConfig,
+    DDPMProcessConfig
+    | VPProcessConfig
+    | SubVPProcessConfig
+    | VEProcessConfig
+    | EDMProcessConfig
+    | FlowProcessConfig
+    | AbsorbingProcessConfig
+    | UniformProcessConfig,
     Field(discriminator="name"),
 ]
 
@@ -218,11 +288,24 @@ class DataConfig(_Strict):
         default=None, description="Train a paired image-to-image model, the pairs made on the fly from the images."
     )
     superres_factor: int = Field(default=4, ge=2, description="Down-sampling factor of image_condition superres.")
+    seq_len: int = Field(default=128, ge=1, description="Text: tokens per training sequence (a window of the corpus).")
+    tokenizer: str | None = Field(
+        default=None,
+        description="Text: 'text8' (27 symbols), 'bytes', 'chars:<JSON alphabet>' or 'hf:<tokenizer folder>'; "
+        "default: the corpus's own characters (pydocs: text8). A trained model stores the one it used.",
+    )
+    vocab_size: int | None = Field(default=None, ge=2)  # text: the tokenizer's classes K (fitted to the data)
 
     @field_validator("image_size")
     @classmethod
     def _bounded(cls, v: int) -> int:
         check_limit("image_size", v, "max_image_size")
+        return v
+
+    @field_validator("seq_len")
+    @classmethod
+    def _length_bounded(cls, v: int) -> int:
+        check_limit("seq_len", v, "max_seq_len")
         return v
 
 
@@ -367,7 +450,7 @@ class LatentConfig(_Strict):
     scaling_factor: float | None = Field(default=None, gt=0)  # None until training measures it on the data
 
 
-SPACES = ("image", "latent_image", "points")  # the model spaces (diffusionlab.spaces), one per kind of sample
+SPACES = ("image", "latent_image", "points", "tokens")  # the model spaces (diffusionlab.spaces), one per kind of sample
 FORMAT_VERSION = 2
 
 
@@ -376,7 +459,7 @@ class ModelConfig(_Strict):
 
     format_version: Literal[2] = FORMAT_VERSION
     # what one sample is (see diffusionlab.spaces); None: inferred as format 1 did, from the network and `latent`
-    space: Literal["image", "latent_image", "points"] | None = None
+    space: Literal["image", "latent_image", "points", "tokens"] | None = None
     network: NetworkConfig = Field(default_factory=NetworkConfig)
     diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
     data: DataConfig = Field(default_factory=DataConfig)

@@ -22,6 +22,7 @@ from torch import Tensor
 
 __all__ = [
     "atomic_path",
+    "atomic_write_text",
     "save_tensors",
     "load_tensors",
     "save_json",
@@ -117,6 +118,12 @@ def load_tensors(path: str | os.PathLike[str]) -> dict[str, Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"{path} is not a readable safetensors file ({err}).") from None
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write UTF-8 text atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def save_json(data: Any, path: str | os.PathLike[str]) -> None:

@@ -25,6 +25,7 @@ class Limits:
     max_output_bytes: int = 8 * 2**30  # float32 bytes of all samples one call returns (8 GiB)
     max_image_pixels: int = 64 * 2**20  # width x height of one input image file, read from its header (64 MP)
     max_image_size: int = 4096  # a model's image side (data.image_size)
+    max_seq_len: int = 65_536  # tokens in one sequence of a text model (data.seq_len)
     max_parameters: int = 4 * 10**9  # parameters of the network a config describes (counted before allocating)
     max_train_steps: int = 100_000_000  # training steps of one run (train.steps, a resumed step)
 

@@ -18,9 +18,11 @@ import torch
 from pydantic import ValidationError
 from torch import Tensor, nn
 
-from .conditioning import check_batch_size, check_labels, iter_batches, network_conditioning
+from .conditioning import check_batch_size, check_labels, network_conditioning
 from .config import FORMAT_VERSION, ModelConfig, migrate_model_config
 from .denoisers import Denoiser, DenoiserLike, make_parameterisation
+from .discrete.processes import DiscreteProcess
+from .families import FAMILIES, Family
 from .io import CheckpointError, load_json, save_json, save_tensors
 from .limits import check_samples
 from .networks import NoiseAwareClassifier
@@ -28,8 +30,8 @@ from .networks.autoencoder import Autoencoder
 from .networks.loading import FallbackWarning, check_format_version, load_weights
 from .networks.text import TextEmbedding, TextEncoder
 from .processes import GaussianProcess
-from .sampling import ClassifierFreeGuidance, ClassifierGuidance, StepCallback, Thresholded, sample
-from .sampling.request import SampleRequest, precision
+from .sampling import ClassifierFreeGuidance, ClassifierGuidance, StepCallback, Thresholded
+from .sampling.request import SampleRequest
 from .spaces import ModelSpace, build_network, make_space
 
 __all__ = [
@@ -50,9 +52,9 @@ AUTOENCODER_DIR = "autoencoder"  # a latent model's own copy of its autoencoder,
 CLASSIFIER_NAME, CLASSIFIER_CONFIG_NAME = "classifier.safetensors", "classifier.json"
 
 
-def build_process(config: ModelConfig) -> GaussianProcess:
-    """The forward process a config names."""
-    return config.diffusion.process.build()
+def build_process(config: ModelConfig) -> GaussianProcess | DiscreteProcess:
+    """The forward process a config names (a discrete one over the config's vocabulary)."""
+    return config.diffusion.process.build_for(config.data)
 
 
 def _load_weights(module: nn.Module, path: Path, what: str = "the network in config.json") -> None:
@@ -119,15 +121,11 @@ def _config_error(err: ValidationError) -> str:
 
 
 def _check_samples_fit_network(pipe: Pipeline, path: Path) -> None:
-    """One clear error when the config's samples (data.channels, the latent shape, points' dim) do not have the
-    number of channels its network takes (network.in_channels, or network.dim for points)."""
-    shape, net = pipe.sample_shape, pipe.config.network
-    takes, field = (net.in_channels, "network.in_channels") if len(shape) == 3 else (net.dim, "network.dim")
-    if shape[0] is not None and shape[0] != takes:  # None: a config not yet fitted to data
-        raise CheckpointError(
-            f"{path}: the samples have {shape[0]} channels (data.channels={pipe.config.data.channels}) but the "
-            f"network takes {takes} ({field}); the config contradicts itself."
-        )
+    """One clear error when the config's samples do not fit the network it describes (``ModelSpace.check_fits``)."""
+    try:
+        pipe.space.check_fits(pipe.config)
+    except ValueError as err:
+        raise CheckpointError(f"{path}: {err}; the config contradicts itself.") from None
 
 
 def check_finite_samples(samples: Tensor, request: SampleRequest) -> Tensor:
@@ -168,6 +166,7 @@ class Pipeline:
         if autoencoder is not None:
             autoencoder.network.requires_grad_(False)
         self.process = build_process(config)
+        self.family: Family = FAMILIES[config.diffusion.process.family]  # how this kind of process trains and samples
         d = config.diffusion
         self.parameterisation = make_parameterisation(d.parameterisation, d.sigma_data)
         self.classifier: NoiseAwareClassifier | None = None  # for classifier guidance (train-classifier)
@@ -223,11 +222,14 @@ class Pipeline:
     def device(self) -> torch.device:
         return next(self.network.parameters()).device
 
-    def denoiser(self, use_ema: bool = True) -> Denoiser:
-        """The denoiser of the EMA network (or the raw one), in eval mode."""
+    def denoiser_network(self, use_ema: bool = True) -> nn.Module:
+        """The EMA network (or the raw one), in eval mode."""
         net = self.ema if (use_ema and self.ema is not None) else self.network
-        net.eval()
-        return Denoiser(net, self.process, self.parameterisation)
+        return net.eval()
+
+    def denoiser(self, use_ema: bool = True) -> Denoiser:
+        """The denoiser of the EMA network (or the raw one), in eval mode (Gaussian processes)."""
+        return Denoiser(self.denoiser_network(use_ema), self.process, self.parameterisation)
 
     def copy_for_ema(self) -> nn.Module:
         """A frozen copy of the network to hold EMA weights."""
@@ -338,29 +340,12 @@ class Pipeline:
         shape = self.sample_shape  # unset sizes (a config not yet fitted to data) leave only the count to check
         check_samples("num_samples", n, math.prod(shape) if all(isinstance(d, int) for d in shape) else 1)
         check_batch_size(batch_size)
-        guided, cond_all = self.guided_denoiser(n, req)
+        self.family.check_sampler(req.sampler.sampler)
         todo = list(range(n)) if indices is None else [int(i) for i in indices]
         if any(not 0 <= i < n for i in todo):
             raise ValueError(f"indices must lie in 0..{n - 1} (num_samples={n}).")
-        spec, out = req.sampler, []
-        with precision(req.guidance.mixed_precision):
-            for idx, cond in iter_batches(todo, batch_size, cond_all, self.device):
-                x = sample(
-                    guided,
-                    self.sample_shape,
-                    indices=idx,
-                    sampler=spec.sampler,
-                    steps=spec.steps,
-                    spacing=spec.spacing,
-                    seed=req.seed,
-                    cond=cond,
-                    device=self.device,
-                    progress=progress,
-                    callback=callback,
-                    **spec.options,
-                )
-                out.append(self.decode(x).cpu())  # batch by batch: a latent model's decoder runs here
-        return check_finite_samples(torch.cat(out), req)
+        out = self.family.draw(self, req, n, todo, batch_size, progress=progress, callback=callback)
+        return check_finite_samples(out, req)
 
 
 def write_class_grid(

@@ -2,10 +2,10 @@
 
 A token x0 in {0..K-1} is kept with probability alpha(t) and otherwise replaced by a draw from a fixed
 distribution pi: the MASK state for the absorbing process, the uniform distribution over the K classes for the
-uniform process. In MDLM's notation (Sahoo et al. 2024, sec. 2.1, eq. 1), q(x_t | x0) = Cat(alpha_t x0 + (1 -
+uniform process. In MDLM's notation (Sahoo et al. 2024, sec. 3.1, eq. 4), q(x_t | x0) = Cat(alpha_t x0 + (1 -
 alpha_t) pi); the same kernel between two times s < t is q(x_t | x_s) = Cat(alpha_{t|s} x_s + (1 - alpha_{t|s}) pi)
-with alpha_{t|s} = alpha_t / alpha_s (D3PM, Austin et al. 2021, sec. 3.1 and appendix A.2: Q_t = (1 - beta_t) I +
-beta_t 1 pi^T). Time runs from t = 0 (clean, alpha = 1 exactly) to t = 1 (alpha = eps).
+with alpha_{t|s} = alpha_t / alpha_s (MDLM sec. 3.1, after eq. 4; D3PM, Austin et al. 2021, appendix A.2:
+Q_t = (1 - beta_t) I + beta_t 1 pi^T). Time runs from t = 0 (clean, alpha = 1 exactly) to t = 1 (alpha = eps).
 
 Vectors: tokens are integer tensors (B, ...), times are (B,) or scalars, probabilities end in a last axis over
 the process's ``num_states`` (K + 1 for absorbing, the MASK being id K; K for uniform).
@@ -213,7 +213,7 @@ class DiscreteProcess(ABC):
         """The distribution (num_states,) that corrupted tokens are drawn from."""
 
     def marginal(self, x0: Tensor, t: Tensor | float) -> Tensor:
-        """q(x_t | x0) = Cat(alpha_t x0 + (1 - alpha_t) pi) (MDLM eq. 1; D3PM eq. 3 with Q-bar_t), (B, ..., S)."""
+        """q(x_t | x0) = Cat(alpha_t x0 + (1 - alpha_t) pi) (MDLM eq. 4; D3PM eq. 3 with Q-bar_t), (B, ..., S)."""
         x0 = self.check_tokens(x0)
         t = check_times(t, x0.shape[0]).to(x0.device)
         t64 = t.to(x0.device, torch.float64)
@@ -283,7 +283,7 @@ class DiscreteProcess(ABC):
 
 class AbsorbingProcess(DiscreteProcess):
     """The absorbing (masking) process: a token turns into MASK (id K) with probability 1 - alpha_t and stays
-    there (D3PM's absorbing Q_t = (1 - beta_t) I + beta_t 1 e_m^T, Austin et al. 2021 sec. 3.1; MDLM)."""
+    there (D3PM's absorbing Q_t = (1 - beta_t) I + beta_t 1 e_m^T, Austin et al. 2021 appendix A.2.2, eq. 7; MDLM)."""
 
     name = "absorbing"
 
@@ -299,8 +299,8 @@ class AbsorbingProcess(DiscreteProcess):
         return torch.full_like(x0, self.mask_id)
 
     def posterior(self, x_t: Tensor, x0_probs: Tensor, s: Tensor | float, t: Tensor | float) -> Tensor:
-        """MDLM's masked posterior (Sahoo et al. 2024, sec. 3.1) with the SUBS parameterisation
-        (sec. 3.2.1): an unmasked x_t is carried over; a MASK stays masked with probability (1 - alpha_s) /
+        """MDLM's masked posterior (Sahoo et al. 2024, sec. 3.2.1, eq. 6) with the SUBS parameterisation
+        (sec. 3.2.3, eq. 7): an unmasked x_t is carried over; a MASK stays masked with probability (1 - alpha_s) /
         (1 - alpha_t) and otherwise becomes a draw from x0_probs (zero mass on MASK). This equals D3PM's eq. 4
         (x0 summed out under x0_probs) because q(x_t = MASK | x0) does not depend on x0."""
         x_t, x0_probs, _, _, _, b_s, b_t = self._check_step(x_t, x0_probs, s, t, None)

@@ -1,9 +1,9 @@
 """Ancestral samplers of the discrete processes (floor 3): a pure function ``sample_tokens`` that starts from the
 prior at t = 1 and draws x_s ~ p_theta(x_s | x_t) down the uniform grid t_k = k / steps to t = 0.
 
-Absorbing: MDLM's ancestral unmasking (Sahoo et al. 2024, its efficient sampler ``ddpm_cache``: each MASK
-unmasks with probability (alpha_s - alpha_t) / (1 - alpha_t) to a draw from x0_hat; unmasked tokens stay), with
-MDLM's cache: when a sample's tokens did not change in a step, the network is not called again and the previous
+Absorbing: MDLM's ancestral unmasking (Sahoo et al. 2024, sec. 4.1 with eq. 7; its efficient sampler ``ddpm_cache``:
+each MASK unmasks with probability (alpha_s - alpha_t) / (1 - alpha_t) to a draw from x0_hat; unmasked tokens stay),
+with MDLM's cache: when a sample's tokens did not change in a step, the network is not called again and the previous
 x0_hat is reused. Uniform: D3PM's ancestral step with the x0-parameterisation (Austin et al. 2021, eq. 4). The step
 itself is ``process.ancestral_step``; this module adds the network, guidance, temperature, nucleus filtering,
 infilling and the per-sample random streams.
@@ -26,7 +26,7 @@ from ..sampling.guidance import null_conditioning
 from ..sampling.noise import sample_seed
 from .processes import AbsorbingProcess, DiscreteProcess
 
-__all__ = ["sample_tokens", "x0_probs", "guided_log_probs", "TokenCallback"]
+__all__ = ["sample_tokens", "x0_probs", "guided_log_probs", "TokenCallback", "TOKEN_SAMPLERS"]
 
 Model = Callable[[Tensor, Tensor, Any], Tensor]
 
@@ -212,3 +212,7 @@ def sample_tokens(
         if callback is not None:
             callback(step=i, t=s, x=x, x0=probs.argmax(-1))
     return x
+
+
+# the discrete family's samplers by name (their options: ``diffusionlab.sampling.TOKEN_SAMPLER_OPTIONS``)
+TOKEN_SAMPLERS: dict[str, Callable[..., Tensor]] = {"ancestral": sample_tokens}

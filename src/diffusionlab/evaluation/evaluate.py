@@ -7,7 +7,9 @@ settings are one frozen ``EvaluationOptions`` (each setting one name, one defaul
 Image models: FID, KID, precision/recall, density/coverage on features of a ``FeatureExtractor``; bits/dim
 through the probability-flow ODE and, for discrete-time models, DDPM's variational bound. Point models
 (2-D toys): sliced Wasserstein, MMD, the samples' NLL under the true density (where known) and the model's NLL
-of held-out points through the ODE with an exact divergence.
+of held-out points through the ODE with an exact divergence. Text models: bits per token (bits/char for a
+character tokenizer) of the held-out split, from the continuous-time NELBO (an upper bound on -log2 p), with the
+perplexity bound it implies.
 """
 
 from __future__ import annotations
@@ -24,8 +26,16 @@ from pydantic import Field, field_validator
 from torch import Tensor
 
 from diffusionlab.config import DDPMProcessConfig
-from diffusionlab.data import eight_gaussians_params, load_dataset, load_toy_dataset, toy_name
+from diffusionlab.data import (
+    eight_gaussians_params,
+    is_text_dataset,
+    load_dataset,
+    load_text_dataset,
+    load_toy_dataset,
+    toy_name,
+)
 from diffusionlab.denoisers import DenoiserLike
+from diffusionlab.discrete.losses import nelbo, stratified_times
 from diffusionlab.limits import check_limit
 from diffusionlab.processes import DiscreteVPProcess
 from diffusionlab.sampling.request import FrozenSettings, SampleRequest
@@ -39,6 +49,7 @@ from .toy import gaussian_mixture_log_prob, mmd_rbf, sliced_wasserstein
 __all__ = [
     "IMAGE_METRICS",
     "POINT_METRICS",
+    "TEXT_METRICS",
     "FEATURES",
     "EvaluableModel",
     "EvaluationOptions",
@@ -53,6 +64,7 @@ __all__ = [
 
 IMAGE_METRICS = ("fid", "kid", "pr", "dc", "accuracy", "fid_real", "bpd", "vlb")
 POINT_METRICS = ("swd", "mmd", "true_nll", "nll")
+TEXT_METRICS = ("bits_per_token",)
 FEATURES = ("classifier", "inception", "pixels")
 _FEATURE_METRICS = ("fid", "kid", "pr", "dc", "accuracy", "fid_real")
 _SAMPLE_METRICS = ("fid", "kid", "pr", "dc", "accuracy", "fid_real", "swd", "mmd", "true_nll")
@@ -60,7 +72,13 @@ _ON_REQUEST = ("bpd", "vlb")  # the images' likelihoods are slow: computed only 
 # the true densities the toys module knows in closed form
 _TRUE_DENSITIES = {"eight_gaussians": eight_gaussians_params}
 # the one place that says which metrics a model space has (config.space)
-_METRICS_OF_SPACE = {"image": IMAGE_METRICS, "latent_image": IMAGE_METRICS, "points": POINT_METRICS}
+_METRICS_OF_SPACE = {
+    "image": IMAGE_METRICS,
+    "latent_image": IMAGE_METRICS,
+    "points": POINT_METRICS,
+    "tokens": TEXT_METRICS,
+}
+NELBO_DRAWS = 4  # stratified time draws per held-out sequence of bits_per_token
 _HELD_OUT_SEED_OFFSET = 7919  # toy test points: a seed other than the training seed (first points would coincide)
 MIN_SAMPLES = 10
 _COUNT_BOUNDS = {  # the limits.py bound of each count
@@ -104,6 +122,11 @@ class EvaluableModel(Protocol):
     def guided_denoiser(
         self, num_samples: int, request: SampleRequest | None = None, **settings: Any
     ) -> tuple[DenoiserLike, dict[str, Tensor] | None]: ...
+
+    @property
+    def process(self) -> Any: ...
+
+    def denoiser_network(self, use_ema: bool = True) -> torch.nn.Module: ...
 
 
 class EvaluationOptions(FrozenSettings):
@@ -268,11 +291,23 @@ def make_feature_extractor(
     return feats.ClassifierFeatures(clf.to(device))
 
 
+def held_out_text(config: Any, num_real: int | None = None) -> tuple[Tensor, Tensor | None]:
+    """The first ``num_real`` (None: all) token sequences of a text model's validation split, and their labels."""
+    text = load_text_dataset(
+        config.data.dataset, config.data.seq_len, split="validation", tokenizer=config.data.tokenizer
+    )
+    tokens = text.tokens[:num_real] if num_real is not None else text.tokens
+    return tokens, text.labels[: len(tokens)] if text.labels is not None else None
+
+
 def load_reference_data(config: Any, num_real: int | None = None, seed: int = 0) -> tuple[Tensor, str]:
     """Held-out real data of a model's dataset and a description: images in [0, 1] from the test split where
     the dataset has one (digits, MNIST, CIFAR-10; a plain folder: all its images), or fresh toy points."""
     name = config.data.dataset
     toy = _toy_name(config)
+    if is_text_dataset(name):
+        tokens = held_out_text(config, num_real)[0]
+        return tokens, f"{name} validation split ({len(tokens)} sequences)"
     if toy is not None:
         n = num_real or 2000
         points = load_toy_dataset(toy, n=n, seed=config.train.seed + _HELD_OUT_SEED_OFFSET).tensors()[0]
@@ -353,6 +388,8 @@ def evaluate_model(
         run.bits_per_dim(real)
     if "vlb" in names:
         run.variational_bound(real)
+    if "bits_per_token" in names:
+        run.bits_per_token(*held_out_text(model.config, opts.num_real))
     return result
 
 
@@ -521,6 +558,29 @@ class _Evaluation:
         self.values.update({"vlb": vlb.bpd.mean().item(), "vlb_images": len(x), "vlb_sem": _sem(vlb.bpd)})
         self.values.update({"vlb_prior": vlb.prior.mean().item(), "vlb_decoder": vlb.decoder.mean().item()})
 
+    def bits_per_token(self, tokens: Tensor, labels: Tensor | None) -> None:
+        """The NELBO of held-out sequences in bits per token (MDLM, Sahoo et al. 2024, eq. 10-11), averaged over
+        ``NELBO_DRAWS`` stratified time draws per sequence; conditioned on their labels where the model has classes."""
+        model, gen = self.model, torch.Generator().manual_seed(self.opts.seed)
+        net = model.denoiser_network()
+        labels = labels if self.num_classes else None
+        self.say(f"bits/token of {len(tokens)} held-out sequences (NELBO, {NELBO_DRAWS} time draws each) ...")
+        per_sequence = torch.zeros(len(tokens), dtype=torch.float64)
+        size = self.opts.bpd_batch_size
+        with self.timed("bits_per_token"), torch.no_grad():
+            for _ in range(NELBO_DRAWS):
+                t = stratified_times(len(tokens), gen)
+                for i in range(0, len(tokens), size):
+                    x0 = tokens[i : i + size].to(model.device)
+                    cond = {"labels": labels[i : i + size].to(model.device)} if labels is not None else None
+                    nats = nelbo(
+                        model.process, lambda x, s, c: net(x, s, **(c or {})), x0, t[i : i + size], cond, generator=gen
+                    )
+                    per_sequence[i : i + size] += nats.double().cpu() / NELBO_DRAWS
+        bits = per_sequence / tokens.shape[1] / math.log(2)
+        self.values.update({"bits_per_token": bits.mean().item(), "bits_per_token_sem": _sem(bits)})
+        self.values.update({"perplexity": 2 ** bits.mean().item(), "tokens": tokens.numel()})
+
 
 _LABELS = {
     "fid": ("FID", "lower is better"),
@@ -537,6 +597,7 @@ _LABELS = {
     "mmd": ("MMD^2 (RBF)", "unbiased; ~0 when equal"),
     "true_nll": ("NLL of samples under the true density", "nats/point"),
     "nll": ("model NLL of held-out points (ODE)", "nats/point; lower is better"),
+    "bits_per_token": ("bits/token (NELBO)", "held-out text; bits/char for a character tokenizer; an upper bound"),
 }
 
 
@@ -556,6 +617,9 @@ def format_results(result: dict[str, Any]) -> str:
         value = f"{m[key]:.4f}" if key not in ("kid", "mmd") else f"{m[key]:.5f}"
         if key == "kid":
             value += f" ± {m['kid_std']:.5f}"
+        if key == "bits_per_token":
+            value += f" ± {m['bits_per_token_sem']:.3f}"
+            note += f"; perplexity <= {m['perplexity']:.3f}; {m['tokens']} tokens"
         if key in ("bpd", "vlb"):
             value += f" ± {m[key + '_sem']:.3f}"
             extra = f"; {m[key + '_images']} images" + (f", {m['bpd_nfe']} NFE" if key == "bpd" else "")

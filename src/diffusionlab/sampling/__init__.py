@@ -21,6 +21,7 @@ from .thresholding import THRESHOLDINGS, Thresholded, dynamic_threshold
 
 __all__ = [
     "SAMPLERS",
+    "TOKEN_SAMPLER_OPTIONS",
     "SPACINGS",
     "sample",
     "solve",
@@ -72,6 +73,9 @@ SAMPLERS: dict[str, Callable[..., Tensor]] = {
     "annealed_langevin": annealed_langevin,
     "dpmpp_2m_sde": dpmpp_2m_sde,
 }
+# the discrete family's samplers (diffusionlab.discrete.sampling.TOKEN_SAMPLERS) and the options each takes: named
+# here so that a request is checked before any model is loaded (that module imports this one)
+TOKEN_SAMPLER_OPTIONS: dict[str, tuple[str, ...]] = {"ancestral": ("temperature", "top_p", "cache")}
 # evaluations per step, or a function (steps, **options) -> evaluations where the options change the count
 _NFE_PER_STEP: dict[str, int | Callable[..., int]] = {
     "ddpm": 1,
@@ -83,6 +87,7 @@ _NFE_PER_STEP: dict[str, int | Callable[..., int]] = {
     "dpmpp_3m": 1,
     "unipc": 1,
     "euler_ancestral": 1,
+    "ancestral": 1,
     "euler_maruyama": 1,
     "pc": pc_nfe,
     "annealed_langevin": annealed_langevin_nfe,
@@ -104,16 +109,20 @@ _NOT_OPTIONS = ("denoiser", "x", "ts", "cond", "noise", "progress", "callback") 
 
 
 def check_sampler(name: str) -> str:
-    """Raise one clear error unless ``name`` is a known sampler."""
-    if name not in SAMPLERS:
-        raise ValueError(f"sampler={name!r} is not known; expected one of {sorted(SAMPLERS)}.")
+    """Raise one clear error unless ``name`` is a known sampler (of Gaussian or of discrete models)."""
+    if name not in SAMPLERS and name not in TOKEN_SAMPLER_OPTIONS:
+        raise ValueError(
+            f"sampler={name!r} is not known; expected one of {sorted([*SAMPLERS, *TOKEN_SAMPLER_OPTIONS])}."
+        )
     return name
 
 
 def check_options(sampler: str, options: Mapping[str, Any]) -> str:
     """The sampler's name, after one clear error for an unknown sampler or an option its solver does not take."""
-    fn = SAMPLERS[check_sampler(sampler)]
-    allowed = [p for p in inspect.signature(fn).parameters if p not in _NOT_OPTIONS]
+    if check_sampler(sampler) in TOKEN_SAMPLER_OPTIONS:
+        allowed = list(TOKEN_SAMPLER_OPTIONS[sampler])
+    else:
+        allowed = [p for p in inspect.signature(SAMPLERS[sampler]).parameters if p not in _NOT_OPTIONS]
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise ValueError(f"option(s) {unknown} are not known to sampler {sampler!r}; it takes {allowed}.")

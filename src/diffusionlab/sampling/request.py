@@ -86,10 +86,12 @@ class SamplerSpec(FrozenSettings):
     @field_validator("sampler")
     @classmethod
     def _known(cls, v: str | None) -> str | None:
-        from . import SAMPLERS
+        from . import SAMPLERS, TOKEN_SAMPLER_OPTIONS
 
-        if v is not None and v not in SAMPLERS:
-            raise ValueError(f"sampler={v!r} is not known; expected one of {sorted(SAMPLERS)}")
+        if v is not None and v not in SAMPLERS and v not in TOKEN_SAMPLER_OPTIONS:
+            raise ValueError(
+                f"sampler={v!r} is not known; expected one of {sorted([*SAMPLERS, *TOKEN_SAMPLER_OPTIONS])}"
+            )
         return v
 
     @field_validator("spacing")

@@ -11,15 +11,17 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from ..config import ModelConfig, NetworkConfig
-from ..data import DataError, condition_channels, make_image_condition
+from ..data import DataError, Tokenizer, condition_channels, make_image_condition, make_tokenizer
 from ..images import save_grid, save_scatter
-from ..networks import MLP, UNet2D
+from ..io import atomic_write_text
+from ..networks import MLP, DiscreteTransformer, UNet2D
 from ..networks.autoencoder import Autoencoder, latent_scaling_factor
 from ..networks.size import affine_parameters, build_within_limit
 
@@ -28,6 +30,7 @@ __all__ = [
     "PixelImageSpace",
     "LatentImageSpace",
     "PointSpace",
+    "TokenSpace",
     "SPACES",
     "NETWORKS",
     "build_network",
@@ -59,9 +62,28 @@ def _mlp(cfg: NetworkConfig) -> nn.Module:
     return MLP(dim=cfg.dim, width=cfg.width, depth=cfg.depth, num_classes=cfg.num_classes, dropout=cfg.dropout)
 
 
-NETWORKS = {"unet": _unet, "mlp": _mlp}
+def _transformer(cfg: NetworkConfig) -> nn.Module:
+    if cfg.vocab_in is None or cfg.vocab_out is None or cfg.max_len is None:
+        raise ValueError("a transformer needs network.vocab_in, vocab_out and max_len; they are fitted to the data.")
+    return DiscreteTransformer(
+        vocab_in=cfg.vocab_in,
+        vocab_out=cfg.vocab_out,
+        max_len=cfg.max_len,
+        width=cfg.width,
+        depth=cfg.depth,
+        heads=cfg.num_heads,
+        num_classes=cfg.num_classes,
+        dropout=cfg.dropout,
+    )
+
+
+NETWORKS = {"unet": _unet, "mlp": _mlp, "transformer": _transformer}
 # the settings that size each network, the one its parameter count is affine in last
-_SIZED_BY = {"unet": ("base_channels", "channel_mults", "num_res_blocks"), "mlp": ("dim", "width", "depth")}
+_SIZED_BY = {
+    "unet": ("base_channels", "channel_mults", "num_res_blocks"),
+    "mlp": ("dim", "width", "depth"),
+    "transformer": ("width", "num_heads", "depth"),
+}
 
 
 def build_network(cfg: NetworkConfig) -> nn.Module:
@@ -85,6 +107,8 @@ class ModelSpace(ABC):
     """What one sample is: its shape in the model's space, how data gets there and back, how samples are shown."""
 
     name: ClassVar[str]
+    suffix: ClassVar[str] = ".png"  # the file its samples are written to
+    family: ClassVar[str] = "gaussian"  # the process family its models take (ProcessConfig.family)
     clip_x0: ClassVar[bool] = False  # True where x0 estimates may be thresholded to the data range [-1, 1]
     network_kind: ClassVar[str]  # the network a fresh model of this space gets
     grid_preview: ClassVar[bool] = True  # previews are grids of a few samples per class (else one plot of many)
@@ -123,6 +147,21 @@ class ModelSpace(ABC):
     def to_model_space(self, data: Tensor) -> Tensor:
         """Training data as the loader gives it (the model's data range) to the space the network learns."""
         return data
+
+    def check_fits(self, config: ModelConfig) -> None:
+        """One clear ``ValueError`` when the config's samples do not have the channels its network takes
+        (``network.in_channels`` for images, ``network.dim`` for points)."""
+        shape, net = self.sample_shape, config.network
+        takes, field = (net.in_channels, "network.in_channels") if len(shape) == 3 else (net.dim, "network.dim")
+        if shape[0] is not None and shape[0] != takes:  # None: a config not yet fitted to data
+            raise ValueError(
+                f"the samples have {shape[0]} channels (data.channels={config.data.channels}) but the network takes "
+                f"{takes} ({field})"
+            )
+
+    def texts(self, samples: Tensor) -> list[str] | None:
+        """Decoded samples as text to print (text models), else None."""
+        return None
 
 
 class PixelImageSpace(ModelSpace):
@@ -252,7 +291,90 @@ class PointSpace(ModelSpace):
         return config.model_copy(update={"network": net, "space": cls.name})
 
 
-SPACES: dict[str, type[ModelSpace]] = {cls.name: cls for cls in (PixelImageSpace, LatentImageSpace, PointSpace)}
+class TokenSpace(ModelSpace):
+    """Token sequences (L,) of a tokenizer's K classes: the data is the model's space (ids, never clipped); samples
+    are decoded to text and written as a .txt file."""
+
+    name = "tokens"
+    network_kind = "transformer"
+    family = "discrete"
+    suffix = ".txt"
+
+    def __init__(self, config: ModelConfig, autoencoder: Autoencoder | None = None) -> None:
+        self.length, self.tokenizer_name = config.data.seq_len, config.data.tokenizer
+        self._tokenizer: Tokenizer | None = None
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The tokenizer the model was trained with (``data.tokenizer``), made on first use."""
+        if self._tokenizer is None:
+            if self.tokenizer_name is None:
+                raise ValueError("this text model has no data.tokenizer; it is fitted to the training data.")
+            self._tokenizer = make_tokenizer(self.tokenizer_name)
+        return self._tokenizer
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return (self.length,)
+
+    def encode(self, data: Tensor) -> Tensor:
+        return data
+
+    def decode(self, x: Tensor) -> Tensor:
+        return x
+
+    def texts(self, samples: Tensor) -> list[str]:
+        return self.tokenizer.decode_batch(samples)
+
+    def save(self, samples, path, *, nrow=8, row_labels=None, metadata=None, reference=None):  # type: ignore[no-untyped-def]
+        """One sample per paragraph (``[label]`` first when rows are labelled), the settings as a first comment."""
+        texts = self.texts(samples)
+        per_row = max(1, len(texts) // len(row_labels)) if row_labels else None
+        blocks = [
+            (f"[{row_labels[min(i // per_row, len(row_labels) - 1)]}] " if per_row else "") + text
+            for i, text in enumerate(texts)
+        ]
+        head = ["# " + " ".join(f"{k}={v}" for k, v in metadata.items())] if metadata else []
+        atomic_write_text(Path(path), "\n\n".join(head + blocks) + "\n")
+
+    def check_fits(self, config: ModelConfig) -> None:
+        net, data = config.network, config.data
+        if net.kind != self.network_kind:
+            raise ValueError(f"a text model's network is a transformer, not network.kind={net.kind!r}")
+        if config.diffusion.process.family != "discrete":
+            raise ValueError(
+                f"a text model needs a discrete process, not diffusion.process={config.diffusion.process.name!r}"
+            )
+        if data.vocab_size is not None and net.vocab_out != data.vocab_size:
+            raise ValueError(
+                f"data.vocab_size={data.vocab_size} but the network predicts network.vocab_out={net.vocab_out} classes"
+            )
+        if net.max_len is not None and data.seq_len > net.max_len:
+            raise ValueError(f"data.seq_len={data.seq_len} is longer than the network's max_len={net.max_len}")
+
+    @classmethod
+    def fit_config(cls, config: ModelConfig, data: Tensor, autoencoder: Autoencoder | None = None) -> ModelConfig:
+        """The transformer's vocabularies and length, the tokenizer's size and a text model's sampling defaults."""
+        if data.ndim != 2 or data.is_floating_point():
+            raise DataError(f"a text model needs token ids (N, L); got data of {data.dtype} {tuple(data.shape)}.")
+        if config.data.tokenizer is None:
+            raise DataError("the text data has no tokenizer name; load it with load_training_data.")
+        k = make_tokenizer(config.data.tokenizer).vocab_size
+        data_cfg = config.data.model_copy(update={"seq_len": int(data.shape[1]), "vocab_size": k})
+        process = config.diffusion.process.build_for(data_cfg)
+        net = config.network.model_copy(
+            update={"kind": cls.network_kind, "vocab_in": process.num_states, "vocab_out": k, "max_len": data.shape[1]}
+        )
+        build_network(net)  # one clear error now for a width the heads do not divide
+        sample = config.sample.model_copy(
+            update={"sampler": "ancestral", "steps": int(data.shape[1]), "thresholding": "none", "spacing": None}
+        )
+        return config.model_copy(update={"network": net, "data": data_cfg, "space": cls.name, "sample": sample})
+
+
+SPACES: dict[str, type[ModelSpace]] = {
+    cls.name: cls for cls in (PixelImageSpace, LatentImageSpace, PointSpace, TokenSpace)
+}
 
 
 def make_space(config: ModelConfig, autoencoder: Autoencoder | None = None) -> ModelSpace:
@@ -261,8 +383,21 @@ def make_space(config: ModelConfig, autoencoder: Autoencoder | None = None) -> M
 
 
 def space_for_data(config: ModelConfig, data: Tensor) -> type[ModelSpace]:
-    """The space of a fresh model on training data (N, ...): points for (N, D) data, latent images when
-    ``config.latent`` asks for an autoencoder, else pixel images."""
+    """The space of a fresh model on training data (N, ...): tokens for integer (N, L) data, points for (N, D)
+    real data, latent images when ``config.latent`` asks for an autoencoder, else pixel images; one clear error
+    when the config's process is of another family than the data takes."""
     if data.ndim == 2:
-        return PointSpace
-    return LatentImageSpace if config.latent is not None else PixelImageSpace
+        space: type[ModelSpace] = PointSpace if data.is_floating_point() else TokenSpace
+    else:
+        space = LatentImageSpace if config.latent is not None else PixelImageSpace
+    process = config.diffusion.process
+    if process.family != space.family:
+        expected = {
+            "discrete": "--process absorbing (masked diffusion, MDLM) or uniform",
+            "gaussian": "a Gaussian process such as --process ddpm, vp, edm or flow",
+        }[space.family]
+        raise DataError(
+            f"{'text' if space.family == 'discrete' else space.name} data needs {expected}, not "
+            f"process={process.name!r}."
+        )
+    return space

@@ -30,6 +30,7 @@ from .denoise import (
     posterior_sample,
 )
 from .img2img import check_strength, img2img, sdedit, start_index
+from .infill import BLANK, InfillPrompt, infill, parse_infill
 from .inpaint import (
     INPAINT_METHODS,
     InpaintOptions,
@@ -46,6 +47,10 @@ from .inpaint import (
 )
 
 __all__ = [
+    "BLANK",
+    "InfillPrompt",
+    "infill",
+    "parse_infill",
     "ANOMALY_METHODS",
     "DENOISE_MODES",
     "INPAINT_METHODS",

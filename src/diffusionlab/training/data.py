@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import Tensor
 
-from ..data import DataError, load_dataset, load_toy_dataset, toy_name
+from ..data import DataError, is_text_dataset, load_dataset, load_text_dataset, load_toy_dataset, toy_name
 
 __all__ = ["TrainingData", "load_training_data"]
 
@@ -20,6 +20,7 @@ class TrainingData:
     labels: Tensor | None
     class_names: list[str] | None = None
     captions: list[list[str]] | None = None  # one or more phrasings per example, for text conditioning
+    tokenizer: str | None = None  # text: the name of the tokenizer the token ids (N, L) were made with
 
     @property
     def num_classes(self) -> int | None:
@@ -27,7 +28,8 @@ class TrainingData:
 
 
 def load_training_data(config: Any) -> TrainingData:
-    """Load the dataset a config names: ``toy:<name>`` for 2-D toys, else anything ``data.load_dataset`` takes.
+    """Load the dataset a config names: ``toy:<name>`` for 2-D toys, text ("pydocs", "text:<path>", "markov:...")
+    as token windows of ``data.seq_len``, else anything ``data.load_dataset`` takes.
 
     ``config`` is any config with ``data`` and ``train.seed`` (a ``ModelConfig`` or an ``AutoencoderConfig``).
     """
@@ -35,6 +37,9 @@ def load_training_data(config: Any) -> TrainingData:
     if toy is not None:
         points = load_toy_dataset(toy, n=20000, seed=config.train.seed).tensors()[0]
         return TrainingData(points.float(), None, None)
+    if is_text_dataset(name):
+        text = load_text_dataset(name, config.data.seq_len, split="train", tokenizer=config.data.tokenizer)
+        return TrainingData(text.tokens, text.labels, text.class_names, tokenizer=text.tokenizer.name)
     ds = load_dataset(name, image_size=config.data.image_size, channels=config.data.channels, split="train")
     if len(ds) == 0:
         raise DataError(f"dataset {name!r} has no examples.")

@@ -18,9 +18,9 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig
 from ..data import DataError, make_image_condition
-from ..denoisers import Denoiser
+from ..families import FAMILIES
 from ..io import CheckpointError
-from ..losses import denoising_loss, make_time_sampling, make_weighting
+from ..losses import make_time_sampling, make_weighting
 from ..networks.autoencoder import Autoencoder
 from ..networks.text import TextEmbedding, TextEncoder
 from ..pipeline import Pipeline, write_class_grid, write_condition_grid, write_prompt_grid
@@ -33,11 +33,12 @@ __all__ = ["DiffusionObjective", "DiffusionBatch", "Captions", "fit_diffusion_co
 
 
 class DiffusionBatch(NamedTuple):
-    """Clean data x0, times t, noise eps and the network's conditioning (labels, prompt tokens, condition images)."""
+    """Clean data x0, times t, the forward process's draw (Gaussian noise eps, or corrupted tokens x_t) and the
+    network's conditioning (labels, prompt tokens, condition images)."""
 
     x0: Tensor
     t: Tensor
-    eps: Tensor
+    noise: Tensor
     cond: dict[str, Tensor] | None
 
 
@@ -92,13 +93,20 @@ def fit_labels(config: ModelConfig, data: TrainingData) -> ModelConfig:
     return config.model_copy(update={"network": net})
 
 
+def fit_tokenizer(config: ModelConfig, data: TrainingData) -> ModelConfig:
+    """Text data: the tokenizer it was read with, by name (stored with the model to decode its samples)."""
+    if data.tokenizer is None:
+        return config
+    return config.model_copy(update={"data": config.data.model_copy(update={"tokenizer": data.tokenizer})})
+
+
 def fit_diffusion_config(
     config: ModelConfig, data: TrainingData, autoencoder: Autoencoder | None = None, text_dim: int | None = None
 ) -> ModelConfig:
     """The config fitted to its training data, a pure step before training: prompts (``text_dim``) or classes,
-    then the model space's shapes, network kind and (latent models, with their ``autoencoder``) scaling factor.
-    The result shares nothing with ``config``."""
-    config = fit_labels(fit_text(config, text_dim), data)
+    the tokenizer of text, then the model space's shapes, network kind and (latent models, with their
+    ``autoencoder``) scaling factor. The result shares nothing with ``config``."""
+    config = fit_tokenizer(fit_labels(fit_text(config, text_dim), data), data)
     return space_for_data(config, data.x).fit_config(config, data.x, autoencoder).model_copy(deep=True)
 
 
@@ -124,7 +132,6 @@ def _check_resumable(fitted: ModelConfig, saved: ModelConfig, checkpoint: Path) 
 class DiffusionObjective(Objective):
     """Train a ``Pipeline``: the denoising loss of ``losses.denoising_loss`` in the network's target space."""
 
-    preview_name = "samples.png"
     evaluates = True
 
     def __init__(
@@ -135,6 +142,11 @@ class DiffusionObjective(Objective):
         self.time_sampling = make_time_sampling(config.train.time_sampling)
         self.weighting = make_weighting(config.train.weighting, config.diffusion.sigma_data)
 
+    @property
+    def preview_name(self) -> str:  # type: ignore[override]
+        """The picture (or text) of samples written beside the finished model."""
+        return "samples" + self.model.space.suffix
+
     @classmethod
     def prepare(
         cls, config: ModelConfig, data: TrainingData | None, checkpoint: Path | None, device: torch.device
@@ -143,6 +155,7 @@ class DiffusionObjective(Objective):
         saved = Pipeline.load(checkpoint) if checkpoint is not None else None
         if saved is not None:
             config = resumed_config(saved.config, config)
+        FAMILIES[config.diffusion.process.family].check_config(config)
         data = data if data is not None else load_training_data(config)
         autoencoder = _autoencoder(config, saved, device)
         wants_text = config.text_encoder is not None and data.captions is not None
@@ -171,10 +184,10 @@ class DiffusionObjective(Objective):
         tc, data = self.train_config, self.data
         gen = torch.Generator().manual_seed(sample_seed(tc.seed, step))
         idx = torch.randint(len(data.x), (tc.batch_size,), generator=gen)
-        t = self.time_sampling(self.model.process, tc.batch_size, generator=gen)
-        eps = torch.randn((tc.batch_size, *data.x.shape[1:]), generator=gen)
+        family, x0, cond = self.model.family, data.x[idx], {}
+        t = family.times(self.model.process, tc.batch_size, self.time_sampling, gen)
+        noise = family.noise(self.model.process, x0, t, gen)
         drop = torch.rand(tc.batch_size, generator=gen) < tc.label_dropout
-        x0, cond = data.x[idx], {}
         if self.config.network.num_classes and data.labels is not None:
             cond["labels"] = torch.where(drop, torch.full_like(idx, -1), data.labels[idx])
         if self.captions is not None:
@@ -183,13 +196,12 @@ class DiffusionObjective(Objective):
         if self.config.data.image_condition is not None:
             kind, factor = self.config.data.image_condition, self.config.data.superres_factor
             cond["cond_image"] = make_image_condition(kind, x0, factor)
-        return DiffusionBatch(x0, t, eps, cond or None)
+        return DiffusionBatch(x0, t, noise, cond or None)
 
     def loss(self, network: nn.Module, batch: DiffusionBatch) -> tuple[Tensor, dict[str, Tensor]]:
-        """The weighted denoising loss of the batch (Ho et al. 2020, eq. 14, with ``config.train.weighting``)."""
-        denoiser = Denoiser(network, self.model.process, self.model.parameterisation)
-        x0, t, eps, cond = batch
-        return denoising_loss(denoiser, x0, cond, t=t, eps=eps, weighting=self.weighting), {}
+        """The family's loss of the batch: the weighted denoising loss, or the NELBO per token."""
+        x0, t, noise, cond = batch
+        return self.model.family.loss(self.model, network, x0, t, noise, cond, self.weighting), {}
 
     def save(self, folder: str | os.PathLike[str]) -> None:
         self.model.save(folder)

@@ -455,10 +455,11 @@ class Trainer:
     def _write_preview(self, step: int) -> None:
         if self.out_dir is None or not self.accelerator.is_main_process:
             return
-        path = self.out_dir / "samples" / f"step-{step:06d}.png"
+        suffix = Path(self.objective.preview_name or ".png").suffix
+        path = self.out_dir / "samples" / f"step-{step:06d}{suffix}"
         self.objective.write_preview(path, per_class=4)
         trackers = self._tracking()
-        if trackers is not None and path.is_file():
+        if trackers is not None and path.is_file() and suffix == ".png":
             from PIL import Image
 
             trackers.log_image("samples", np.asarray(Image.open(path).convert("RGB")), step)
