@@ -21,6 +21,7 @@ import typer
 from . import cli_options as opt
 from .config import (
     MODEL_SIZES,
+    TABULAR_SIZES,
     TRANSFORMER_SIZES,
     AutoencoderConfig,
     AutoencoderNetworkConfig,
@@ -33,6 +34,7 @@ from .config import (
     TextEncoderConfig,
     TrainConfig,
 )
+from .data.table import is_table_dataset
 from .data.text import is_text_dataset
 from .sampling.request import GuidanceSpec, labels_for, text_metadata
 
@@ -175,7 +177,8 @@ def _read_task_image(pipe: Any, path: Path, what: str = "--image") -> Any:
 
 TRAIN_FIELDS = {
     DataConfig: (
-        ("dataset", "image_size", "channels", "image_condition", "superres_factor", "seq_len", "tokenizer"),
+        ("dataset", "image_size", "channels", "image_condition", "superres_factor", "seq_len", "tokenizer")
+        + ("target_column", "schema_file"),
         opt.DATA_PANEL,
     ),
     DiffusionConfig: (("parameterisation",), opt.DIFFUSION_PANEL),
@@ -192,6 +195,17 @@ AUTOENCODER_FIELDS = {
 }
 
 
+def _data_kind(dataset: str) -> tuple[str, dict[str, dict[str, Any]]]:
+    """The default process and the network presets of --model-size for a dataset spec: text trains masked
+    diffusion with a transformer, a table the mixed process with the tabular MLP, the rest ddpm with a UNet (or,
+    for points, the MLP the space picks)."""
+    if is_text_dataset(dataset):
+        return opt.DEFAULT_TEXT_PROCESS, TRANSFORMER_SIZES
+    if is_table_dataset(dataset):
+        return opt.DEFAULT_TABLE_PROCESS, TABULAR_SIZES
+    return opt.DEFAULT_PROCESS, MODEL_SIZES
+
+
 def _model_config(
     fields: dict[str, Any],
     model_size: opt.ModelSize,
@@ -203,14 +217,14 @@ def _model_config(
 ) -> ModelConfig:
     """The config a ``train`` command asks for: the config fields as given, the network preset, the process, the
     text encoder and the autoencoder. Text data (``is_text_dataset``) gets masked diffusion and a transformer."""
-    text = is_text_dataset(fields.get("dataset") or DataConfig().dataset)
-    process = process or (opt.DEFAULT_TEXT_PROCESS if text else opt.DEFAULT_PROCESS)
+    default_process, sizes = _data_kind(fields.get("dataset") or DataConfig().dataset)
+    process = process or default_process
     if schedule is None and process == opt.DEFAULT_PROCESS:
         schedule = opt.DEFAULT_SCHEDULE
     proc: dict[str, Any] = {"name": process}
     if schedule is not None and "schedule" in getattr(opt.PROCESS_CLASSES.get(process), "model_fields", {}):
         proc["schedule"] = schedule  # --schedule sets the processes that have one (ddpm, absorbing, uniform)
-    preset = (TRANSFORMER_SIZES if text else MODEL_SIZES)[model_size.value]
+    preset = sizes[model_size.value]
     return ModelConfig(
         network=NetworkConfig(**preset, num_classes=0 if conditional else None),
         diffusion=DiffusionConfig(process=proc, **opt.config_values(DiffusionConfig, fields)),
@@ -541,6 +555,46 @@ def infill(
             typer.echo(f"wrote {out}", err=True)
 
     _run(run, infill)
+
+
+@app.command()
+def impute(
+    model: opt.ModelFolder,
+    input: Annotated[Path, typer.Option("--input", help="A CSV with the model's columns; empty cells are filled.")],
+    out: Annotated[Path, typer.Option(help="Where to write the filled table (a .csv; never the input).")] = Path(
+        "imputed.csv"
+    ),
+    columns: Annotated[str | None, typer.Option(help="Fill only the missing cells of these columns (a,b,c).")] = None,
+    steps: opt.Steps = None,
+    guidance: opt.Guidance = None,
+    temperature: opt.Temperature = None,
+    seed: opt.Seed = 0,
+    batch_size: opt.BatchSize = 256,
+    mixed_precision: opt.MixedPrecision = opt.request_default(GuidanceSpec, "mixed_precision"),
+    progress: opt.Progress = True,
+) -> None:
+    """Fill the missing cells of a table with a table model; every given cell is written back exactly as read."""
+    from .data.table import read_csv_table, write_csv_table
+    from .pipeline import Pipeline
+    from .tasks import impute as fill
+
+    def run() -> None:
+        _check_out_file(out, ".csv")
+        if out.suffix.lower() != ".csv":
+            _fail(f"--out={out}: the filled table is written as CSV; expected a path ending in .csv.")
+        if input.exists() and out.exists() and out.resolve() == input.resolve():
+            _fail(f"--out={out} is the --input file; write the filled table to another file.")
+        pipe = Pipeline.load(model)
+        frame = read_csv_table(input)
+        wanted = None if columns is None else [c.strip() for c in columns.split(",") if c.strip()]
+        table, count = fill(
+            pipe, frame, wanted, batch_size=batch_size, progress=progress, seed=seed, steps=steps,
+            guidance=guidance, temperature=temperature, mixed_precision=mixed_precision,
+        )  # fmt: skip
+        write_csv_table(table, out)
+        typer.echo(f"filled {count} cells of {len(table)} rows; wrote {out}")
+
+    _run(run, impute)
 
 
 # ---------------------------------------------------------------- evaluate

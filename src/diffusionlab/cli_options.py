@@ -23,6 +23,7 @@ from .config import (
     AutoencoderNetworkConfig,
     DDPMProcessConfig,
     DiffusionConfig,
+    MixedProcessConfig,
     NetworkConfig,
     ProcessConfig,
     TextEncoderConfig,
@@ -127,6 +128,7 @@ DEFAULT_PROCESS = DiffusionConfig().process.name
 DEFAULT_SCHEDULE = getattr(DiffusionConfig().process, "schedule", DDPMProcessConfig().schedule)
 DEFAULT_TEXT_ENCODER = TextEncoderConfig().name
 DEFAULT_TEXT_PROCESS = AbsorbingProcessConfig().name  # text trains masked diffusion (MDLM) unless told otherwise
+DEFAULT_TABLE_PROCESS = MixedProcessConfig().name  # tables: Gaussian numbers and masked categories (TabDDPM)
 # the down-sampling of AutoencoderNetworkConfig's default levels: 2^(levels - 1)
 DEFAULT_DOWNSAMPLE_FACTOR = 2 ** (len(AutoencoderNetworkConfig().channel_mults) - 1)
 
@@ -185,7 +187,7 @@ Process = Annotated[
     str | None,
     typer.Option(
         help=f"Forward process: one of {', '.join(PROCESS_CLASSES)} (default: {DEFAULT_PROCESS} for images and points, "
-        f"{DEFAULT_TEXT_PROCESS} for text).",
+        f"{DEFAULT_TEXT_PROCESS} for text, {DEFAULT_TABLE_PROCESS} for tables).",
         rich_help_panel=DIFFUSION_PANEL,
     ),
 ]

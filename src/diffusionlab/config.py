@@ -9,7 +9,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from .discrete.processes import AbsorbingProcess, DiscreteProcess, UniformProcess, make_schedule
+from .discrete.processes import AbsorbingProcess, DiscreteProcess, MixedProcess, UniformProcess, make_schedule
 from .limits import check_limit, limits
 from .processes import (
     DiscreteVPProcess,
@@ -32,17 +32,21 @@ __all__ = [
     "FlowProcessConfig",
     "AbsorbingProcessConfig",
     "UniformProcessConfig",
+    "MixedProcessConfig",
     "DiffusionConfig",
     "SPACES",
     "FORMAT_VERSION",
     "migrate_model_config",
     "DataConfig",
+    "ColumnSchema",
+    "TableSchema",
     "TrainConfig",
     "SampleConfig",
     "TextEncoderConfig",
     "ModelConfig",
     "MODEL_SIZES",
     "TRANSFORMER_SIZES",
+    "TABULAR_SIZES",
     "LatentConfig",
     "AutoencoderNetworkConfig",
     "AutoencoderTrainConfig",
@@ -81,7 +85,7 @@ class NetworkConfig(_Strict):
     """Which network and its shape. ``kind='unet'`` for images, ``'mlp'`` for low-dimensional data,
     ``'transformer'`` for token sequences (``width``, ``depth``, ``num_heads``; vocabularies fitted to the data)."""
 
-    kind: Literal["unet", "mlp", "transformer"] = "unet"
+    kind: Literal["unet", "mlp", "transformer", "tabular"] = "unet"
     in_channels: int = Field(default=1, ge=1)
     base_channels: int = Field(default=16, ge=1)  # the "compact" preset: docs/training.md says why
     channel_mults: list[int] = Field(default_factory=lambda: [1, 2, 2])
@@ -99,6 +103,8 @@ class NetworkConfig(_Strict):
     vocab_in: int | None = Field(default=None, ge=1)  # transformer: the noisy token states (K, or K + 1 with MASK)
     vocab_out: int | None = Field(default=None, ge=1)  # transformer: the clean classes K it predicts
     max_len: int | None = Field(default=None, ge=1)  # transformer: the longest sequence it takes
+    num_numeric: int | None = Field(default=None, ge=0)  # tabular: numeric columns (fitted to the table)
+    cardinalities: list[int] | None = None  # tabular: categories of each categorical column (fitted)
 
     @field_validator("channel_mults")
     @classmethod
@@ -132,6 +138,16 @@ TRANSFORMER_SIZES: dict[str, dict[str, Any]] = {
     "small": {"width": 192, "depth": 4, "num_heads": 6},
     "base": {"width": 256, "depth": 6, "num_heads": 8},
     "large": {"width": 512, "depth": 8, "num_heads": 8},
+}
+
+
+# the tabular MLP's width and depth for each --model-size (table models)
+TABULAR_SIZES: dict[str, dict[str, Any]] = {
+    "tiny": {"width": 64, "depth": 2},
+    "compact": {"width": 256, "depth": 3},
+    "small": {"width": 512, "depth": 4},
+    "base": {"width": 1024, "depth": 4},
+    "large": {"width": 1024, "depth": 6},
 }
 
 
@@ -249,6 +265,34 @@ class UniformProcessConfig(_DiscreteProcessConfig):
     name: Literal["uniform"] = "uniform"
 
 
+GaussianProcessConfig = Annotated[
+    DDPMProcessConfig | VPProcessConfig | SubVPProcessConfig | VEProcessConfig | EDMProcessConfig | FlowProcessConfig,
+    Field(discriminator="name"),
+]
+
+
+class MixedProcessConfig(_ProcessConfig):
+    """Tables: a Gaussian process over the numeric columns and masking (absorbing) over the categorical ones, at one
+    shared time, denoised by one network (TabDDPM, Kotelnikov et al. 2023, with MDLM's masking for categories)."""
+
+    family: ClassVar[str] = "mixed"
+    name: Literal["mixed"] = "mixed"
+    numeric: GaussianProcessConfig = Field(default_factory=lambda: DDPMProcessConfig(schedule="cosine", num_steps=1000))
+    categorical: AbsorbingProcessConfig = Field(default_factory=AbsorbingProcessConfig)
+
+    def build(self) -> GaussianProcess:
+        raise ValueError("process 'mixed' needs the table it models; use build_for(data).")
+
+    def build_for(self, data: DataConfig) -> MixedProcess:
+        if data.table is None or data.vocab_size is None:
+            raise ValueError("process 'mixed' needs data.table and data.vocab_size; they are fitted to the table.")
+        from .data.table import table_layout  # the same floor; imported here, as data.table imports this module
+
+        layout = table_layout(data.table)
+        categorical = self.categorical.build_for(data)
+        return MixedProcess(self.numeric.build(), categorical, len(layout.numeric), len(layout.categorical))
+
+
 ProcessConfig = Annotated[
     DDPMProcessConfig
     | VPProcessConfig
@@ -257,7 +301,8 @@ ProcessConfig = Annotated[
     | EDMProcessConfig
     | FlowProcessConfig
     | AbsorbingProcessConfig
-    | UniformProcessConfig,
+    | UniformProcessConfig
+    | MixedProcessConfig,
     Field(discriminator="name"),
 ]
 
@@ -270,6 +315,28 @@ class DiffusionConfig(_Strict):
         default="v", description="What the network predicts."
     )
     sigma_data: float = 0.5
+
+
+class ColumnSchema(_Strict):
+    """One column of a table as read from its CSV: how it is modelled and how it is written back."""
+
+    name: str
+    kind: Literal["numeric", "categorical"]
+    dtype: Literal["float", "int", "bool", "str"]  # how the column's values are written back
+    categories: list[str] | None = None  # categorical: the spellings as read, in the order of their ids
+    minimum: float | None = None  # numeric: the observed range, which written values are clipped to
+    maximum: float | None = None
+    decimals: int | None = None  # numeric float: the most decimals of a value as read (written values round to it)
+    missing_rate: float = Field(default=0.0, ge=0, le=1)  # share of empty cells
+    quantiles: list[float] | None = None  # numeric: knots of the quantile transform at evenly spaced probabilities
+    frequencies: list[float] | None = None  # a categorical target: its classes' shares in the training rows
+
+
+class TableSchema(_Strict):
+    """A table's columns in CSV order (the target column included) and which column, if any, conditions."""
+
+    columns: list[ColumnSchema]
+    target: str | None = None
 
 
 class DataConfig(_Strict):
@@ -295,6 +362,14 @@ class DataConfig(_Strict):
         "default: the corpus's own characters (pydocs: text8). A trained model stores the one it used.",
     )
     vocab_size: int | None = Field(default=None, ge=2)  # text: the tokenizer's classes K (fitted to the data)
+    target_column: str | None = Field(
+        default=None, description="Tables: the column to condition on (a categorical one: --labels picks its values)."
+    )
+    schema_file: str | None = Field(
+        default=None,
+        description='Tables: a JSON file overriding the inferred column kinds, e.g. {"zip": "categorical"}.',
+    )
+    table: TableSchema | None = None  # tables: the schema fitted to the training CSV
 
     @field_validator("image_size")
     @classmethod
@@ -450,7 +525,8 @@ class LatentConfig(_Strict):
     scaling_factor: float | None = Field(default=None, gt=0)  # None until training measures it on the data
 
 
-SPACES = ("image", "latent_image", "points", "tokens")  # the model spaces (diffusionlab.spaces), one per kind of sample
+# the model spaces (diffusionlab.spaces), one per kind of sample
+SPACES = ("image", "latent_image", "points", "tokens", "table")
 FORMAT_VERSION = 2
 
 
@@ -459,7 +535,7 @@ class ModelConfig(_Strict):
 
     format_version: Literal[2] = FORMAT_VERSION
     # what one sample is (see diffusionlab.spaces); None: inferred as format 1 did, from the network and `latent`
-    space: Literal["image", "latent_image", "points", "tokens"] | None = None
+    space: Literal["image", "latent_image", "points", "tokens", "table"] | None = None
     network: NetworkConfig = Field(default_factory=NetworkConfig)
     diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
     data: DataConfig = Field(default_factory=DataConfig)

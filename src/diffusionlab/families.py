@@ -6,6 +6,7 @@ process's type:
 
 - ``GaussianFamily``: x_t = alpha(t) x0 + sigma(t) eps; the denoising loss (Ho et al. 2020, eq. 14, with the
   config's weighting) and every solver of ``diffusionlab.sampling``, with classifier-free and classifier guidance.
+- ``MixedFamily``: table rows, Gaussian numbers and masked categories at one shared time in one network (TabDDPM).
 - ``DiscreteFamily``: tokens corrupted by an absorbing or uniform process; the continuous-time NELBO (MDLM, Sahoo et
   al. 2024, eq. 10-11) at stratified times, and ancestral sampling (``sample_tokens``) with classifier-free guidance
   on class labels, temperature, nucleus filtering and infilling.
@@ -19,18 +20,20 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
-from .conditioning import iter_batches, network_conditioning
+from .conditioning import check_labels, iter_batches, network_conditioning
 from .config import ModelConfig
-from .denoisers import Denoiser
+from .denoisers import Coefficients, Denoiser, Prediction, noise_conditioning
 from .discrete.losses import nelbo, stratified_times
 from .discrete.processes import DiscreteProcess
-from .discrete.sampling import TOKEN_SAMPLERS, sample_tokens
+from .discrete.sampling import TOKEN_SAMPLERS, guided_log_probs, sample_tokens, x0_probs
 from .losses import TimeSampling, Weighting, denoising_loss
-from .sampling import SAMPLERS, sample
+from .sampling import SAMPLERS, NoiseSource, default_spacing, prior_std, sample, sample_seed, time_grid
 from .sampling.request import SampleRequest, precision
+from .sampling.solvers import ddim_step
 
-__all__ = ["Family", "GaussianFamily", "DiscreteFamily", "FAMILIES", "TokenModel"]
+__all__ = ["Family", "GaussianFamily", "DiscreteFamily", "MixedFamily", "FAMILIES", "TokenModel", "column_logits"]
 
 
 class Family(ABC):
@@ -192,20 +195,8 @@ class DiscreteFamily(Family):
         callback: Any = None,
     ) -> Tensor:
         """Ancestral sampling of samples ``indices`` of n; ``keep``/``given`` (n, L) fix tokens (infilling)."""
+        _refuse_gaussian_settings(request, "text")
         g, c = request.guidance, request.conditioning
-        if c.prompt is not None or c.negative_prompt is not None:
-            raise ValueError("a prompt was given, but text models are conditioned on class labels only.")
-        if c.cond_image is not None:
-            raise ValueError("a condition image was given, but this model generates text.")
-        unsupported = {
-            "classifier_scale": g.classifier_scale or None,
-            "guidance_rescale": g.guidance_rescale or None,
-            "guidance_interval": g.guidance_interval,
-            "thresholding": None if g.thresholding in (None, "none") else g.thresholding,
-        }
-        for name, value in unsupported.items():
-            if value is not None:
-                raise ValueError(f"{name}={value!r} applies to Gaussian models; a text model takes no {name}.")
         nc = network_conditioning(pipe.config, n, c, None, pipe.config.network.num_classes)
         model = TokenModel(pipe.denoiser_network(request.use_ema))
         guidance = g.guidance if nc.guided else 1.0
@@ -247,4 +238,217 @@ class DiscreteFamily(Family):
         ).cpu()
 
 
-FAMILIES: dict[str, Family] = {family.name: family for family in (GaussianFamily(), DiscreteFamily())}
+MASKED_LOGIT = -1e4  # the logit of a category a column does not have: probability 0, finite under guidance
+
+
+class _RowNetwork(nn.Module):
+    """A tabular network seen as a Gaussian denoiser's network over the numeric columns: it is called with the
+    numeric input and c_noise, the categorical tokens it was given are appended, and the categorical logits of the
+    same call are kept in ``logits`` for the discrete part of the loss."""
+
+    def __init__(self, network: nn.Module, tokens: Tensor, num_numeric: int) -> None:
+        super().__init__()
+        self.network, self.tokens, self.num_numeric = network, tokens, num_numeric
+        self.logits: Tensor | None = None
+
+    def forward(self, x: Tensor, c_noise: Tensor, **cond: Any) -> Tensor:
+        out = self.network(torch.cat([x, self.tokens.to(x.dtype)], dim=1), c_noise, **cond)
+        self.logits = out[:, self.num_numeric :]
+        return out[:, : self.num_numeric]
+
+
+def column_logits(flat: Tensor, cardinalities: Sequence[int], classes: int) -> Tensor:
+    """Each categorical column's logits (B, sum K_c) as (B, C, classes): a column's K_c categories first, the
+    categories it does not have at ``MASKED_LOGIT``."""
+    out = flat.new_full((flat.shape[0], len(cardinalities), classes), MASKED_LOGIT)
+    start = 0
+    for j, k in enumerate(cardinalities):
+        out[:, j, :k] = flat[:, start : start + k]
+        start += k
+    return out
+
+
+def _refuse_gaussian_settings(request: SampleRequest, kind: str) -> None:
+    """One clear error for a setting only Gaussian models take (prompts, condition images, classifier guidance,
+    CFG rescale and interval, thresholding)."""
+    g, c = request.guidance, request.conditioning
+    if c.prompt is not None or c.negative_prompt is not None:
+        raise ValueError(f"a prompt was given, but {kind} models are conditioned on class labels only.")
+    if c.cond_image is not None:
+        raise ValueError(f"a condition image was given, but this model generates {kind}.")
+    unsupported = {
+        "classifier_scale": g.classifier_scale or None,
+        "guidance_rescale": g.guidance_rescale or None,
+        "guidance_interval": g.guidance_interval,
+        "thresholding": None if g.thresholding in (None, "none") else g.thresholding,
+    }
+    for name, value in unsupported.items():
+        if value is not None:
+            raise ValueError(f"{name}={value!r} applies to Gaussian models; a {kind} model takes no {name}.")
+
+
+class MixedFamily(Family):
+    """Table rows: a Gaussian process over the numeric columns and masking over the categorical ones at one shared
+    time, one network predicting both (TabDDPM, Kotelnikov et al. 2023, with MDLM's masking for the categories).
+
+    Loss: the Gaussian denoising loss of the numeric columns plus the categorical columns' NELBO per column
+    (TabDDPM's L_simple + sum_i L_i / C, sec. 3). Sampling: ancestral on one grid: DDPM's posterior step for the
+    numbers (DDIM with eta = 1) and MDLM's unmasking for the categories, each sample from its own random stream.
+    A model conditioned on a categorical target carries the row's label as its last value; rows asked for without
+    labels get labels drawn from the training frequencies (as TabDDPM samples y first)."""
+
+    name = "mixed"
+    samplers = ("ancestral",)
+
+    def check_config(self, config: ModelConfig) -> None:
+        if config.train.time_sampling != "uniform":
+            raise ValueError(
+                f"time_sampling={config.train.time_sampling!r}: a table's categorical NELBO needs uniform times; use "
+                "uniform."
+            )
+
+    def times(self, process: Any, n: int, time_sampling: TimeSampling, generator: torch.Generator) -> Tensor:
+        return time_sampling(process.numeric, n, generator=generator)
+
+    def noise(self, process: Any, x0: Tensor, t: Tensor, generator: torch.Generator) -> Tensor:
+        """Gaussian noise for the numeric columns, the corrupted categories, zeros for a label."""
+        n, c = process.num_numeric, process.num_categorical
+        eps = torch.randn((x0.shape[0], n), generator=generator)
+        tokens = process.categorical.corrupt(x0[:, n : n + c].round().long(), t, generator) if c else eps[:, :0]
+        rest = torch.zeros(x0.shape[0], x0.shape[1] - n - c)
+        return torch.cat([eps, tokens.to(eps.dtype), rest], dim=1)
+
+    def loss(
+        self, pipe: Any, network: nn.Module, x0: Tensor, t: Tensor, noise: Tensor, cond: Any, weighting: Weighting
+    ) -> Tensor:
+        """Gaussian denoising loss of the numeric columns + the categorical NELBO in nats per column."""
+        process = pipe.process
+        n, c = process.num_numeric, process.num_categorical
+        rows = _RowNetwork(network, noise[:, n : n + c], n)
+        denoiser = Denoiser(rows, process.numeric, pipe.parameterisation)
+        x_num = x0[:, :n]
+        total = denoising_loss(denoiser, x_num, cond, t=t, eps=noise[:, :n], weighting=weighting) if n else 0.0
+        if not n:
+            denoiser.forward_raw(x_num, t, cond)  # the network's one call: its logits
+        if c:
+            cards, classes = pipe.config.network.cardinalities, process.categorical.num_classes
+            logits = column_logits(rows.logits, cards, classes)
+            nats = nelbo(
+                process.categorical,
+                lambda *_: logits,
+                x0[:, n : n + c].round().long(),
+                t,
+                x_t=noise[:, n : n + c].round().long(),
+            )
+            total = total + nats.mean() / c
+        return total
+
+    def draw(self, pipe, request, n, indices, batch_size, progress=False, callback=None):  # type: ignore[no-untyped-def]
+        return self.draw_rows(pipe, request, n, indices, batch_size, progress=progress)
+
+    def draw_rows(
+        self,
+        pipe: Any,
+        request: SampleRequest,
+        n: int,
+        indices: Sequence[int],
+        batch_size: int,
+        known: Tensor | None = None,
+        keep: Tensor | None = None,
+        progress: bool = False,
+    ) -> Tensor:
+        """Rows ``indices`` of n in the model's space; ``keep`` (n, D) marks the values of ``known`` (n, D) to keep
+        (imputation: RePaint's replacement for the numbers, Lugmayr et al. 2022; kept tokens for the categories)."""
+        _refuse_gaussian_settings(request, "table")
+        options = dict(request.sampler.options)
+        temperature = float(options.pop("temperature", 1.0))
+        if options:
+            raise ValueError(f"option(s) {sorted(options)} do not apply to table models; they take temperature.")
+        if not (temperature >= 0 and temperature < float("inf")):
+            raise ValueError(f"temperature={temperature} must be a finite number >= 0.")
+        labels = self._labels(pipe, request, n)
+        out = []
+        with precision(request.guidance.mixed_precision):
+            for idx, cond in iter_batches(
+                indices, batch_size, {"labels": labels} if labels is not None else None, pipe.device
+            ):
+                rows = torch.as_tensor(idx)
+                part = None if known is None else (known[rows].to(pipe.device), keep[rows].to(pipe.device))
+                out.append(self._batch(pipe, request, idx, cond, part, temperature, progress).cpu())
+        return torch.cat(out)
+
+    @staticmethod
+    def _labels(pipe: Any, request: SampleRequest, n: int) -> Tensor | None:
+        """The labels of a conditioned model's rows: those asked for, else draws from the training frequencies."""
+        schema, k = pipe.config.data.table, pipe.config.network.num_classes
+        if not k:
+            return check_labels(request.conditioning.labels, n, None)
+        given = check_labels(request.conditioning.labels, n, k)
+        if given is not None:
+            return given
+        target = next(c for c in schema.columns if c.name == schema.target)
+        weights = torch.tensor(target.frequencies or [1.0] * k, dtype=torch.float64)
+        draws = [
+            torch.multinomial(
+                weights, 1, generator=torch.Generator().manual_seed(sample_seed(request.seed, i) ^ 0x5EED)
+            )
+            for i in range(n)
+        ]
+        return torch.cat(draws)
+
+    def _batch(self, pipe, request, idx, cond, part, temperature, progress):  # type: ignore[no-untyped-def]
+        process, net = pipe.process, pipe.denoiser_network(request.use_ema)
+        n, c = process.num_numeric, process.num_categorical
+        cards, classes = pipe.config.network.cardinalities, process.categorical.num_classes
+        spec, batch, device = request.sampler, len(idx), pipe.device
+        ts = time_grid(process.numeric, spec.steps, spec.spacing or default_spacing(process.numeric))
+        noise = NoiseSource(request.seed, idx, device)
+        x = prior_std(process.numeric, ts[0]) * noise((n,))
+        tokens = torch.full((batch, c), process.categorical.mask_id, dtype=torch.long, device=device)
+        labels = None if cond is None else cond["labels"]
+        w = request.guidance.guidance if labels is not None else 1.0
+        if part is not None:
+            known, keep = part
+            tokens = torch.where(keep[:, n : n + c], known[:, n : n + c].round().long(), tokens)
+        steps = range(len(ts) - 1)
+        for i in tqdm(steps, desc="sample rows", leave=False) if progress else steps:
+            t, s = ts[i], ts[i + 1]
+            pred, logits = self._predict(net, pipe, x, tokens, t, labels)
+            logits = column_logits(logits, cards, classes)
+            if w != 1.0:  # classifier-free guidance (Ho & Salimans 2022) on x0_hat and on the categories' log-probs
+                pred_u, logits_u = self._predict(net, pipe, x, tokens, t, torch.full_like(labels, -1))
+                pred = pred.with_x0(pred_u.x0 + w * (pred.x0 - pred_u.x0))
+                logits = guided_log_probs(logits, column_logits(logits_u, cards, classes), w)
+            x = ddim_step(process.numeric, pred, t, s, 1.0, noise) if n else x
+            u = torch.stack([torch.rand(c, 3, generator=g, dtype=torch.float64) for g in noise.generators]).to(device)
+            if c:
+                probs = x0_probs(logits, temperature)
+                tb, sb = t.expand(batch).double(), s.expand(batch).double()
+                tokens = process.categorical.ancestral_step(tokens, probs, sb, tb, u)
+            if part is not None:
+                a, sig = float(process.numeric.alpha(s)), float(process.numeric.sigma(s))
+                forward = a * known[:, :n] + sig * noise((n,)) if float(s) > 0 else known[:, :n]
+                x = torch.where(keep[:, :n], forward, x)
+                tokens = torch.where(keep[:, n : n + c], known[:, n : n + c].round().long(), tokens)
+        rest = [labels[:, None].to(x.dtype)] if pipe.config.network.num_classes else []
+        return torch.cat([x, tokens.to(x.dtype), *rest], dim=1)
+
+    @staticmethod
+    def _predict(net, pipe, x, tokens, t, labels):  # type: ignore[no-untyped-def]
+        """The numeric prediction and the categorical logits (B, sum K_c) of one network call."""
+        process = pipe.process
+        tt = t.expand(x.shape[0]).to(torch.float32)
+        coef = Coefficients(process.numeric, tt, x)
+        c_noise = noise_conditioning(process.numeric, tt).to(torch.float32)
+        x_in = pipe.parameterisation.network_input(x, coef)
+        out = net(
+            torch.cat([x_in, tokens.to(x_in.dtype)], dim=1),
+            c_noise,
+            **({"labels": labels} if labels is not None else {}),
+        )
+        n = process.num_numeric
+        x0, eps = pipe.parameterisation.prediction(out[:, :n].to(x.dtype), x, coef)
+        return Prediction(x, x0, eps, coef.alpha, coef.sigma), out[:, n:].float()
+
+
+FAMILIES: dict[str, Family] = {family.name: family for family in (GaussianFamily(), DiscreteFamily(), MixedFamily())}

@@ -1,8 +1,10 @@
-"""Datasets: embedded digits, image folders, MNIST and CIFAR-10 files, 2-D toys; text corpora and tokenizers.
+"""Datasets: embedded digits, image folders, MNIST and CIFAR-10 files, 2-D toys; text corpora and tokenizers; CSV
+tables (schema, quantile transform, encoding of rows).
 
 Images are (N, C, S, S) float32 in [-1, 1].
 
-This floor imports only torch, numpy, PIL and `diffusionlab.limits` (floor 0), never the floors above.
+This floor imports only torch, numpy, PIL, pandas and scipy (tables, on first use), `diffusionlab.limits` (floor 0)
+and its own floor (`config`, `io`), never the floors above.
 """
 
 from __future__ import annotations
@@ -24,6 +26,24 @@ from .conditions import IMAGE_CONDITIONS, condition_channels, low_resolution, ma
 from .digits import load_digits_dataset
 from .folder import IMAGE_EXTENSIONS, load_image_folder
 from .mnist import load_mnist
+from .table import (
+    MISSING_SPELLINGS,
+    TABLE_DATASET_FORMS,
+    TableLayout,
+    TableTensors,
+    decode_table,
+    encode_table,
+    from_normal,
+    infer_schema,
+    is_table_dataset,
+    load_table_dataset,
+    read_csv_table,
+    read_schema_overrides,
+    table_holes,
+    table_layout,
+    to_normal,
+    write_csv_table,
+)
 from .text import (
     TEXT8_ALPHABET,
     TEXT_DATASET_FORMS,
@@ -53,6 +73,22 @@ from .toys import (
 )
 
 __all__ = [
+    "MISSING_SPELLINGS",
+    "TABLE_DATASET_FORMS",
+    "TableLayout",
+    "TableTensors",
+    "decode_table",
+    "encode_table",
+    "from_normal",
+    "infer_schema",
+    "is_table_dataset",
+    "load_table_dataset",
+    "read_csv_table",
+    "read_schema_overrides",
+    "table_holes",
+    "table_layout",
+    "to_normal",
+    "write_csv_table",
     "TEXT8_ALPHABET",
     "TEXT_DATASET_FORMS",
     "ByteTokenizer",

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -31,6 +33,7 @@ __all__ = [
     "PROCESSES",
     "make_process",
     "check_times",
+    "MixedProcess",
 ]
 
 
@@ -430,3 +433,16 @@ def make_process(name: str, num_classes: int, schedule: DiscreteSchedule | str =
     if name not in PROCESSES:
         raise ValueError(f"process={name!r} is not a discrete process; expected one of {sorted(PROCESSES)}.")
     return PROCESSES[name](num_classes, schedule)
+
+
+@dataclass(frozen=True)
+class MixedProcess:
+    """A table's forward process: a Gaussian process over its ``num_numeric`` numeric columns and an absorbing process
+    over its categorical columns, both at one shared time t (TabDDPM, Kotelnikov et al. 2023, sec. 3: Gaussian
+    diffusion for numbers and a discrete diffusion for categories in one model). ``numeric`` is a
+    ``diffusionlab.processes.GaussianProcess`` (not imported here: this floor imports only torch)."""
+
+    numeric: Any
+    categorical: DiscreteProcess
+    num_numeric: int
+    num_categorical: int

@@ -12,16 +12,17 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from ..config import ModelConfig, NetworkConfig
 from ..data import DataError, Tokenizer, condition_channels, make_image_condition, make_tokenizer
+from ..data.table import TableTensors, decode_table, table_layout, write_csv_table
 from ..images import save_grid, save_scatter
 from ..io import atomic_write_text
-from ..networks import MLP, DiscreteTransformer, UNet2D
+from ..networks import MLP, DiscreteTransformer, TabularMLP, UNet2D
 from ..networks.autoencoder import Autoencoder, latent_scaling_factor
 from ..networks.size import affine_parameters, build_within_limit
 
@@ -31,6 +32,7 @@ __all__ = [
     "LatentImageSpace",
     "PointSpace",
     "TokenSpace",
+    "TableSpace",
     "SPACES",
     "NETWORKS",
     "build_network",
@@ -77,12 +79,19 @@ def _transformer(cfg: NetworkConfig) -> nn.Module:
     )
 
 
-NETWORKS = {"unet": _unet, "mlp": _mlp, "transformer": _transformer}
+def _tabular(cfg: NetworkConfig) -> nn.Module:
+    if cfg.num_numeric is None or cfg.cardinalities is None:
+        raise ValueError("a tabular network needs network.num_numeric and cardinalities; they are fitted to the table.")
+    return TabularMLP(cfg.num_numeric, cfg.cardinalities, cfg.width, cfg.depth, cfg.num_classes, cfg.dropout)
+
+
+NETWORKS = {"unet": _unet, "mlp": _mlp, "transformer": _transformer, "tabular": _tabular}
 # the settings that size each network, the one its parameter count is affine in last
 _SIZED_BY = {
     "unet": ("base_channels", "channel_mults", "num_res_blocks"),
     "mlp": ("dim", "width", "depth"),
     "transformer": ("width", "num_heads", "depth"),
+    "tabular": ("width", "depth"),
 }
 
 
@@ -372,8 +381,86 @@ class TokenSpace(ModelSpace):
         return config.model_copy(update={"network": net, "data": data_cfg, "space": cls.name, "sample": sample})
 
 
+class TableSpace(ModelSpace):
+    """Table rows: the numeric columns' quantile-normal scores, then one category id per categorical column (and,
+    for a model conditioned on a categorical target, the row's label last), as floats. Samples are decoded by the
+    table's schema (``config.data.table``) into the CSV's columns, spellings, dtypes and ranges."""
+
+    name = "table"
+    network_kind = "tabular"
+    family = "mixed"
+    suffix = ".csv"
+    grid_preview = False
+
+    def __init__(self, config: ModelConfig, autoencoder: Autoencoder | None = None) -> None:
+        self.schema, net = config.data.table, config.network
+        self.num_numeric, self.cardinalities = net.num_numeric or 0, list(net.cardinalities or [])
+        self.labelled = bool(net.num_classes)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return (self.num_numeric + len(self.cardinalities) + int(self.labelled),)
+
+    def encode(self, data: Tensor) -> Tensor:
+        return data
+
+    def decode(self, x: Tensor) -> Tensor:
+        return x
+
+    def frame(self, samples: Tensor) -> Any:
+        """Samples (N, sample_shape) as a pandas DataFrame of the table's columns (str cells, as a CSV holds them)."""
+        if self.schema is None:
+            raise ValueError("this table model has no data.table schema; it is fitted to the training table.")
+        n, c = self.num_numeric, len(self.cardinalities)
+        tensors = TableTensors(
+            samples[:, :n].float(),
+            samples[:, n : n + c].round().long(),
+            samples[:, n + c].round().long() if self.labelled else None,
+        )
+        return decode_table(tensors, self.schema)
+
+    def save(self, samples, path, *, nrow=8, row_labels=None, metadata=None, reference=None):  # type: ignore[no-untyped-def]
+        """The rows as a CSV file with the table's header (written atomically)."""
+        write_csv_table(self.frame(samples), path)
+
+    def check_fits(self, config: ModelConfig) -> None:
+        net = config.network
+        if net.kind != self.network_kind:
+            raise ValueError(f"a table model's network is tabular, not network.kind={net.kind!r}")
+        if config.data.table is None:
+            raise ValueError("a table model needs data.table, the schema of its columns")
+        layout = table_layout(config.data.table)
+        if (net.num_numeric, net.cardinalities) != (len(layout.numeric), list(layout.cardinalities)):
+            raise ValueError(
+                f"data.table has {len(layout.numeric)} numeric columns and categories {list(layout.cardinalities)} "
+                f"but the network takes network.num_numeric={net.num_numeric}, cardinalities={net.cardinalities}"
+            )
+
+    @classmethod
+    def fit_config(cls, config: ModelConfig, data: Tensor, autoencoder: Autoencoder | None = None) -> ModelConfig:
+        """The tabular network's columns, the widest column's categories and a table model's sampling defaults."""
+        if config.data.table is None:
+            raise DataError("the table has no schema; load it with load_training_data.")
+        layout = table_layout(config.data.table)
+        if layout.num_classes and not config.network.num_classes:
+            raise DataError(
+                f"the categorical target column {config.data.table.target!r} conditions the model; train a "
+                "conditional model (drop --no-conditional) or leave out --target-column."
+            )
+        cards = list(layout.cardinalities)
+        net = config.network.model_copy(
+            update={"kind": cls.network_kind, "num_numeric": len(layout.numeric), "cardinalities": cards}
+        )
+        data_cfg = config.data.model_copy(update={"vocab_size": max([2, *cards])})
+        sample = config.sample.model_copy(
+            update={"sampler": "ancestral", "steps": 100, "thresholding": "none", "spacing": None, "guidance": 1.0}
+        )
+        build_network(net)
+        return config.model_copy(update={"network": net, "data": data_cfg, "space": cls.name, "sample": sample})
+
+
 SPACES: dict[str, type[ModelSpace]] = {
-    cls.name: cls for cls in (PixelImageSpace, LatentImageSpace, PointSpace, TokenSpace)
+    cls.name: cls for cls in (PixelImageSpace, LatentImageSpace, PointSpace, TokenSpace, TableSpace)
 }
 
 
@@ -386,8 +473,10 @@ def space_for_data(config: ModelConfig, data: Tensor) -> type[ModelSpace]:
     """The space of a fresh model on training data (N, ...): tokens for integer (N, L) data, points for (N, D)
     real data, latent images when ``config.latent`` asks for an autoencoder, else pixel images; one clear error
     when the config's process is of another family than the data takes."""
-    if data.ndim == 2:
-        space: type[ModelSpace] = PointSpace if data.is_floating_point() else TokenSpace
+    if config.data.table is not None:
+        space: type[ModelSpace] = TableSpace
+    elif data.ndim == 2:
+        space = PointSpace if data.is_floating_point() else TokenSpace
     else:
         space = LatentImageSpace if config.latent is not None else PixelImageSpace
     process = config.diffusion.process
@@ -395,9 +484,10 @@ def space_for_data(config: ModelConfig, data: Tensor) -> type[ModelSpace]:
         expected = {
             "discrete": "--process absorbing (masked diffusion, MDLM) or uniform",
             "gaussian": "a Gaussian process such as --process ddpm, vp, edm or flow",
+            "mixed": "--process mixed (Gaussian numbers, masked categories)",
         }[space.family]
         raise DataError(
-            f"{'text' if space.family == 'discrete' else space.name} data needs {expected}, not "
+            f"{ {'discrete': 'text', 'mixed': 'table'}.get(space.family, space.name) } data needs {expected}, not "
             f"process={process.name!r}."
         )
     return space

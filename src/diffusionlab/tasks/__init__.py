@@ -30,6 +30,7 @@ from .denoise import (
     posterior_sample,
 )
 from .img2img import check_strength, img2img, sdedit, start_index
+from .impute import impute
 from .infill import BLANK, InfillPrompt, infill, parse_infill
 from .inpaint import (
     INPAINT_METHODS,
@@ -49,6 +50,7 @@ from .inpaint import (
 __all__ = [
     "BLANK",
     "InfillPrompt",
+    "impute",
     "infill",
     "parse_infill",
     "ANOMALY_METHODS",

@@ -5,11 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor
 
+from ..config import TableSchema
 from ..data import DataError, is_text_dataset, load_dataset, load_text_dataset, load_toy_dataset, toy_name
+from ..data.table import encode_table, is_table_dataset, load_table_dataset
 
-__all__ = ["TrainingData", "load_training_data"]
+__all__ = ["TrainingData", "load_training_data", "table_rows"]
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,7 @@ class TrainingData:
     class_names: list[str] | None = None
     captions: list[list[str]] | None = None  # one or more phrasings per example, for text conditioning
     tokenizer: str | None = None  # text: the name of the tokenizer the token ids (N, L) were made with
+    table: TableSchema | None = None  # tables: the schema the rows (N, D) were encoded with
 
     @property
     def num_classes(self) -> int | None:
@@ -37,6 +41,9 @@ def load_training_data(config: Any) -> TrainingData:
     if toy is not None:
         points = load_toy_dataset(toy, n=20000, seed=config.train.seed).tensors()[0]
         return TrainingData(points.float(), None, None)
+    if is_table_dataset(name):
+        frame, schema = load_table_dataset(name, target=config.data.target_column, schema_file=config.data.schema_file)
+        return table_rows(frame, schema)
     if is_text_dataset(name):
         text = load_text_dataset(name, config.data.seq_len, split="train", tokenizer=config.data.tokenizer)
         return TrainingData(text.tokens, text.labels, text.class_names, tokenizer=text.tokenizer.name)
@@ -45,3 +52,16 @@ def load_training_data(config: Any) -> TrainingData:
         raise DataError(f"dataset {name!r} has no examples.")
     names = ds.class_names or ([str(i) for i in range(ds.num_classes)] if ds.num_classes else None)
     return TrainingData(ds.images.float(), ds.labels, names, ds.captions)
+
+
+def table_rows(frame: Any, schema: TableSchema) -> TrainingData:
+    """A table (str cells, as read) as training rows in the model's space: the numeric columns' normal scores, the
+    categorical columns' ids and, with a categorical target, the row's label last (``TableSpace``'s layout)."""
+    encoded = encode_table(frame, schema)
+    parts = [encoded.numeric.float(), encoded.categorical.float()]
+    names = None
+    if encoded.labels is not None:
+        parts.append(encoded.labels.float()[:, None])
+        target = next(c for c in schema.columns if c.name == schema.target)
+        names = list(target.categories or []) + (["(missing)"] if target.missing_rate > 0 else [])
+    return TrainingData(torch.cat(parts, dim=1), encoded.labels, names, table=schema)

@@ -100,13 +100,28 @@ def fit_tokenizer(config: ModelConfig, data: TrainingData) -> ModelConfig:
     return config.model_copy(update={"data": config.data.model_copy(update={"tokenizer": data.tokenizer})})
 
 
+def fit_table(config: ModelConfig, data: TrainingData) -> ModelConfig:
+    """Tables: the schema the rows were read with, a categorical target's class frequencies filled in."""
+    if data.table is None:
+        return config
+    schema = data.table
+    if data.labels is not None:
+        counts = torch.bincount(data.labels, minlength=data.num_classes or 1).double()
+        shares = (counts / counts.sum()).tolist()
+        columns = [
+            c.model_copy(update={"frequencies": shares}) if c.name == schema.target else c for c in schema.columns
+        ]
+        schema = schema.model_copy(update={"columns": columns})
+    return config.model_copy(update={"data": config.data.model_copy(update={"table": schema})})
+
+
 def fit_diffusion_config(
     config: ModelConfig, data: TrainingData, autoencoder: Autoencoder | None = None, text_dim: int | None = None
 ) -> ModelConfig:
     """The config fitted to its training data, a pure step before training: prompts (``text_dim``) or classes,
     the tokenizer of text, then the model space's shapes, network kind and (latent models, with their
     ``autoencoder``) scaling factor. The result shares nothing with ``config``."""
-    config = fit_tokenizer(fit_labels(fit_text(config, text_dim), data), data)
+    config = fit_table(fit_tokenizer(fit_labels(fit_text(config, text_dim), data), data), data)
     return space_for_data(config, data.x).fit_config(config, data.x, autoencoder).model_copy(deep=True)
 
 

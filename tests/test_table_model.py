@@ -1,0 +1,216 @@
+"""Table models through the one pipeline (issue 16): the mixed process's loss, training on a CSV, sampling rows
+that keep the table's schema, imputation that keeps every given cell, and the command line's bad-input lines."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from cli_helpers import assert_clear_error, run
+
+from diffusionlab.config import (
+    TABULAR_SIZES,
+    DataConfig,
+    DiffusionConfig,
+    MixedProcessConfig,
+    ModelConfig,
+    NetworkConfig,
+    TrainConfig,
+)
+from diffusionlab.data.table import infer_schema, read_csv_table
+from diffusionlab.denoisers import Coefficients, Denoiser, noise_conditioning
+from diffusionlab.discrete.losses import nelbo
+from diffusionlab.families import MASKED_LOGIT, column_logits
+from diffusionlab.losses import denoising_loss
+from diffusionlab.pipeline import Pipeline
+from diffusionlab.tasks import impute
+from diffusionlab.training import Trainer
+from diffusionlab.training.diffusion import DiffusionObjective
+
+QUIET = {"log_with": [], "sample_every": 0, "checkpoint_every": 0, "log_every": 0, "final_eval": False}
+
+
+def write_table(path: Path, n: int = 400, seed: int = 0) -> Path:
+    """A mixed table: a float with 2 decimals and 5% missing, a wide integer, a city with a comma and an umlaut, a
+    bool spelled True/False, and a label that depends on the float."""
+    rng = np.random.default_rng(seed)
+    age = rng.integers(18, 80, n)
+    income = np.round(np.exp(rng.normal(10, 0.5, n)) + age * 100, 2)
+    city = rng.choice(["Paris", "Lyon", "Nice, FR", "Zürich"], n, p=[0.4, 0.3, 0.2, 0.1])
+    member = rng.random(n) < age / 100
+    label = np.where(income > np.median(income), "high", "low")
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["age", "income", "city", "member", "y"])
+        for i in range(n):
+            cell = "" if rng.random() < 0.05 else f"{income[i]:.2f}"
+            writer.writerow([age[i], cell, city[i], "True" if member[i] else "False", label[i]])
+    return path
+
+
+def table_config(csv_path: Path, steps: int = 150, target: str | None = "y", **train: object) -> ModelConfig:
+    return ModelConfig(
+        network=NetworkConfig(**TABULAR_SIZES["tiny"], num_classes=0 if target else None),
+        diffusion=DiffusionConfig(process=MixedProcessConfig()),
+        data=DataConfig(dataset=f"table:{csv_path}", target_column=target),
+        train=TrainConfig(steps=steps, batch_size=64, warmup_steps=10, **QUIET, **train),
+    )
+
+
+@pytest.fixture(scope="module")
+def table_model(tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> tuple[Path, Path]:
+    """A tiny table model trained 150 steps on the mixed table, conditioned on its label column y."""
+    folder = tmp_path_factory.mktemp("table")
+    data = write_table(folder / "t.csv")
+    Trainer(table_config(data), folder / "model", progress=False).train()
+    return folder / "model", data
+
+
+def test_the_mixed_loss_is_the_numeric_denoising_loss_plus_the_categorical_nelbo_per_column(
+    tmp_path: Path, one_thread: None
+) -> None:
+    """The family's loss against its two terms computed apart: the Gaussian denoising loss of the numeric columns
+    (the network's numeric outputs) plus MDLM's NELBO of the categorical columns (its logits) over their count."""
+    config = table_config(write_table(tmp_path / "t.csv"))
+    objective = DiffusionObjective.prepare(config, None, None, torch.device("cpu"))
+    pipe, net = objective.model, objective.model.network
+    batch = objective.global_batch(3)
+    x0, t, noise, cond = batch
+    process = pipe.process
+    n, c = process.num_numeric, process.num_categorical
+    assert (n, c) == (2, 3)  # age, income; city, member and income's missing indicator (y is the label, last)
+    labels = x0[:, -1].long()
+    assert torch.equal(torch.where(cond["labels"] >= 0, cond["labels"], labels), labels)
+    mixed, _ = objective.loss(net, batch)
+
+    tokens = noise[:, n : n + c]
+    numeric = Denoiser(
+        lambda x, c_noise, **kw: net(torch.cat([x, tokens], 1), c_noise, **kw)[:, :n],
+        process.numeric,
+        pipe.parameterisation,
+    )
+    gaussian = denoising_loss(numeric, x0[:, :n], cond, t=t, eps=noise[:, :n], weighting="uniform")
+    x_t = process.numeric.add_noise(x0[:, :n], t, noise[:, :n])
+    coef = Coefficients(process.numeric, t, x_t)
+    c_noise = noise_conditioning(process.numeric, t).float()
+    out = net(torch.cat([pipe.parameterisation.network_input(x_t, coef), tokens], 1), c_noise, **cond)
+    logits = column_logits(out[:, n:], pipe.config.network.cardinalities, process.categorical.num_classes)
+    discrete = nelbo(process.categorical, lambda *_: logits, x0[:, n : n + c].long(), t, x_t=tokens.long())
+    torch.testing.assert_close(mixed, gaussian + discrete.mean() / c, rtol=1e-6, atol=1e-6)
+    assert discrete.mean().item() > 0 and gaussian.item() > 0
+    # each column's logits live in its own categories: the others can never be drawn
+    assert (logits[:, 1, 2:] == MASKED_LOGIT).all()  # member has 2 categories, the widest column 4
+
+
+def test_sampled_rows_keep_the_tables_schema(table_model: tuple[Path, Path], tmp_path: Path) -> None:
+    folder, data = table_model
+    pipe = Pipeline.load(folder)
+    assert pipe.config.space == "table" and pipe.config.network.kind == "tabular"
+    rows = pipe.sample(300, seed=0, steps=30)
+    out = tmp_path / "synth.csv"
+    pipe.space.save(rows, out)
+    real, synth = read_csv_table(data), read_csv_table(out)
+    assert list(synth.columns) == list(real.columns) and len(synth) == 300
+    a, b = infer_schema(real, "y"), infer_schema(synth, "y")
+    for col_real, col_synth in zip(a.columns, b.columns, strict=True):
+        assert (col_synth.kind, col_synth.dtype) == (col_real.kind, col_real.dtype), col_real.name
+        if col_real.kind == "categorical":
+            assert set(col_synth.categories) <= set(col_real.categories), col_real.name
+        else:
+            assert col_real.minimum <= col_synth.minimum and col_synth.maximum <= col_real.maximum, col_real.name
+            assert col_synth.decimals == col_real.decimals, col_real.name
+    income = synth["income"]
+    assert 0.0 < (income == "").mean() < 0.2  # the missing cells come back, at about their rate (5%)
+    assert set(synth["city"]) >= {"Paris", "Lyon", "Nice, FR"}  # spellings with a comma survive the CSV
+    again = Pipeline.load(folder).sample(300, seed=0, steps=30, batch_size=64)
+    assert torch.equal(rows, again)  # same seed, same rows, at another batch size
+
+
+def test_labels_pick_the_target_value_of_each_row(table_model: tuple[Path, Path]) -> None:
+    pipe = Pipeline.load(table_model[0])
+    names = pipe.config.data.class_names
+    assert names == ["high", "low"]
+    frame = pipe.space.frame(pipe.sample(labels=[0, 1, 1, 0], steps=10, seed=0))
+    assert list(frame["y"]) == ["high", "low", "low", "high"]
+
+
+def test_imputation_keeps_every_given_cell_bit_for_bit(table_model: tuple[Path, Path]) -> None:
+    pipe = Pipeline.load(table_model[0])
+    frame = read_csv_table(table_model[1]).head(60).copy()
+    before = frame.copy()
+    holes = {"city": [1, 2, 3], "age": [4, 5], "income": [6], "member": [7, 8]}
+    for column, rows in holes.items():
+        frame.loc[rows, column] = "" if column != "member" else "NaN"
+    filled, count = impute(pipe, frame, steps=20, seed=0)
+    original_missing = int((before["income"] == "").sum())
+    assert count == 8 + original_missing
+    for column in frame.columns:
+        given = ~frame[column].isin(["", "NaN"])
+        assert (filled.loc[given, column] == frame.loc[given, column]).all(), column  # exact strings
+    assert set(filled.loc[[1, 2, 3], "city"]) <= {"Paris", "Lyon", "Nice, FR", "Zürich"}
+    assert all(18 <= int(v) <= 79 for v in filled.loc[[4, 5], "age"])
+    assert set(filled.loc[[7, 8], "member"]) <= {"True", "False"} and (filled["income"] != "").all()
+    only_city, count = impute(pipe, frame, ["city"], steps=20, seed=0)
+    assert count == 3 and (only_city.loc[[4, 5], "age"] == "").all()  # other holes stay holes
+    with pytest.raises(ValueError, match="nothing to impute"):
+        impute(pipe, before.drop(index=before.index[before["income"] == ""]), steps=2)
+    with pytest.raises(ValueError, match="target column 'y' has 1 missing"):
+        impute(pipe, frame.assign(y=["" if i == 0 else v for i, v in enumerate(frame["y"])]), steps=2)
+
+
+# ------------------------------------------------------------------------------------------------ the CLI
+
+
+def test_cli_trains_samples_and_imputes_a_csv(tmp_path: Path, one_thread: None) -> None:
+    data = write_table(tmp_path / "t.csv", n=200)
+    out = tmp_path / "run"
+    result = run(
+        "train", "--dataset", f"table:{data}", "--target-column", "y", "--model-size", "tiny", "--steps", 40,
+        "--batch-size", 32, "--sample-every", 0, "--no-final-eval", "--no-progress", "--log-with", "", "--out", out,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "samples.csv" in result.output and (out / "samples.csv").is_file()
+    assert Pipeline.load(out).config.diffusion.process.name == "mixed"
+    result = run("sample", out, "-n", 7, "--steps", 5, "--out", tmp_path / "s.csv", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert len(read_csv_table(tmp_path / "s.csv")) == 7
+    holes = read_csv_table(data).head(10)
+    holes.loc[0, "city"] = ""
+    holes.to_csv(tmp_path / "holes.csv", index=False)
+    result = run("impute", out, "--input", tmp_path / "holes.csv", "--out", tmp_path / "f.csv", "--steps", 5)
+    assert result.exit_code == 0, result.output
+    assert read_csv_table(tmp_path / "f.csv").loc[0, "city"] != ""
+
+
+def test_cli_bad_tables_are_one_clear_line_and_nothing_is_written(tmp_path: Path) -> None:
+    files = {
+        "empty.csv": b"",
+        "ragged.csv": b"a,b\n1,2\n3\n4,5\n",
+        "allmissing.csv": b"a,b\n1,\n2,\n3,\n",
+        "single.csv": b"a,b\n1,2\n",
+        "latin1.csv": "a,b\n1,caf\u00e9\n2,x\n".encode("latin-1"),
+        "wide.csv": ("a,b\n" + "".join(f"{i},c{i}\n" for i in range(10_000))).encode(),
+        "ok.csv": b"a,b\n1,x\n2,y\n3,x\n",
+    }
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    out = tmp_path / "never"
+    cases = {
+        "empty.csv": ("empty",),
+        "ragged.csv": ("line 3",),
+        "allmissing.csv": ("'b'", "missing"),
+        "single.csv": ("at least 2 rows",),
+        "latin1.csv": ("UTF-8",),
+        "wide.csv": ("'b'", "10000"),
+    }
+    for name, fragments in cases.items():
+        result = run("train", "--dataset", f"table:{tmp_path / name}", "--out", out, "--no-progress")
+        assert_clear_error(result, *fragments)
+    result = run("train", "--dataset", f"table:{tmp_path / 'ok.csv'}", "--target-column", "z", "--out", out)
+    assert_clear_error(result, "'z'", "'a'")
+    result = run("train", "--dataset", f"table:{tmp_path / 'ok.csv'}", "--process", "ddpm", "--out", out)
+    assert_clear_error(result, "--process mixed")
+    assert not out.exists()
