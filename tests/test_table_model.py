@@ -56,7 +56,7 @@ def table_config(csv_path: Path, steps: int = 150, target: str | None = "y", **t
         network=NetworkConfig(**TABULAR_SIZES["tiny"], num_classes=0 if target else None),
         diffusion=DiffusionConfig(process=MixedProcessConfig()),
         data=DataConfig(dataset=f"table:{csv_path}", target_column=target),
-        train=TrainConfig(steps=steps, batch_size=64, warmup_steps=10, **QUIET, **train),
+        train=TrainConfig(**{"steps": steps, "batch_size": 64, "warmup_steps": 10, **QUIET, **train}),
     )
 
 
@@ -214,3 +214,28 @@ def test_cli_bad_tables_are_one_clear_line_and_nothing_is_written(tmp_path: Path
     result = run("train", "--dataset", f"table:{tmp_path / 'ok.csv'}", "--process", "ddpm", "--out", out)
     assert_clear_error(result, "--process mixed")
     assert not out.exists()
+
+
+def test_differentially_private_training_spends_the_asked_epsilon(tmp_path: Path, one_thread: None) -> None:
+    """DP-SGD through Opacus: Poisson batches, a noise multiplier chosen for the asked epsilon over the run, and the
+    (epsilon, delta) spent stored in config.json; the budget grows with the steps taken."""
+    data = write_table(tmp_path / "t.csv", n=300)
+    config = table_config(data, steps=40, dp_epsilon=1.0, mixed_precision="auto")
+    trainer = Trainer(config, tmp_path / "dp", progress=False)
+    sizes = {len(trainer.objective.global_batch(step).x0) for step in range(20)}
+    assert len(sizes) > 3 and abs(sum(sizes) / len(sizes) - 64) < 12  # Poisson: about 64 rows, never exactly
+    trainer.train()
+    saved = Pipeline.load(tmp_path / "dp").config
+    assert saved.train.mixed_precision == "no"  # auto is fp32 under DP-SGD
+    p = saved.privacy
+    assert p is not None and p.steps == 40 and p.delta == 1e-5 and p.sample_rate == pytest.approx(64 / 300)
+    assert 0.97 < p.epsilon <= 1.0 + 1e-9 and p.noise_multiplier > 1  # Opacus finds sigma to within 1% of epsilon
+    assert trainer.privacy.report(20).epsilon < p.epsilon  # half the steps, less spent
+    assert Pipeline.load(tmp_path / "dp").sample(5, steps=5).shape == (5, 6)
+    for settings, fragment in [
+        ({"grad_accumulation": 2}, "grad_accumulation=2: DP-SGD"),
+        ({"mixed_precision": "bf16"}, "needs mixed_precision='no'"),
+        ({"batch_size": 300}, "not below the 300 training rows"),
+    ]:
+        with pytest.raises(ValueError, match=fragment):
+            Trainer(table_config(data, steps=2, dp_epsilon=1.0, **settings), tmp_path / "x", progress=False)

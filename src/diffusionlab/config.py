@@ -44,6 +44,7 @@ __all__ = [
     "SampleConfig",
     "TextEncoderConfig",
     "ModelConfig",
+    "PrivacyReport",
     "MODEL_SIZES",
     "TRANSFORMER_SIZES",
     "TABULAR_SIZES",
@@ -474,6 +475,16 @@ class TrainConfig(_Strict):
         description="Evaluate the EMA model once training ends (eval_metrics, eval_samples), print the numbers and "
         "write eval/step-NNNNNN.json.",
     )
+    dp_epsilon: float | None = Field(
+        default=None,
+        gt=0,
+        description="Differentially private training (DP-SGD through Opacus, Poisson-sampled batches) spending this "
+        "epsilon over the whole run; none: not private. The budget spent is stored in config.json's privacy.",
+    )
+    dp_delta: float | None = Field(
+        default=None, gt=0, lt=1, description="DP-SGD's delta (none: min(1e-5, 1 / (10 N)) for N training rows)."
+    )
+    dp_max_grad_norm: float = Field(default=1.0, gt=0, description="DP-SGD's bound C on each example's gradient norm.")
     eval_features: Literal["auto", "classifier", "pixels"] = Field(
         default="auto", description="Feature network of eval_every (auto: a domain classifier if labelled)."
     )
@@ -530,6 +541,19 @@ SPACES = ("image", "latent_image", "points", "tokens", "table")
 FORMAT_VERSION = 2
 
 
+class PrivacyReport(_Strict):
+    """The differential privacy a DP-SGD run spent (Abadi et al. 2016), by Opacus's RDP accountant (Mironov 2017):
+    (epsilon, delta) after ``steps`` Poisson-sampled steps of ``sample_rate`` with ``noise_multiplier``."""
+
+    epsilon: float
+    delta: float
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    max_grad_norm: float
+    accountant: Literal["rdp"] = "rdp"
+
+
 class ModelConfig(_Strict):
     """Everything needed to rebuild a trained model from its folder."""
 
@@ -543,6 +567,7 @@ class ModelConfig(_Strict):
     sample: SampleConfig = Field(default_factory=SampleConfig)
     text_encoder: TextEncoderConfig | None = None
     latent: LatentConfig | None = None  # None: the model runs in pixel space
+    privacy: PrivacyReport | None = None  # a DP-SGD run's spent budget (train.dp_epsilon); None: not private
 
     @model_validator(mode="after")
     def _space(self) -> ModelConfig:

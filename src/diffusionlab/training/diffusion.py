@@ -28,6 +28,7 @@ from ..sampling import sample_seed
 from ..spaces import make_space, space_for_data
 from .data import TrainingData, load_training_data
 from .objective import Objective, resumed_config, start_weights
+from .privacy import poisson_rows
 
 __all__ = ["DiffusionObjective", "DiffusionBatch", "Captions", "fit_diffusion_config", "fit_labels", "fit_text"]
 
@@ -198,11 +199,15 @@ class DiffusionObjective(Objective):
         """Examples, times, noise and per-sample label (or prompt) dropout of ``step``, in that order of draws."""
         tc, data = self.train_config, self.data
         gen = torch.Generator().manual_seed(sample_seed(tc.seed, step))
-        idx = torch.randint(len(data.x), (tc.batch_size,), generator=gen)
+        if tc.dp_epsilon is None:
+            idx = torch.randint(len(data.x), (tc.batch_size,), generator=gen)
+        else:  # DP-SGD's accountant assumes Poisson sampling: each row in with probability batch_size / N
+            idx = poisson_rows(len(data.x), tc.batch_size / len(data.x), gen)
+        n = len(idx)
         family, x0, cond = self.model.family, data.x[idx], {}
-        t = family.times(self.model.process, tc.batch_size, self.time_sampling, gen)
+        t = family.times(self.model.process, n, self.time_sampling, gen)
         noise = family.noise(self.model.process, x0, t, gen)
-        drop = torch.rand(tc.batch_size, generator=gen) < tc.label_dropout
+        drop = torch.rand(n, generator=gen) < tc.label_dropout
         if self.config.network.num_classes and data.labels is not None:
             cond["labels"] = torch.where(drop, torch.full_like(idx, -1), data.labels[idx])
         if self.captions is not None:

@@ -41,6 +41,7 @@ from .data import TrainingData, load_training_data
 from .diffusion import DiffusionObjective
 from .ema import ema_decay_at, update_ema
 from .objective import C, Objective, take
+from .privacy import PrivateTraining
 from .tracking import Trackers, check_trackers
 
 __all__ = [
@@ -68,6 +69,14 @@ def lr_lambda(schedule: str, warmup: int, total: int) -> Callable[[int], float]:
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return f
+
+
+def batch_length(batch: Any) -> int:
+    """The rows of a batch: the length of its first tensor (a tensor, or tuples and dicts of them)."""
+    if isinstance(batch, Tensor):
+        return len(batch)
+    values = batch.values() if isinstance(batch, dict) else batch
+    return next(batch_length(v) for v in values if isinstance(v, Tensor | tuple | dict))
 
 
 def micro_batches(n: int, k: int) -> list[slice]:
@@ -105,7 +114,10 @@ def with_run_precision(config: C, checkpoint: Path | None, cpu: bool = False) ->
     """``config`` with the precision its run uses: a resumed run's own (its checkpoint's config), else the
     setting made concrete for this machine ("auto": ``hardware.resolve_precision``)."""
     saved = _saved_precision(checkpoint) if checkpoint is not None else None
-    chosen = resolve_precision(saved or config.train.mixed_precision, _device(cpu))
+    asked = config.train.mixed_precision
+    if getattr(config.train, "dp_epsilon", None) is not None and asked == "auto":
+        asked = "no"  # DP-SGD's per-example gradients in full precision
+    chosen = resolve_precision(saved or asked, _device(cpu))
     train = config.train.model_copy(update={"mixed_precision": chosen})
     return config.model_copy(update={"train": train})
 
@@ -151,6 +163,20 @@ def _check_batch_split(tc: TrainConfig, world: int) -> None:
             f"grad_accumulation={tc.grad_accumulation} must be at most the batch of one process "
             f"(batch_size {tc.batch_size} / {world} processes = {tc.batch_size // world})."
         )
+
+
+def _private_training(objective: Objective, accelerator: Accelerator) -> PrivateTraining | None:
+    """The DP-SGD plan of a run asking for ``dp_epsilon``, or None; one clear error where it cannot run."""
+    tc = objective.train_config
+    if getattr(tc, "dp_epsilon", None) is None:
+        return None
+    if not hasattr(objective.config, "privacy"):
+        raise ValueError("dp_epsilon trains diffusion models privately; this objective has no privacy report.")
+    if accelerator.num_processes > 1:
+        raise ValueError(f"dp_epsilon={tc.dp_epsilon}: DP-SGD runs in one process, not {accelerator.num_processes}.")
+    if tc.mixed_precision != "no":
+        raise ValueError(f"dp_epsilon={tc.dp_epsilon} needs mixed_precision='no' (per-example gradients in fp32).")
+    return PrivateTraining.plan(tc, len(objective.data.x), objective.config.privacy)
 
 
 def _optimiser(network: nn.Module, tc: TrainConfig, device: torch.device) -> tuple[Any, Any]:
@@ -229,6 +255,8 @@ class Trainer:
         if accelerator.is_main_process:  # once the data, the model and the checkpoint are known good
             chosen = config.train.mixed_precision
             line = describe_precision(requested if checkpoint is None else chosen, _device(cpu))
+            if getattr(config.train, "dp_epsilon", None) is not None and requested == "auto":
+                line = "precision: fp32 (auto: DP-SGD's per-example gradients run in fp32)"
             print(line if checkpoint is None else f"{line.split(' (')[0]} (the resumed run's own)", file=sys.stderr)
 
     @classmethod
@@ -251,7 +279,10 @@ class Trainer:
         tc = objective.train_config
         _check_batch_split(tc, accelerator.num_processes)
         optimizer, self.scheduler = _optimiser(objective.network, tc, accelerator.device)
-        self.model, self.optimizer = accelerator.prepare(objective.network, optimizer)
+        network, self.privacy = objective.network, _private_training(objective, accelerator)
+        if self.privacy is not None:
+            network, optimizer = self.privacy.wrap(network, optimizer, tc.batch_size)
+        self.model, self.optimizer = accelerator.prepare(network, optimizer)
         if objective.ema is not None:
             objective.ema.to(accelerator.device)
         self.start_step, self.step = 0, 0
@@ -285,6 +316,7 @@ class Trainer:
             "rng_numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
             "rng_numpy_pos": int(np.random.get_state()[2]),
             "rng_python": torch.tensor(list(random.getstate()[1]), dtype=torch.int64),
+            **({"rng_dp": self.privacy.generator.get_state()} if self.privacy is not None else {}),
         }
 
     def _restore(self, state: dict[str, Any], path: Path) -> None:
@@ -298,6 +330,8 @@ class Trainer:
                 ("MT19937", state["rng_numpy"].numpy().astype(np.uint32), int(state["rng_numpy_pos"]), 0, 0.0)
             )
             random.setstate((3, tuple(int(v) for v in state["rng_python"].tolist()), None))
+            if self.privacy is not None:
+                self.privacy.generator.set_state(state["rng_dp"])
         except KeyError as err:
             raise CheckpointError(f"{path} has no {err.args[0]!r}; it is not a complete training state.") from None
         except (TypeError, ValueError, RuntimeError, AttributeError, IndexError) as err:
@@ -306,13 +340,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
     def _rows(self) -> slice:
-        """This process's rows of a global batch."""
+        """This process's rows of a global batch (one process: all of them, however many a Poisson batch has)."""
         n, world, rank = (
             self.objective.train_config.batch_size,
             self.accelerator.num_processes,
             self.accelerator.process_index,
         )
-        return slice(rank * n // world, (rank + 1) * n // world)
+        return slice(rank * n // world, (rank + 1) * n // world) if world > 1 else slice(None)
 
     def batch(self, step: int) -> Any:
         """This process's slice of the global batch of ``step``, on its device."""
@@ -327,8 +361,8 @@ class Trainer:
         """
         acc = self.accelerator
         self.model.train()
-        batch, rows = self.batch(step), self._rows()
-        n = rows.stop - rows.start
+        batch = self.batch(step)
+        n = batch_length(batch)
         parts = micro_batches(n, self.objective.train_config.grad_accumulation)
         total = torch.zeros((), device=acc.device)
         terms: dict[str, Tensor] = {}
@@ -360,7 +394,8 @@ class Trainer:
             raise FloatingPointError(
                 f"the loss became {loss.item()} at step {step}; lower lr (now {tc.lr}) or use mixed_precision='no'."
             )
-        grad_norm = acc.clip_grad_norm_(self.model.parameters(), tc.grad_clip) if tc.grad_clip > 0 else 0.0
+        clip = tc.grad_clip > 0 and self.privacy is None  # DP-SGD clips every example's gradient itself
+        grad_norm = acc.clip_grad_norm_(self.model.parameters(), tc.grad_clip) if clip else 0.0
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -441,6 +476,7 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             keep = self.objective.train_config.keep_checkpoints
+            self._record_privacy(step)
             save_checkpoint(self.objective, self._state(step), self.out_dir, step, keep)
         self.accelerator.wait_for_everyone()
 
@@ -448,9 +484,26 @@ class Trainer:
         """Write the final model folder and its picture (``samples.png``, ...) into the output folder."""
         if self.out_dir is None or not self.accelerator.is_main_process:
             return
+        self._record_privacy(self.step)
         self.objective.save(self.out_dir)
+        if self.privacy is not None:
+            p = self.objective.config.privacy
+            print(
+                f"privacy: epsilon {p.epsilon:.3g} spent at delta {p.delta:.3g} (DP-SGD: noise multiplier "
+                f"{p.noise_multiplier:.3g}, sample rate {p.sample_rate:.3g}, {p.steps} steps, "
+                f"clip {p.max_grad_norm:g})",
+                file=sys.stderr,
+            )
         if self.objective.preview_name is not None:
             self.objective.write_preview(self.out_dir / self.objective.preview_name, per_class=8)
+
+    def _record_privacy(self, step: int) -> None:
+        """Store the (epsilon, delta) spent by ``step`` in the config saved with the model (DP-SGD runs)."""
+        if self.privacy is None:
+            return
+        config = self.objective.config.model_copy(update={"privacy": self.privacy.report(step)})
+        self.objective.config = config
+        self.objective.model.config = config
 
     def _write_preview(self, step: int) -> None:
         if self.out_dir is None or not self.accelerator.is_main_process:
