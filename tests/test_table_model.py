@@ -239,3 +239,24 @@ def test_differentially_private_training_spends_the_asked_epsilon(tmp_path: Path
     ]:
         with pytest.raises(ValueError, match=fragment):
             Trainer(table_config(data, steps=2, dp_epsilon=1.0, **settings), tmp_path / "x", progress=False)
+
+
+def test_cli_evaluates_a_table_model_against_held_out_rows(table_model: tuple[Path, Path], tmp_path: Path) -> None:
+    folder, _ = table_model
+    held_out = write_table(tmp_path / "test.csv", n=200, seed=1)  # fresh rows of the same distribution
+    out = tmp_path / "report.json"
+    result = run("evaluate", folder, "--real", held_out, "--num-samples", 200, "--out", out, "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "| column shapes |" in result.stdout and "| membership attack AUC |" in result.stdout
+    import json
+
+    report = json.loads(out.read_text())
+    m = report["metrics"]
+    # measured: shapes 0.930, trends 0.823, F1 0.860 vs 0.945 on real rows, DCR share 0.58, AUC 0.531, 1 copy
+    assert 0.85 < m["column_shapes"] <= 1 and 0.7 < m["pair_trends"] <= 1
+    assert m["ml_efficacy_real"] > 0.9  # y is a threshold of income: learnable from the real rows
+    assert m["ml_efficacy"] > 0.75, m
+    assert 0.3 < m["dcr_share"] < 0.7 and m["attack_auc"] < 0.65 and m["exact_copies"] <= 2
+    assert set(report["table"]["column_shapes"]["columns"]) == {"age", "income", "city", "member", "y"}
+    assert (tmp_path / "report.png").stat().st_size > 10_000
+    assert_clear_error(run("evaluate", folder, "--no-progress"), "give real")

@@ -618,9 +618,16 @@ def evaluate(
     seed: opt.Seed = 0,
     batch_size: opt.BatchSize = 256,
     out: opt.ResultsJson = None,
+    real: Annotated[
+        Path | None, typer.Option(help="Tables: a CSV of held-out rows to score against (test rows).")
+    ] = None,
+    holdout: Annotated[
+        Path | None, typer.Option(help="Tables: rows the model never saw, for privacy (default: --real).")
+    ] = None,
     progress: opt.Progress = True,
 ) -> None:
-    """Score a trained model against its dataset's held-out data; prints a markdown table (and writes JSON)."""
+    """Score a trained model against its dataset's held-out data; prints a markdown table (and writes JSON; for a
+    table model also a PNG of the marginals and association matrices beside it)."""
     from .evaluation import evaluate_model, format_results
     from .io import save_json
     from .pipeline import Pipeline
@@ -628,13 +635,16 @@ def evaluate(
     def run() -> None:
         if out is not None:
             _check_out_file(out)
+        pipe = Pipeline.load(model)
+        plot = str(out.with_suffix(".png")) if out is not None and pipe.space.suffix == ".csv" else None
         result = evaluate_model(
-            Pipeline.load(model),
+            pipe,
             metrics,
             **dict(num_samples=num_samples, sampler=sampler, steps=steps, guidance=guidance, features=features),
             inception_weights=str(inception_weights) if inception_weights is not None else None,
             **dict(seed=seed, batch_size=batch_size, num_real=num_real, bpd_images=bpd_images, probe=probe),
             **dict(rtol=rtol, atol=atol, progress=progress),
+            **_given(real=real, holdout=holdout, plot=plot),
             log=lambda msg: typer.echo(msg, err=True),
         )
         result = {"model": str(model), **result}

@@ -60,6 +60,7 @@ __all__ = [
     "infer_schema",
     "is_table_dataset",
     "load_table_dataset",
+    "table_dataset_path",
     "read_csv_table",
     "read_schema_overrides",
     "table_holes",
@@ -180,16 +181,22 @@ def is_table_dataset(spec: object) -> bool:
     return name.startswith("table:") or name.endswith(".csv")
 
 
-def load_table_dataset(
-    spec: str | os.PathLike[str], target: str | None = None, schema_file: str | os.PathLike[str] | None = None
-) -> tuple[pd.DataFrame, TableSchema]:
-    """Read "table:<file.csv>" (or a .csv path) and infer its schema, with ``schema_file``'s overrides if given."""
+def table_dataset_path(spec: str | os.PathLike[str]) -> Path:
+    """The CSV file a table dataset spec names ("table:<file.csv>" or a path ending in .csv)."""
     if not is_table_dataset(spec):
         raise DataError(f"{spec!r} is not a table; expected {' or '.join(TABLE_DATASET_FORMS)}.")
     text = os.fspath(spec).strip()
     path = text[len("table:") :] if text.lower().startswith("table:") else text
     if not path:
         raise DataError(f"{spec!r} names no file; expected {' or '.join(TABLE_DATASET_FORMS)}.")
+    return Path(path).expanduser()
+
+
+def load_table_dataset(
+    spec: str | os.PathLike[str], target: str | None = None, schema_file: str | os.PathLike[str] | None = None
+) -> tuple[pd.DataFrame, TableSchema]:
+    """Read "table:<file.csv>" (or a .csv path) and infer its schema, with ``schema_file``'s overrides if given."""
+    path = table_dataset_path(spec)
     overrides = read_schema_overrides(schema_file) if schema_file is not None else None
     frame = read_csv_table(path)
     return frame, infer_schema(frame, target=target, overrides=overrides)

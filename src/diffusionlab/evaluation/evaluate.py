@@ -34,6 +34,7 @@ from diffusionlab.data import (
     load_toy_dataset,
     toy_name,
 )
+from diffusionlab.data.table import read_csv_table, table_dataset_path
 from diffusionlab.denoisers import DenoiserLike
 from diffusionlab.discrete.losses import nelbo, stratified_times
 from diffusionlab.limits import check_limit
@@ -44,12 +45,14 @@ from . import features as feats
 from .classifier import predict
 from .likelihood import LikelihoodOptions, bits_per_dim, ddpm_vlb, ode_log_likelihood
 from .metrics import density_coverage, fid_from_features, kernel_inception_distance, precision_recall
+from .tabular import plot_table_report, table_report
 from .toy import gaussian_mixture_log_prob, mmd_rbf, sliced_wasserstein
 
 __all__ = [
     "IMAGE_METRICS",
     "POINT_METRICS",
     "TEXT_METRICS",
+    "TABLE_METRICS",
     "FEATURES",
     "EvaluableModel",
     "EvaluationOptions",
@@ -65,9 +68,10 @@ __all__ = [
 IMAGE_METRICS = ("fid", "kid", "pr", "dc", "accuracy", "fid_real", "bpd", "vlb")
 POINT_METRICS = ("swd", "mmd", "true_nll", "nll")
 TEXT_METRICS = ("bits_per_token",)
+TABLE_METRICS = ("column_shapes", "pair_trends", "ml_efficacy", "privacy")
 FEATURES = ("classifier", "inception", "pixels")
 _FEATURE_METRICS = ("fid", "kid", "pr", "dc", "accuracy", "fid_real")
-_SAMPLE_METRICS = ("fid", "kid", "pr", "dc", "accuracy", "fid_real", "swd", "mmd", "true_nll")
+_SAMPLE_METRICS = ("fid", "kid", "pr", "dc", "accuracy", "fid_real", "swd", "mmd", "true_nll", *TABLE_METRICS)
 _ON_REQUEST = ("bpd", "vlb")  # the images' likelihoods are slow: computed only when asked for
 # the true densities the toys module knows in closed form
 _TRUE_DENSITIES = {"eight_gaussians": eight_gaussians_params}
@@ -77,6 +81,7 @@ _METRICS_OF_SPACE = {
     "latent_image": IMAGE_METRICS,
     "points": POINT_METRICS,
     "tokens": TEXT_METRICS,
+    "table": TABLE_METRICS,
 }
 NELBO_DRAWS = 4  # stratified time draws per held-out sequence of bits_per_token
 _HELD_OUT_SEED_OFFSET = 7919  # toy test points: a seed other than the training seed (first points would coincide)
@@ -128,6 +133,9 @@ class EvaluableModel(Protocol):
 
     def denoiser_network(self, use_ema: bool = True) -> torch.nn.Module: ...
 
+    @property
+    def space(self) -> Any: ...
+
 
 class EvaluationOptions(FrozenSettings):
     """How a model is evaluated: how many samples (drawn with ``sampling``, a ``SampleRequest``; labels are
@@ -142,6 +150,9 @@ class EvaluationOptions(FrozenSettings):
     bpd_images: int = 128  # real images scored by bpd and vlb
     bpd_batch_size: int = 64
     cache_dir: str | None = None  # of reference features and classifiers; None: $DIFFUSIONLAB_CACHE
+    real: str | None = None  # tables: a CSV of held-out rows (test rows: fidelity and ML efficacy)
+    holdout: str | None = None  # tables: rows the model never saw, for privacy (None: ``real``)
+    plot: str | None = None  # tables: write the marginals and association matrices here (a PNG)
     sampling: SampleRequest = Field(default_factory=SampleRequest)
     likelihood: LikelihoodOptions = Field(default_factory=LikelihoodOptions)
 
@@ -166,7 +177,7 @@ class EvaluationOptions(FrozenSettings):
             raise ValueError(f"features={v!r} is not known; expected 'auto' or one of {FEATURES}")
         return v
 
-    @field_validator("inception_weights", "cache_dir", mode="before")
+    @field_validator("inception_weights", "cache_dir", "real", "holdout", "plot", mode="before")
     @classmethod
     def _path(cls, v: object) -> object:
         return os.fspath(v) if isinstance(v, os.PathLike) else v
@@ -291,6 +302,16 @@ def make_feature_extractor(
     return feats.ClassifierFeatures(clf.to(device))
 
 
+def _table_reference(opts: EvaluationOptions) -> tuple[Any, str]:
+    """The held-out rows a table model is scored against (``real``, a CSV), read as written; one clear error without."""
+    if opts.real is None:
+        raise ValueError("a table model is scored against held-out rows: give real, a CSV with the model's columns.")
+    frame = read_csv_table(opts.real)
+    if opts.num_real is not None and opts.num_real < len(frame):
+        frame = frame.sample(n=opts.num_real, random_state=opts.seed).sort_index()
+    return frame, f"{opts.real} ({len(frame)} rows)"
+
+
 def held_out_text(config: Any, num_real: int | None = None) -> tuple[Tensor, Tensor | None]:
     """The first ``num_real`` (None: all) token sequences of a text model's validation split, and their labels."""
     text = load_text_dataset(
@@ -320,6 +341,15 @@ def load_reference_data(config: Any, num_real: int | None = None, seed: int = 0)
         keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:num_real].sort().values
         images = images[keep]
     return images, f"{name} {'test split' if has_test else 'all images'} ({len(images)})"
+
+
+def _training_rows(config: Any, say: Callable[[str], None]) -> Any:
+    """The rows the model was trained on (its dataset CSV), or None (said) where that file is gone."""
+    path = table_dataset_path(config.data.dataset)
+    if not path.is_file():
+        say(f"{path} (the training CSV) is gone: train-on-real efficacy and privacy are not measured.")
+        return None
+    return read_csv_table(path)
 
 
 def _to_8bit(images: Tensor) -> Tensor:
@@ -365,7 +395,10 @@ def evaluate_model(
     run = _Evaluation(model, names, opts, progress, log or (lambda _msg: None))
     request = run.request()
     resolved = request.resolve(model.config.sample)
-    real, real_desc = load_reference_data(model.config, opts.num_real, opts.seed)
+    if model.config.space == "table":
+        real, real_desc = _table_reference(opts)
+    else:
+        real, real_desc = load_reference_data(model.config, opts.num_real, opts.seed)
     result: dict[str, Any] = {
         "dataset": model.config.data.dataset,
         "real": real_desc,
@@ -390,6 +423,8 @@ def evaluate_model(
         run.variational_bound(real)
     if "bits_per_token" in names:
         run.bits_per_token(*held_out_text(model.config, opts.num_real))
+    if any(m in TABLE_METRICS for m in names):
+        result["table"] = run.table_scores(real, samples)
     return result
 
 
@@ -459,7 +494,8 @@ class _Evaluation:
     def request(self) -> SampleRequest:
         """The sampling request: the options' sampler and guidance, balanced labels, the evaluation's seed."""
         req = self.opts.sampling
-        labels = [i % self.num_classes for i in range(self.opts.num_samples)] if self.num_classes else None
+        balanced = self.num_classes and getattr(getattr(self.model, "space", None), "balanced_labels", True)
+        labels = [i % self.num_classes for i in range(self.opts.num_samples)] if balanced else None
         conditioning = req.conditioning.model_copy(update={"labels": labels})
         return req.model_copy(update={"conditioning": conditioning, "seed": self.opts.seed})
 
@@ -558,6 +594,38 @@ class _Evaluation:
         self.values.update({"vlb": vlb.bpd.mean().item(), "vlb_images": len(x), "vlb_sem": _sem(vlb.bpd)})
         self.values.update({"vlb_prior": vlb.prior.mean().item(), "vlb_decoder": vlb.decoder.mean().item()})
 
+    def table_scores(self, real: Any, samples: Tensor | None) -> dict[str, Any]:
+        """Fidelity against the held-out rows, ML efficacy (train on synthetic or on the training CSV, test on the
+        held-out rows) and privacy (distances to the training rows and to ``holdout``, or the held-out rows)."""
+        assert samples is not None
+        config, opts = self.model.config, self.opts
+        schema, synth = config.data.table, self.model.space.frame(samples)
+        train = holdout = None
+        if "ml_efficacy" in self.names or "privacy" in self.names:
+            train = _training_rows(config, self.say)
+        if "privacy" in self.names and train is not None:
+            holdout = read_csv_table(opts.holdout) if opts.holdout is not None else real
+        self.say(f"scoring {len(synth)} synthetic rows against {len(real)} held-out rows ...")
+        with self.timed("table"):
+            report = table_report(real, synth, schema, train=train, holdout=holdout, seed=opts.seed)
+        self.values["column_shapes"] = report["column_shapes"]["mean"]
+        self.values["pair_trends"] = report["pair_trends"]["mean"]
+        efficacy = report.get("ml_efficacy")
+        if efficacy is not None and "ml_efficacy" in self.names:
+            self.values["ml_efficacy"] = efficacy["synthetic"]["score"]
+            if "real" in efficacy:
+                self.values.update(
+                    {"ml_efficacy_real": efficacy["real"]["score"], "ml_efficacy_ratio": efficacy["ratio"]}
+                )
+        privacy = report.get("privacy")
+        if privacy is not None and "privacy" in self.names:
+            for key in ("dcr_share", "dcr_median", "exact_copies", "holdout_exact_copies", "attack_auc"):
+                self.values[key] = privacy[key]
+        if opts.plot is not None:
+            plot_table_report(real, synth, schema, opts.plot)
+            self.say(f"wrote {opts.plot}")
+        return report
+
     def bits_per_token(self, tokens: Tensor, labels: Tensor | None) -> None:
         """The NELBO of held-out sequences in bits per token (MDLM, Sahoo et al. 2024, eq. 10-11), averaged over
         ``NELBO_DRAWS`` stratified time draws per sequence; conditioned on their labels where the model has classes."""
@@ -598,6 +666,14 @@ _LABELS = {
     "true_nll": ("NLL of samples under the true density", "nats/point"),
     "nll": ("model NLL of held-out points (ODE)", "nats/point; lower is better"),
     "bits_per_token": ("bits/token (NELBO)", "held-out text; bits/char for a character tokenizer; an upper bound"),
+    "column_shapes": ("column shapes", "mean KS / TV complement per column vs held-out rows; 1 when equal"),
+    "pair_trends": ("pair trends", "mean correlation / contingency similarity per pair; 1 when equal"),
+    "ml_efficacy": ("ML efficacy (train on synthetic)", "F1 (macro) or R^2 on the held-out rows"),
+    "ml_efficacy_real": ("ML efficacy (train on real)", "the same model trained on the training rows"),
+    "dcr_share": ("DCR share closer to train", "synthetic rows nearer a training row than a held-out one; ideal 0.5"),
+    "dcr_median": ("median DCR to train", "distance to the closest training record"),
+    "exact_copies": ("exact copies of training rows", "synthetic rows equal to a training row"),
+    "attack_auc": ("membership attack AUC", "distance-based membership inference; 0.5: nothing leaks"),
 }
 
 
@@ -624,6 +700,11 @@ def format_results(result: dict[str, Any]) -> str:
             value += f" ± {m[key + '_sem']:.3f}"
             extra = f"; {m[key + '_images']} images" + (f", {m['bpd_nfe']} NFE" if key == "bpd" else "")
             note = note + extra
+        if key in ("exact_copies",):
+            value = f"{m[key]:d}"
+            note += f"; the held-out rows' own: {m.get('holdout_exact_copies')}"
+        if key == "ml_efficacy" and m.get("ml_efficacy_ratio") is not None:
+            note += f"; {m['ml_efficacy_ratio']:.3f} of train-on-real"
         if key == "true_nll":
             note += f"; real data: {m['true_nll_real']:.4f}"
         if key == "nll":

@@ -118,6 +118,7 @@ class ModelSpace(ABC):
     name: ClassVar[str]
     suffix: ClassVar[str] = ".png"  # the file its samples are written to
     family: ClassVar[str] = "gaussian"  # the process family its models take (ProcessConfig.family)
+    balanced_labels: ClassVar[bool] = True  # evaluation asks for every class equally (else: the model's own mix)
     clip_x0: ClassVar[bool] = False  # True where x0 estimates may be thresholded to the data range [-1, 1]
     network_kind: ClassVar[str]  # the network a fresh model of this space gets
     grid_preview: ClassVar[bool] = True  # previews are grids of a few samples per class (else one plot of many)
@@ -391,6 +392,7 @@ class TableSpace(ModelSpace):
     family = "mixed"
     suffix = ".csv"
     grid_preview = False
+    balanced_labels = False  # a table's target keeps its training frequencies
 
     def __init__(self, config: ModelConfig, autoencoder: Autoencoder | None = None) -> None:
         self.schema, net = config.data.table, config.network
