@@ -19,6 +19,7 @@ FLOORS = {
     "networks": 1,
     "data": 1,
     "images": 1,
+    "signal_outputs": 1,
     "io": 1,
     "discrete.processes": 1,
     "discrete": 1,

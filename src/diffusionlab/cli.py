@@ -21,6 +21,7 @@ import typer
 from . import cli_options as opt
 from .config import (
     MODEL_SIZES,
+    SIGNAL_SIZES,
     TABULAR_SIZES,
     TRANSFORMER_SIZES,
     AutoencoderConfig,
@@ -34,6 +35,7 @@ from .config import (
     TextEncoderConfig,
     TrainConfig,
 )
+from .data.signals import is_audio_dataset, is_series_dataset
 from .data.table import is_table_dataset
 from .data.text import is_text_dataset
 from .sampling.request import GuidanceSpec, labels_for, text_metadata
@@ -178,7 +180,7 @@ def _read_task_image(pipe: Any, path: Path, what: str = "--image") -> Any:
 TRAIN_FIELDS = {
     DataConfig: (
         ("dataset", "image_size", "channels", "image_condition", "superres_factor", "seq_len", "tokenizer")
-        + ("target_column", "schema_file"),
+        + ("target_column", "schema_file", "sample_rate", "clip_seconds", "window", "id_column"),
         opt.DATA_PANEL,
     ),
     DiffusionConfig: (("parameterisation",), opt.DIFFUSION_PANEL),
@@ -197,12 +199,14 @@ AUTOENCODER_FIELDS = {
 
 def _data_kind(dataset: str) -> tuple[str, dict[str, dict[str, Any]]]:
     """The default process and the network presets of --model-size for a dataset spec: text trains masked
-    diffusion with a transformer, a table the mixed process with the tabular MLP, the rest ddpm with a UNet (or,
-    for points, the MLP the space picks)."""
+    diffusion with a transformer, a table the mixed process with the tabular MLP, signals ddpm with the 1-D UNet
+    (or DiffWave), the rest ddpm with a UNet (or, for points, the MLP the space picks)."""
     if is_text_dataset(dataset):
         return opt.DEFAULT_TEXT_PROCESS, TRANSFORMER_SIZES
     if is_table_dataset(dataset):
         return opt.DEFAULT_TABLE_PROCESS, TABULAR_SIZES
+    if is_audio_dataset(dataset) or is_series_dataset(dataset):
+        return opt.DEFAULT_PROCESS, SIGNAL_SIZES
     return opt.DEFAULT_PROCESS, MODEL_SIZES
 
 
@@ -214,6 +218,7 @@ def _model_config(
     process: str | None,
     schedule: str | None,
     autoencoder: Path | None,
+    network: str | None = None,
 ) -> ModelConfig:
     """The config a ``train`` command asks for: the config fields as given, the network preset, the process, the
     text encoder and the autoencoder. Text data (``is_text_dataset``) gets masked diffusion and a transformer."""
@@ -224,7 +229,7 @@ def _model_config(
     proc: dict[str, Any] = {"name": process}
     if schedule is not None and "schedule" in getattr(opt.PROCESS_CLASSES.get(process), "model_fields", {}):
         proc["schedule"] = schedule  # --schedule sets the processes that have one (ddpm, absorbing, uniform)
-    preset = sizes[model_size.value]
+    preset = sizes[model_size.value] | ({"kind": network} if network is not None else {})
     return ModelConfig(
         network=NetworkConfig(**preset, num_classes=0 if conditional else None),
         diffusion=DiffusionConfig(process=proc, **opt.config_values(DiffusionConfig, fields)),
@@ -272,6 +277,7 @@ def train(
     text_encoder: opt.TextEncoderOption = opt.DEFAULT_TEXT_ENCODER,
     process: opt.Process = None,
     schedule: opt.Schedule = None,
+    network: opt.NetworkKind = None,
     autoencoder: opt.Autoencoder = None,
     resume: opt.Resume = False,
     cpu: opt.Cpu = False,
@@ -284,7 +290,7 @@ def train(
     """
 
     def build() -> None:
-        config = _model_config(fields, model_size, conditional, text_encoder, process, schedule, autoencoder)
+        config = _model_config(fields, model_size, conditional, text_encoder, process, schedule, autoencoder, network)
         _train(config, out, _model_written, resume=resume, progress=progress, cpu=cpu)
 
     _run(build, train)
@@ -505,7 +511,10 @@ def sample(
                 typer.echo(text)
             pipe.space.save(images, path, nrow=grid.nrow, row_labels=grid.row_labels, metadata=meta)
             typer.echo(f"wrote {path}{note}", err=texts is not None)  # text models: only the samples on stdout
-        if images is not None and out_dir is not None:
+        if images is not None and out_dir is not None and hasattr(pipe.space, "write_files"):
+            written = pipe.space.write_files(images, out_dir, grid.labels)  # signals: WAV files or a series CSV
+            typer.echo(f"wrote {len(written)} file(s) to {out_dir}/")
+        elif images is not None and out_dir is not None:
             write_image_folder(images, out_dir, grid.labels, pipe.config.data.class_names)
             typer.echo(f"wrote {len(images)} images to {out_dir}/")
         if world_size() > 1:
@@ -560,11 +569,18 @@ def infill(
 @app.command()
 def impute(
     model: opt.ModelFolder,
-    input: Annotated[Path, typer.Option("--input", help="A CSV with the model's columns; empty cells are filled.")],
-    out: Annotated[Path, typer.Option(help="Where to write the filled table (a .csv; never the input).")] = Path(
+    input: Annotated[
+        Path, typer.Option("--input", help="A CSV with the model's columns (series: its value columns); gaps empty.")
+    ],
+    out: Annotated[Path, typer.Option(help="Where to write the result (a .csv; never the input).")] = Path(
         "imputed.csv"
     ),
-    columns: Annotated[str | None, typer.Option(help="Fill only the missing cells of these columns (a,b,c).")] = None,
+    columns: Annotated[str | None, typer.Option(help="Tables: fill only the missing cells of these columns.")] = None,
+    num_samples: Annotated[
+        int, typer.Option("--num-samples", "-n", help="Series: samples behind the median and the interval.")
+    ] = 100,
+    level: Annotated[float, typer.Option(help="Series: the central interval written beside the median.")] = 0.9,
+    plot: Annotated[Path | None, typer.Option(help="Series: also draw the median and its band (a PNG).")] = None,
     steps: opt.Steps = None,
     guidance: opt.Guidance = None,
     temperature: opt.Temperature = None,
@@ -573,28 +589,109 @@ def impute(
     mixed_precision: opt.MixedPrecision = opt.request_default(GuidanceSpec, "mixed_precision"),
     progress: opt.Progress = True,
 ) -> None:
-    """Fill the missing cells of a table with a table model; every given cell is written back exactly as read."""
-    from .data.table import read_csv_table, write_csv_table
+    """Fill the gaps of a table (every given cell written back exactly as read) or of a time series (the median of
+    --num-samples draws with its --level interval; observed points kept)."""
     from .pipeline import Pipeline
-    from .tasks import impute as fill
 
     def run() -> None:
-        _check_out_file(out, ".csv")
-        if out.suffix.lower() != ".csv":
-            _fail(f"--out={out}: the filled table is written as CSV; expected a path ending in .csv.")
-        if input.exists() and out.exists() and out.resolve() == input.resolve():
-            _fail(f"--out={out} is the --input file; write the filled table to another file.")
+        _check_csv_out(out, input, level)
         pipe = Pipeline.load(model)
-        frame = read_csv_table(input)
-        wanted = None if columns is None else [c.strip() for c in columns.split(",") if c.strip()]
-        table, count = fill(
-            pipe, frame, wanted, batch_size=batch_size, progress=progress, seed=seed, steps=steps,
-            guidance=guidance, temperature=temperature, mixed_precision=mixed_precision,
-        )  # fmt: skip
-        write_csv_table(table, out)
-        typer.echo(f"filled {count} cells of {len(table)} rows; wrote {out}")
+        request = dict(seed=seed, steps=steps, guidance=guidance, mixed_precision=mixed_precision)
+        if pipe.space.name == "table":
+            from .data.table import read_csv_table, write_csv_table
+            from .tasks import impute as fill
+
+            wanted = None if columns is None else [c.strip() for c in columns.split(",") if c.strip()]
+            frame = read_csv_table(input)
+            table, count = fill(
+                pipe, frame, wanted, batch_size=batch_size, progress=progress, temperature=temperature, **request
+            )
+            write_csv_table(table, out)
+            typer.echo(f"filled {count} cells of {len(table)} rows; wrote {out}")
+            return
+        series = _series_input(pipe, input)
+        from .tasks import impute_series
+
+        drawn = impute_series(
+            pipe, series.values, series.mask, num_samples, batch_size=batch_size, progress=progress, **request
+        )
+        _write_bands(pipe, drawn.samples, series, out, level, plot, given=input)
+        typer.echo(f"filled {int((~series.mask).sum())} points with {num_samples} samples each; wrote {out}")
 
     _run(run, impute)
+
+
+@app.command()
+def forecast(
+    model: opt.ModelFolder,
+    input: Annotated[Path, typer.Option("--input", help="The history: a CSV with the model's value columns.")],
+    horizon: Annotated[int, typer.Option(help="Steps to forecast after the history (shorter than the window).")],
+    out: Annotated[Path, typer.Option(help="Where to write the forecast (a .csv).")] = Path("forecast.csv"),
+    num_samples: Annotated[
+        int, typer.Option("--num-samples", "-n", help="Samples behind the median and the interval.")
+    ] = 100,
+    level: Annotated[float, typer.Option(help="The central interval written beside the median.")] = 0.9,
+    plot: Annotated[Path | None, typer.Option(help="Also draw the median and its band (a PNG).")] = None,
+    steps: opt.Steps = None,
+    seed: opt.Seed = 0,
+    batch_size: opt.BatchSize = 256,
+    mixed_precision: opt.MixedPrecision = opt.request_default(GuidanceSpec, "mixed_precision"),
+    progress: opt.Progress = True,
+) -> None:
+    """Forecast the next --horizon steps of a time series: the median of --num-samples draws and its interval."""
+    from .pipeline import Pipeline
+    from .tasks import forecast as predict
+
+    def run() -> None:
+        _check_csv_out(out, input, level)
+        pipe = Pipeline.load(model)
+        series = _series_input(pipe, input)
+        drawn = predict(
+            pipe, series.values, horizon, num_samples, observed=series.mask, batch_size=batch_size,
+            progress=progress, seed=seed, steps=steps, mixed_precision=mixed_precision,
+        )  # fmt: skip
+        _write_bands(pipe, drawn.samples, series._replace(time=None), out, level, plot)
+        typer.echo(f"forecast {horizon} steps with {num_samples} samples; wrote {out}")
+
+    _run(run, forecast)
+
+
+def _check_csv_out(out: Path, source: Path, level: float = 0.9) -> None:
+    """--out is a .csv file other than the input; --level lies in (0, 1)."""
+    if not 0 < level < 1:
+        _fail(f"--level={level} must lie in (0, 1), e.g. 0.9.")
+    _check_out_file(out, ".csv")
+    if out.suffix.lower() != ".csv":
+        _fail(f"--out={out}: the result is written as CSV; expected a path ending in .csv.")
+    if source.exists() and out.exists() and out.resolve() == source.resolve():
+        _fail(f"--out={out} is the --input file; write the result to another file.")
+
+
+def _series_input(pipe: Any, path: Path) -> Any:
+    """A series CSV read the model's way (its columns and standardisation); one clear line for another kind."""
+    from .data.signals import read_series_input
+
+    info = pipe.config.data.signal
+    if info is None or info.kind != "series":
+        _fail(f"this {pipe.space.name} model does not impute or forecast series; it takes tables or series models.")
+    return read_series_input(path, info)
+
+
+def _write_bands(
+    pipe: Any, samples: Any, series: Any, out: Path, level: float, plot: Path | None, given: Path | None = None
+) -> None:
+    """The median and interval of the samples as a CSV (observed points as the input wrote them) and a plot."""
+    from .data.table import read_csv_table
+    from .signal_outputs import write_series_bands
+
+    cells = None
+    if given is not None:
+        frame = read_csv_table(given)
+        cells = {name: frame[name].tolist() for name in pipe.config.data.signal.columns or [] if name in frame}
+    write_series_bands(
+        samples, pipe.config.data.signal, out, level, time=series.time, time_name=series.time_name, plot=plot,
+        given=cells, observed=series.mask if given is not None else None,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------- evaluate

@@ -199,6 +199,15 @@ Schedule = Annotated[
         rich_help_panel=DIFFUSION_PANEL,
     ),
 ]
+NetworkKind = Annotated[
+    str | None,
+    typer.Option(
+        "--network",
+        help="Network: the data kind's own (unet for images, transformer for text, tabular for tables, unet1d for "
+        "signals) by default; diffwave for signals (Kong et al. 2021).",
+        rich_help_panel=DIFFUSION_PANEL,
+    ),
+]
 Autoencoder = Annotated[
     Path | None,
     typer.Option(

@@ -40,6 +40,7 @@ __all__ = [
     "DataConfig",
     "ColumnSchema",
     "TableSchema",
+    "SignalInfo",
     "TrainConfig",
     "SampleConfig",
     "TextEncoderConfig",
@@ -48,6 +49,7 @@ __all__ = [
     "MODEL_SIZES",
     "TRANSFORMER_SIZES",
     "TABULAR_SIZES",
+    "SIGNAL_SIZES",
     "LatentConfig",
     "AutoencoderNetworkConfig",
     "AutoencoderTrainConfig",
@@ -84,9 +86,11 @@ def _check_indices(name: str, levels: list[int] | None) -> list[int] | None:
 
 class NetworkConfig(_Strict):
     """Which network and its shape. ``kind='unet'`` for images, ``'mlp'`` for low-dimensional data,
-    ``'transformer'`` for token sequences (``width``, ``depth``, ``num_heads``; vocabularies fitted to the data)."""
+    ``'transformer'`` for token sequences (``width``, ``depth``, ``num_heads``; vocabularies fitted to the data),
+    ``'tabular'`` for table rows, ``'unet1d'`` (the UNet's settings) or ``'diffwave'`` (``width`` residual channels,
+    ``depth`` layers, ``dilation_cycle``) for signals."""
 
-    kind: Literal["unet", "mlp", "transformer", "tabular"] = "unet"
+    kind: Literal["unet", "mlp", "transformer", "tabular", "unet1d", "diffwave"] = "unet"
     in_channels: int = Field(default=1, ge=1)
     base_channels: int = Field(default=16, ge=1)  # the "compact" preset: docs/training.md says why
     channel_mults: list[int] = Field(default_factory=lambda: [1, 2, 2])
@@ -104,6 +108,7 @@ class NetworkConfig(_Strict):
     vocab_in: int | None = Field(default=None, ge=1)  # transformer: the noisy token states (K, or K + 1 with MASK)
     vocab_out: int | None = Field(default=None, ge=1)  # transformer: the clean classes K it predicts
     max_len: int | None = Field(default=None, ge=1)  # transformer: the longest sequence it takes
+    dilation_cycle: int = Field(default=10, ge=1)  # diffwave: dilations 1, 2, ..., 2^(cycle-1), repeated
     num_numeric: int | None = Field(default=None, ge=0)  # tabular: numeric columns (fitted to the table)
     cardinalities: list[int] | None = None  # tabular: categories of each categorical column (fitted)
 
@@ -141,6 +146,30 @@ TRANSFORMER_SIZES: dict[str, dict[str, Any]] = {
     "large": {"width": 512, "depth": 8, "num_heads": 8},
 }
 
+
+# the 1-D UNet's (base_channels, channel_mults, num_res_blocks, attention_levels) and DiffWave's (width: residual
+# channels, depth: layers) settings for each --model-size (signal models)
+SIGNAL_SIZES: dict[str, dict[str, Any]] = {
+    "tiny": {"base_channels": 16, "channel_mults": [1, 2], "num_res_blocks": 1, "width": 32, "depth": 10},
+    "compact": {"base_channels": 32, "channel_mults": [1, 2, 2], "num_res_blocks": 1, "width": 64, "depth": 20},
+    "small": {"base_channels": 48, "channel_mults": [1, 2, 2, 2], "num_res_blocks": 2, "width": 64, "depth": 30},
+    "base": {
+        "base_channels": 64,
+        "channel_mults": [1, 2, 2, 2],
+        "num_res_blocks": 2,
+        "attention_levels": [3],
+        "width": 128,
+        "depth": 30,
+    },
+    "large": {
+        "base_channels": 128,
+        "channel_mults": [1, 2, 2, 2, 2],
+        "num_res_blocks": 2,
+        "attention_levels": [3, 4],
+        "width": 256,
+        "depth": 36,
+    },
+}
 
 # the tabular MLP's width and depth for each --model-size (table models)
 TABULAR_SIZES: dict[str, dict[str, Any]] = {
@@ -340,6 +369,18 @@ class TableSchema(_Strict):
     target: str | None = None
 
 
+class SignalInfo(_Strict):
+    """What one signal is, as read: audio clips or windows of time series, (channels, length) at a sample rate."""
+
+    kind: Literal["audio", "series"]
+    channels: int = Field(ge=1)
+    length: int = Field(ge=1)  # samples per clip / time steps per window
+    sample_rate: int | None = Field(default=None, ge=1)  # audio: Hz
+    columns: list[str] | None = None  # series: the value columns, one channel each
+    mean: list[float] | None = None  # series: each channel's mean, subtracted before the model sees it
+    std: list[float] | None = None  # series: each channel's standard deviation, divided by
+
+
 class DataConfig(_Strict):
     """What the model was trained on: enough to know the shape and the classes of its samples."""
 
@@ -371,6 +412,17 @@ class DataConfig(_Strict):
         description='Tables: a JSON file overriding the inferred column kinds, e.g. {"zip": "categorical"}.',
     )
     table: TableSchema | None = None  # tables: the schema fitted to the training CSV
+    sample_rate: int | None = Field(
+        default=None, ge=1, description="Audio: resample every clip to this rate in Hz (default: the files' own)."
+    )
+    clip_seconds: float | None = Field(
+        default=None, gt=0, description="Audio: seconds per clip (longer ones are cropped; default: the shortest)."
+    )
+    window: int = Field(default=64, ge=2, description="Series: time steps per training window.")
+    id_column: str | None = Field(
+        default=None, description="Series: a column naming the series of each row (long format); default: wide."
+    )
+    signal: SignalInfo | None = None  # audio and series: what one signal is (fitted to the data)
 
     @field_validator("image_size")
     @classmethod
@@ -537,7 +589,7 @@ class LatentConfig(_Strict):
 
 
 # the model spaces (diffusionlab.spaces), one per kind of sample
-SPACES = ("image", "latent_image", "points", "tokens", "table")
+SPACES = ("image", "latent_image", "points", "tokens", "table", "signal")
 FORMAT_VERSION = 2
 
 
@@ -559,7 +611,7 @@ class ModelConfig(_Strict):
 
     format_version: Literal[2] = FORMAT_VERSION
     # what one sample is (see diffusionlab.spaces); None: inferred as format 1 did, from the network and `latent`
-    space: Literal["image", "latent_image", "points", "tokens", "table"] | None = None
+    space: Literal["image", "latent_image", "points", "tokens", "table", "signal"] | None = None
     network: NetworkConfig = Field(default_factory=NetworkConfig)
     diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
     data: DataConfig = Field(default_factory=DataConfig)

@@ -2,6 +2,7 @@
 tables (schema, quantile transform, encoding of rows).
 
 Images are (N, C, S, S) float32 in [-1, 1].
+Signals over time (audio folders, series CSVs, .npy windows) are (N, C, L) float32; soundfile loads on first use.
 
 This floor imports only torch, numpy, PIL, pandas and scipy (tables, on first use), `diffusionlab.limits` (floor 0)
 and its own floor (`config`, `io`), never the floors above.
@@ -26,6 +27,21 @@ from .conditions import IMAGE_CONDITIONS, condition_channels, low_resolution, ma
 from .digits import load_digits_dataset
 from .folder import IMAGE_EXTENSIONS, load_image_folder
 from .mnist import load_mnist
+from .signals import (
+    AUDIO_EXTENSIONS,
+    SIGNAL_DATASET_FORMS,
+    SignalDataset,
+    is_audio_dataset,
+    is_series_dataset,
+    load_audio_folder,
+    load_series,
+    load_signal_dataset,
+    read_audio,
+    read_series_csv_for_model,
+    read_series_input,
+    write_series_csv,
+    write_wav,
+)
 from .table import (
     MISSING_SPELLINGS,
     TABLE_DATASET_FORMS,
@@ -73,6 +89,19 @@ from .toys import (
 )
 
 __all__ = [
+    "AUDIO_EXTENSIONS",
+    "SIGNAL_DATASET_FORMS",
+    "SignalDataset",
+    "is_audio_dataset",
+    "is_series_dataset",
+    "load_audio_folder",
+    "load_series",
+    "load_signal_dataset",
+    "read_audio",
+    "read_series_csv_for_model",
+    "read_series_input",
+    "write_series_csv",
+    "write_wav",
     "MISSING_SPELLINGS",
     "TABLE_DATASET_FORMS",
     "TableLayout",

@@ -174,11 +174,13 @@ def _is_null(value: object) -> bool:
 
 
 def is_table_dataset(spec: object) -> bool:
-    """Whether ``spec`` names a table: "table:<file>" or a path ending in .csv (any case)."""
+    """Whether ``spec`` names a table: "table:<file>" or a path ending in .csv (any case) that no other kind's
+    prefix claims ("series:<file.csv>" is a time series, "text:<file>" a corpus)."""
     if not isinstance(spec, (str, os.PathLike)):
         return False
     name = os.fspath(spec).strip().lower()
-    return name.startswith("table:") or name.endswith(".csv")
+    other = name.startswith(("series:", "text:", "audio:", "array:"))
+    return name.startswith("table:") or (name.endswith(".csv") and not other)
 
 
 def table_dataset_path(spec: str | os.PathLike[str]) -> Path:

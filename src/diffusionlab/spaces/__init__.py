@@ -25,6 +25,7 @@ from ..io import atomic_write_text
 from ..networks import MLP, DiscreteTransformer, TabularMLP, UNet2D
 from ..networks.autoencoder import Autoencoder, latent_scaling_factor
 from ..networks.size import affine_parameters, build_within_limit
+from ..signal_outputs import plot_signals, write_signal_files
 
 __all__ = [
     "ModelSpace",
@@ -33,6 +34,7 @@ __all__ = [
     "PointSpace",
     "TokenSpace",
     "TableSpace",
+    "SignalSpace",
     "SPACES",
     "NETWORKS",
     "build_network",
@@ -85,13 +87,49 @@ def _tabular(cfg: NetworkConfig) -> nn.Module:
     return TabularMLP(cfg.num_numeric, cfg.cardinalities, cfg.width, cfg.depth, cfg.num_classes, cfg.dropout)
 
 
-NETWORKS = {"unet": _unet, "mlp": _mlp, "transformer": _transformer, "tabular": _tabular}
+def _unet1d(cfg: NetworkConfig) -> nn.Module:
+    from ..networks.unet1d import UNet1D
+
+    return UNet1D(
+        in_channels=cfg.in_channels,
+        base_channels=cfg.base_channels,
+        channel_mults=tuple(cfg.channel_mults),
+        num_res_blocks=cfg.num_res_blocks,
+        attention_levels=tuple(cfg.attention_levels),
+        num_heads=cfg.num_heads,
+        dropout=cfg.dropout,
+        num_classes=cfg.num_classes,
+    )
+
+
+def _diffwave(cfg: NetworkConfig) -> nn.Module:
+    from ..networks.diffwave import DiffWave
+
+    return DiffWave(
+        in_channels=cfg.in_channels,
+        residual_channels=cfg.width,
+        layers=cfg.depth,
+        dilation_cycle=cfg.dilation_cycle,
+        num_classes=cfg.num_classes,
+    )
+
+
+NETWORKS = {
+    "unet": _unet,
+    "mlp": _mlp,
+    "transformer": _transformer,
+    "tabular": _tabular,
+    "unet1d": _unet1d,
+    "diffwave": _diffwave,
+}
 # the settings that size each network, the one its parameter count is affine in last
 _SIZED_BY = {
     "unet": ("base_channels", "channel_mults", "num_res_blocks"),
     "mlp": ("dim", "width", "depth"),
     "transformer": ("width", "num_heads", "depth"),
     "tabular": ("width", "depth"),
+    "unet1d": ("base_channels", "channel_mults", "num_res_blocks"),
+    "diffwave": ("width", "dilation_cycle", "depth"),
 }
 
 
@@ -461,8 +499,69 @@ class TableSpace(ModelSpace):
         return config.model_copy(update={"network": net, "data": data_cfg, "space": cls.name, "sample": sample})
 
 
+class SignalSpace(ModelSpace):
+    """Signals (C, L): audio clips in [-1, 1] (x0 may be clipped) or windows of time series standardised per channel
+    (``config.data.signal`` holds the statistics); previews are spectrograms (audio) or line plots (series), and
+    ``write_files`` writes WAV files or a CSV."""
+
+    name = "signal"
+    network_kind = "unet1d"
+    network_kinds = ("unet1d", "diffwave")
+
+    def __init__(self, config: ModelConfig, autoencoder: Autoencoder | None = None) -> None:
+        self.info = config.data.signal
+        if self.info is None:
+            raise ValueError("this signal model has no data.signal; it is fitted to the training signals.")
+        self.clip_x0 = self.info.kind == "audio"  # audio lives in [-1, 1]; standardised series have no range
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return (self.info.channels, self.info.length)
+
+    def encode(self, data: Tensor) -> Tensor:
+        return data
+
+    def decode(self, x: Tensor) -> Tensor:
+        return x.clamp(-1, 1) if self.clip_x0 else x
+
+    def save(self, samples, path, *, nrow=8, row_labels=None, metadata=None, reference=None):  # type: ignore[no-untyped-def]
+        """A grid of spectrograms (audio) or line plots (series, in the data's units), one labelled row per class."""
+        plot_signals(samples, self.info, path, nrow=nrow, row_labels=row_labels)
+
+    def write_files(
+        self, samples: Tensor, folder: str | os.PathLike[str], labels: Sequence[int] | None = None
+    ) -> list[Path]:
+        """Audio: one WAV per sample (in class sub-folders when labelled); series: one CSV of every sample."""
+        return write_signal_files(samples, self.info, Path(folder), labels)
+
+    def check_fits(self, config: ModelConfig) -> None:
+        net = config.network
+        if net.kind not in self.network_kinds:
+            raise ValueError(f"a signal model's network is one of {self.network_kinds}, not network.kind={net.kind!r}")
+        if net.in_channels != self.info.channels:
+            raise ValueError(
+                f"the signals have {self.info.channels} channels (data.signal) but the network takes "
+                f"network.in_channels={net.in_channels}"
+            )
+
+    @classmethod
+    def fit_config(cls, config: ModelConfig, data: Tensor, autoencoder: Autoencoder | None = None) -> ModelConfig:
+        """The network's channels and kind (unet1d unless diffwave was asked for), checked against the length."""
+        info = config.data.signal
+        if info is None or data.ndim != 3:
+            raise DataError(f"a signal model needs signals (N, C, L); got data of shape {tuple(data.shape)}.")
+        kind = config.network.kind if config.network.kind in cls.network_kinds else cls.network_kind
+        net = config.network.model_copy(update={"kind": kind, "in_channels": int(data.shape[1])})
+        network = build_network(net)
+        if hasattr(network, "check_input_length"):
+            network.check_input_length(int(data.shape[2]))
+        thresholding = "clip" if info.kind == "audio" else "none"
+        sample = config.sample.model_copy(update={"thresholding": thresholding})
+        return config.model_copy(update={"network": net, "space": cls.name, "sample": sample})
+
+
 SPACES: dict[str, type[ModelSpace]] = {
-    cls.name: cls for cls in (PixelImageSpace, LatentImageSpace, PointSpace, TokenSpace, TableSpace)
+    cls.name: cls for cls in (PixelImageSpace, LatentImageSpace, PointSpace, TokenSpace, TableSpace, SignalSpace)
 }
 
 
@@ -477,6 +576,8 @@ def space_for_data(config: ModelConfig, data: Tensor) -> type[ModelSpace]:
     when the config's process is of another family than the data takes."""
     if config.data.table is not None:
         space: type[ModelSpace] = TableSpace
+    elif config.data.signal is not None:
+        space = SignalSpace
     elif data.ndim == 2:
         space = PointSpace if data.is_floating_point() else TokenSpace
     else:

@@ -46,10 +46,15 @@ from .inpaint import (
     repaint,
     repaint_schedule,
 )
+from .series import SeriesSamples, forecast, impute_series, window_starts
 
 __all__ = [
     "BLANK",
     "InfillPrompt",
+    "SeriesSamples",
+    "forecast",
+    "impute_series",
+    "window_starts",
     "impute",
     "infill",
     "parse_infill",

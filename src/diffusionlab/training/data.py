@@ -8,11 +8,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..config import TableSchema
+from ..config import SignalInfo, TableSchema
 from ..data import DataError, is_text_dataset, load_dataset, load_text_dataset, load_toy_dataset, toy_name
 from ..data.table import encode_table, is_table_dataset, load_table_dataset
 
-__all__ = ["TrainingData", "load_training_data", "table_rows"]
+
+def is_signal_dataset(spec: object) -> bool:
+    """Whether ``spec`` names audio ("audio:<folder>") or series ("series:<csv>", "array:<npy>", a .npy path)."""
+    from ..data.signals import is_audio_dataset, is_series_dataset
+
+    return is_audio_dataset(spec) or is_series_dataset(spec)
+
+
+__all__ = ["TrainingData", "load_training_data", "table_rows", "is_signal_dataset"]
 
 
 @dataclass(frozen=True)
@@ -25,6 +33,7 @@ class TrainingData:
     captions: list[list[str]] | None = None  # one or more phrasings per example, for text conditioning
     tokenizer: str | None = None  # text: the name of the tokenizer the token ids (N, L) were made with
     table: TableSchema | None = None  # tables: the schema the rows (N, D) were encoded with
+    signal: SignalInfo | None = None  # audio and series: what one signal (C, L) is
 
     @property
     def num_classes(self) -> int | None:
@@ -41,6 +50,11 @@ def load_training_data(config: Any) -> TrainingData:
     if toy is not None:
         points = load_toy_dataset(toy, n=20000, seed=config.train.seed).tensors()[0]
         return TrainingData(points.float(), None, None)
+    if is_signal_dataset(name):
+        from ..data.signals import load_signal_dataset
+
+        signals = load_signal_dataset(name, config.data)
+        return TrainingData(signals.x.float(), signals.labels, signals.class_names, signal=signals.info)
     if is_table_dataset(name):
         frame, schema = load_table_dataset(name, target=config.data.target_column, schema_file=config.data.schema_file)
         return table_rows(frame, schema)

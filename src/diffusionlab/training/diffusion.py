@@ -116,13 +116,20 @@ def fit_table(config: ModelConfig, data: TrainingData) -> ModelConfig:
     return config.model_copy(update={"data": config.data.model_copy(update={"table": schema})})
 
 
+def fit_signal(config: ModelConfig, data: TrainingData) -> ModelConfig:
+    """Audio and series: what one signal is (channels, length, rate or the series' columns and statistics)."""
+    if data.signal is None:
+        return config
+    return config.model_copy(update={"data": config.data.model_copy(update={"signal": data.signal})})
+
+
 def fit_diffusion_config(
     config: ModelConfig, data: TrainingData, autoencoder: Autoencoder | None = None, text_dim: int | None = None
 ) -> ModelConfig:
     """The config fitted to its training data, a pure step before training: prompts (``text_dim``) or classes,
     the tokenizer of text, then the model space's shapes, network kind and (latent models, with their
     ``autoencoder``) scaling factor. The result shares nothing with ``config``."""
-    config = fit_table(fit_tokenizer(fit_labels(fit_text(config, text_dim), data), data), data)
+    config = fit_signal(fit_table(fit_tokenizer(fit_labels(fit_text(config, text_dim), data), data), data), data)
     return space_for_data(config, data.x).fit_config(config, data.x, autoencoder).model_copy(deep=True)
 
 
