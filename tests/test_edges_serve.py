@@ -158,10 +158,15 @@ def test_serve_publishes_its_openapi_schema_and_docs(server) -> None:  # type: i
     assert (status, kind) == (200, "application/json")
     schema = json.loads(body)
     assert schema["openapi"].startswith("3.") and schema["info"]["title"] == "diffusionlab"
-    assert sorted(schema["paths"]) == ["/", "/api/img2img", "/api/inpaint", "/api/model", "/api/sample"]
+    jobs = ["/api/jobs", "/api/jobs/{job_id}", "/api/jobs/{job_id}/cancel", "/api/jobs/{job_id}/events"]
+    jobs += ["/api/jobs/{job_id}/files/{name}", "/api/jobs/img2img", "/api/jobs/infill", "/api/jobs/inpaint"]
+    expected = ["/api/img2img", "/api/inpaint", "/api/model", "/api/models", "/api/sample", *jobs, "/api/jobs/sample"]
+    assert sorted(schema["paths"]) == sorted(expected)  # the page (/) is not part of the API
     for task in ("sample", "img2img", "inpaint"):
         responses = schema["paths"][f"/api/{task}"]["post"]["responses"]
-        assert sorted(responses) == ["200", "400", "413", "422"]
+        assert sorted(responses) == ["200", "400", "404", "413", "422", "429"]
+        queued = schema["paths"][f"/api/jobs/{task}"]["post"]["responses"]
+        assert sorted(queued) == ["202", "400", "404", "413", "422", "429"]
         assert list(responses["200"]["content"]) == ["image/png"]
         error = responses["422"]["content"]["application/json"]["schema"]
         assert error == {"$ref": "#/components/schemas/ErrorDetail"}

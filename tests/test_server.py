@@ -48,7 +48,7 @@ def decode(response) -> Image.Image:  # type: ignore[no-untyped-def]
 def test_page_and_model_description(client: TestClient) -> None:
     page = client.get("/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
-    assert 'id="sample"' in page.text and "/api/sample" in page.text
+    assert 'id="run"' in page.text and "/api/jobs/" in page.text
     info = client.get("/api/model").json()
     assert info["kind"] == "image" and info["image_size"] == 8 and info["channels"] == 1
     assert info["class_names"] == ["cat", "dog", "owl"] and info["defaults"]["steps"] == 3
@@ -197,7 +197,7 @@ def test_inpaint_keeps_the_known_pixels_and_img2img_answers(client: TestClient) 
         ("/api/img2img", {"image": "not base64!", "strength": 0.5}, 400, "base64"),
         ("/api/img2img", {"image": png_b64(np.zeros((8, 8), np.uint8)), "strength": 1.5}, 400, "strength"),
         ("/api/img2img", {"image": png_b64(np.zeros((6, 8), np.uint8))}, 400, "8x8"),
-        ("/api/img2img", {"image": png_b64(np.zeros((8, 8, 3), np.uint8))}, 400, "3 channels"),
+        ("/api/img2img", {"image": png_b64((np.eye(8)[:, :, None] * [255, 0, 0]).astype(np.uint8))}, 400, "3 channels"),
         (
             "/api/inpaint",
             {"image": png_b64(np.zeros((8, 8), np.uint8)), "mask": png_b64(np.zeros((4, 4), np.uint8))},

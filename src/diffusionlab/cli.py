@@ -957,20 +957,51 @@ def anomaly(
 
 
 @app.command()
-def serve(model: opt.ModelFolder, host: opt.Host = "127.0.0.1", port: opt.Port = 8000) -> None:
-    """Serve a model over HTTP: the web page at http://HOST:PORT/, the API under /api (docs at /docs)."""
+def serve(
+    models: Annotated[
+        Path, typer.Argument(help="A folder of model folders (each one served), or one model folder, e.g. runs/.")
+    ],
+    host: opt.Host = "127.0.0.1",
+    port: opt.Port = 8000,
+    data_dir: Annotated[
+        Path, typer.Option(help="Where the job history (SQLite) and every job's output files are kept.")
+    ] = Path("studio-data"),
+    token: Annotated[
+        str | None, typer.Option(help="Require this token on /api (Authorization: Bearer TOKEN, or ?token=TOKEN).")
+    ] = None,
+    max_waiting: Annotated[int, typer.Option(help="Jobs that may wait behind the running one; more are 429.")] = 8,
+    time_limit: Annotated[float, typer.Option(help="Seconds a job may run before it is stopped.")] = 600.0,
+    memory_budget_mb: Annotated[
+        int, typer.Option(help="MB of model weights kept loaded; the least recently used model is unloaded beyond.")
+    ] = 2048,
+) -> None:
+    """Serve the studio over HTTP: the web page at http://HOST:PORT/, the API under /api (docs at /docs)."""
 
     def run() -> None:
         if not 0 < port < 65536:
             _fail(f"--port={port} must be a TCP port, 1..65535.")
+        if not models.is_dir():
+            _fail(f"{models} is not a folder; give a model folder or a folder of model folders.")
         try:
             import uvicorn
 
             from .server import create_app
+            from .server.registry import find_model_folders
         except ImportError:
             _fail("serving needs FastAPI and uvicorn: pip install 'diffusionlab[server]'.")
-        application = create_app(model)
-        typer.echo(f"serving {model} at http://{host}:{port}/ (Ctrl-C stops)")
+        if not find_model_folders(models):
+            _fail(f"{models} holds no model folder (a folder with config.json and model.safetensors).")
+        if host not in ("127.0.0.1", "localhost", "::1") and token is None:
+            typer.secho(
+                f"warning: --host={host} lets other machines in and no --token is set; anyone who reaches this "
+                "port can run jobs.",
+                err=True,
+                fg=typer.colors.YELLOW,
+            )
+        options = dict(max_waiting=max_waiting, time_limit_s=time_limit, memory_budget_mb=memory_budget_mb)
+        application = create_app(models, data_dir=data_dir, token=token, **options)
+        served = ", ".join(application.state.registry.names())
+        typer.echo(f"serving {served} at http://{host}:{port}/ (history in {data_dir}; Ctrl-C stops)")
         uvicorn.run(application, host=host, port=port, log_level="warning")
 
     _run(run, serve)

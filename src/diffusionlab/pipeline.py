@@ -36,6 +36,7 @@ from .spaces import ModelSpace, build_network, make_space
 
 __all__ = [
     "Pipeline",
+    "read_model_config",
     "build_network",
     "build_process",
     "write_class_grid",
@@ -84,7 +85,7 @@ def _load_classifier(folder: Path) -> NoiseAwareClassifier:
     return classifier
 
 
-def _read_config(folder: Path) -> ModelConfig:
+def read_model_config(folder: Path) -> ModelConfig:
     """A model folder's config.json, migrated from any earlier format, or one clear error."""
     if not folder.is_dir():
         raise CheckpointError(f"{folder} is not a folder; expected a model folder with {CONFIG_NAME}.")
@@ -180,7 +181,7 @@ class Pipeline:
         EMA is a ``FallbackWarning`` (sampling uses the raw weights); anything else untrusted is a CheckpointError.
         """
         folder = Path(folder)
-        config = _read_config(folder)
+        config = read_model_config(folder)
         pipe = cls(config)
         _load_weights(pipe.network, folder / MODEL_NAME)
         _load_ema(pipe, folder)
