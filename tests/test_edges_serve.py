@@ -59,7 +59,17 @@ def server(pets_model: Path, tmp_path_factory: pytest.TempPathFactory):  # type:
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [*command, "serve", str(pets_model), "--host", "127.0.0.1", "--port", str(port)],
+            [
+                *command,
+                "serve",
+                str(pets_model),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(log.parent),
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, "OMP_NUM_THREADS": "1"},
