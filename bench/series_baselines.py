@@ -148,7 +148,10 @@ def arima_forecast(
     for row, m, fill in zip(values, mask, filled, strict=True):
         fit = _fit_arima(np.where(m, row, np.nan), fill, orders, seasonal_order)
         forecast = fit.get_forecast(horizon)
-        out.append(normal_quantile_samples(forecast.predicted_mean, np.sqrt(forecast.var_pred_mean), num_samples))
+        variance = np.asarray(forecast.var_pred_mean)
+        if not np.all(variance >= 0):  # a numerically unstable fit: refused, so the caller may leave its order out
+            raise ValueError(f"the ARIMA fit gave a negative forecast variance ({variance.min():.3g})")
+        out.append(normal_quantile_samples(forecast.predicted_mean, np.sqrt(variance), num_samples))
     return np.stack(out, axis=1)
 
 
