@@ -10,7 +10,7 @@ from torch import Tensor
 
 from diffusionlab.denoisers import Prediction
 from diffusionlab.processes import EDMProcess, FlowProcess, GaussianProcess, VPProcess, broadcast_like
-from diffusionlab.sampling import SAMPLERS, StepCallback, default_spacing, sample, time_grid
+from diffusionlab.sampling import ADAPTIVE_SAMPLERS, SAMPLERS, StepCallback, default_spacing, sample, time_grid
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -53,6 +53,12 @@ def test_callback_sees_every_step_and_changes_nothing(sampler: str, process: Gau
 
     plain, watched = run(None), run(recorder)
     assert torch.equal(plain, watched)  # bit for bit: the callback draws no noise and changes no arithmetic
+    if sampler in ADAPTIVE_SAMPLERS:  # steps of their own: numbered attempts, the batch's latest time, then t = 0
+        times = [c["t"] for c in rec.calls]
+        assert [c["step"] for c in rec.calls] == list(range(len(rec.calls))) and len(rec.calls) > 2
+        assert all(a >= b for a, b in zip(times, times[1:], strict=False)) and times[-1] == 0.0
+        assert torch.equal(rec.calls[-1]["x"], watched)
+        return
     ts = time_grid(process, STEPS, default_spacing(process))
     assert [c["step"] for c in rec.calls] == list(range(STEPS))
     times = [c["t"] for c in rec.calls]

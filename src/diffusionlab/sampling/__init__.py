@@ -11,10 +11,11 @@ from torch import Tensor
 
 from ..denoisers import DenoiserLike
 from ..processes import GaussianProcess
+from .adaptive import adaptive_sde, rk45, sra
 from .grids import SPACINGS, check_steps, default_spacing, time_grid
 from .guidance import ClassifierFreeGuidance, ClassifierGuidance, check_guidance_interval, null_conditioning
 from .noise import NoiseSource, sample_seed
-from .ode import dpm_2s, dpmpp_2m, dpmpp_3m, euler, heun, two_stage_nfe, unipc
+from .ode import deis, dpm_2s, dpmpp_2m, dpmpp_3m, euler, heun, ipndm, two_stage_nfe, unipc
 from .sde import annealed_langevin, annealed_langevin_nfe, dpmpp_2m_sde, euler_ancestral, euler_maruyama, pc, pc_nfe
 from .solvers import StepCallback, check_eta, ddim, ddim_step, ddpm
 from .thresholding import THRESHOLDINGS, Thresholded, dynamic_threshold
@@ -49,6 +50,12 @@ __all__ = [
     "dpmpp_2m",
     "dpmpp_3m",
     "unipc",
+    "ipndm",
+    "deis",
+    "rk45",
+    "adaptive_sde",
+    "sra",
+    "ADAPTIVE_SAMPLERS",
     "euler_ancestral",
     "euler_maruyama",
     "pc",
@@ -67,12 +74,18 @@ SAMPLERS: dict[str, Callable[..., Tensor]] = {
     "dpmpp_2m": dpmpp_2m,
     "dpmpp_3m": dpmpp_3m,
     "unipc": unipc,
+    "ipndm": ipndm,
+    "deis": deis,
+    "rk45": rk45,
     "euler_ancestral": euler_ancestral,
     "euler_maruyama": euler_maruyama,
     "pc": pc,
     "annealed_langevin": annealed_langevin,
     "dpmpp_2m_sde": dpmpp_2m_sde,
+    "sra": sra,
+    "adaptive_sde": adaptive_sde,
 }
+ADAPTIVE_SAMPLERS = ("rk45", "adaptive_sde")  # their steps follow a tolerance: evaluations known after a run
 # the discrete family's samplers (diffusionlab.discrete.sampling.TOKEN_SAMPLERS) and the options each takes: named
 # here so that a request is checked before any model is loaded (that module imports this one)
 TOKEN_SAMPLER_OPTIONS: dict[str, tuple[str, ...]] = {"ancestral": ("temperature", "top_p", "cache")}
@@ -86,6 +99,9 @@ _NFE_PER_STEP: dict[str, int | Callable[..., int]] = {
     "dpmpp_2m": 1,
     "dpmpp_3m": 1,
     "unipc": 1,
+    "ipndm": 1,
+    "deis": 1,
+    "sra": two_stage_nfe,
     "euler_ancestral": 1,
     "ancestral": 1,
     "euler_maruyama": 1,
@@ -95,12 +111,16 @@ _NFE_PER_STEP: dict[str, int | Callable[..., int]] = {
 }
 
 
-def nfe(sampler: str, steps: int, **options: Any) -> int:
+def nfe(sampler: str, steps: int, **options: Any) -> int | None:
     """Network evaluations a sampler spends for ``steps`` steps with ``options`` (guidance doubles the batch,
-    not the count). Exact for grids that end at t = 0, as every ``time_grid`` does: heun and dpm_2s take one
-    evaluation for the first-order step into the data, 2 steps - 1 in all (one fewer again from flow's t = 1 on a
-    uniform grid, where alpha = 0 makes their first step first order too)."""
-    count = _NFE_PER_STEP[check_sampler(sampler)]
+    not the count); None for the adaptive samplers, whose count follows their tolerance. Exact for grids that end
+    at t = 0, as every ``time_grid`` does: heun, dpm_2s and sra take one evaluation for the first-order step into
+    the data, 2 steps - 1 in all (one fewer again from flow's t = 1 on a uniform grid, where alpha = 0 makes their
+    first step first order too)."""
+    if check_sampler(sampler) in ADAPTIVE_SAMPLERS:
+        check_steps(steps)
+        return None
+    count = _NFE_PER_STEP[sampler]
     steps = check_steps(steps)
     return count(steps, **options) if callable(count) else count * steps
 

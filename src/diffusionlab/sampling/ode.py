@@ -19,7 +19,7 @@ sigma~ = inf, lambda = -inf) is first order too: there is no finite midpoint or 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor
@@ -28,7 +28,20 @@ from ..denoisers import DenoiserLike
 from ..processes import GaussianProcess
 from .solvers import Noise, StepCallback, _noise_like, _report, _steps
 
-__all__ = ["euler", "heun", "dpm_2s", "dpmpp_2m", "dpmpp_3m", "unipc", "check_churn", "two_stage_nfe"]
+__all__ = [
+    "euler",
+    "heun",
+    "dpm_2s",
+    "dpmpp_2m",
+    "dpmpp_3m",
+    "unipc",
+    "ipndm",
+    "deis",
+    "lagrange_weights",
+    "check_churn",
+    "two_stage_nfe",
+    "UNIPC_VARIANTS",
+]
 
 Cond = Mapping[str, Tensor] | None
 
@@ -327,15 +340,25 @@ def dpmpp_3m(
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _unipc_b(h: float) -> tuple[float, float, float]:
-    """B(h) = e^{-h} - 1 ("bh2") and the right-hand sides b_k = k! (-h) phi_{k+1}(-h) / B(h), k = 1, 2, of UniPC's
-    order conditions (Zhao et al. 2023, sec. 3; data prediction, so hh = -h), computed as diffusers does."""
+UNIPC_VARIANTS = ("bh1", "bh2")
+
+
+def _unipc_b(h: float, variant: str = "bh2") -> tuple[float, float, float, float]:
+    """(h phi_1(-h) = e^{-h} - 1, B(h), b_1, b_2): B(h) = -h ("bh1") or e^{-h} - 1 ("bh2"), and the right-hand sides
+    b_k = k! (-h) phi_{k+1}(-h) / B(h), k = 1, 2, of UniPC's order conditions (Zhao et al. 2023, sec. 3 and eq. 7-8;
+    data prediction, so hh = -h), computed as diffusers does."""
     hh = -h
     h_phi_1 = math.expm1(hh)
-    b_h = h_phi_1
+    b_h = hh if variant == "bh1" else h_phi_1
     h_phi_2 = h_phi_1 / hh - 1.0
     h_phi_3 = h_phi_2 / hh - 0.5
-    return b_h, h_phi_2 / b_h, 2.0 * h_phi_3 / b_h
+    return h_phi_1, b_h, h_phi_2 / b_h, 2.0 * h_phi_3 / b_h
+
+
+def check_unipc_variant(variant: str) -> str:
+    if variant not in UNIPC_VARIANTS:
+        raise ValueError(f"variant={variant!r} is not a UniPC variant; expected one of {', '.join(UNIPC_VARIANTS)}.")
+    return variant
 
 
 def unipc(
@@ -347,21 +370,24 @@ def unipc(
     noise: Noise | None = None,
     progress: bool = False,
     callback: StepCallback | None = None,
+    variant: str = "bh2",
 ) -> Tensor:
-    """UniPC-2 with B(h) = e^{-h} - 1 ("bh2"), data prediction (Zhao et al. 2023, sec. 3 and appendix): at each
+    """UniPC-2 with B(h) = e^{-h} - 1 ("bh2", the default) or B(h) = -h ("bh1", which the authors advise at the
+    fewest steps), data prediction (Zhao et al. 2023, sec. 3 and appendix): at each
     step the new x0_hat first corrects the point it was evaluated at (UniC), then predicts the next one (UniP-2).
     The model is not re-run at the corrected point, so UniC costs no evaluation; one evaluation per step.
 
-    UniP-2: x' = (sigma_t' / sigma_t) x - alpha_t' B(h) (m0 + 1/2 D1),  D1 = (m_prev - m0) / r,
+    UniP-2: x' = (sigma_t' / sigma_t) x - alpha_t' (e^{-h} - 1) m0 - alpha_t' B(h) 1/2 D1,  D1 = (m_prev - m0) / r,
     r = (lambda_prev - lambda_t) / h  (with bh2 this is DPM-Solver++(2M)'s step).
     UniC-p: the same step from the previous point with the new x0_hat m' added as one more difference:
-    x'_c = (sigma_t' / sigma_t) x - alpha_t' B(h) (m0 + sum_k rho_k D1_k + rho_p (m' - m0)), where the rho solve
-    R rho = b (rho = 1/2 for p = 1).
+    x'_c = (sigma_t' / sigma_t) x - alpha_t' (e^{-h} - 1) m0 - alpha_t' B(h) (sum_k rho_k D1_k + rho_p (m' - m0)),
+    where the rho solve R rho = b (rho = 1/2 for p = 1).
 
     As diffusers' ``UniPCMultistepScheduler(solver_type="bh2", predict_x0=True, solver_order=2)``: order 1 at the
     first step and into t = 0 (``lower_order_final``), the corrector has the order of the predictor it corrects,
     and there is no corrector after the last step.
     """
+    check_unipc_variant(variant)
     process = denoiser.process
     n = len(ts) - 1
     lams: list[float] = []  # lambda at the evaluated points, newest last
@@ -375,25 +401,134 @@ def unipc(
         if i > 0:  # UniC: correct x_i with m_new
             a_prev, s_prev = _alpha_sigma(process, ts[i - 1])
             h = lam - lams[-1]
-            b_h, b1, b2 = _unipc_b(h)
+            h_phi_1, b_h, b1, b2 = _unipc_b(h, variant)
             corr = 0.5 * (m_new - m[-1])
             if order_prev == 2:
                 r = (lams[-2] - lams[-1]) / h
                 rho0 = (b1 - b2) / (1.0 - r)  # R rho = b with R = [[1, 1], [r, 1]], solved in closed form
                 rho1 = b1 - rho0
                 corr = rho0 * (m[-2] - m[-1]) / r + rho1 * (m_new - m[-1])
-            x = (s / s_prev) * x_prev - a * b_h * m[-1] - a * b_h * corr
+            x = (s / s_prev) * x_prev - a * h_phi_1 * m[-1] - a * b_h * corr
         lams, m = [*lams[-1:], lam], [*m[-1:], m_new]
         order = 1 if s_next == 0.0 else min(2, i + 1, n - i)  # warm-up and lower_order_final
         h = lam_next - lam
-        b_h = math.expm1(-h)
+        h_phi_1 = math.expm1(-h)
+        b_h = -h if variant == "bh1" else h_phi_1
         x_prev, order_prev = x, order
-        x = (s_next / s) * x - a_next * b_h * m[-1]  # UniP-1 (= DDIM)
+        x = (s_next / s) * x - a_next * h_phi_1 * m[-1]  # UniP-1 (= DDIM)
         if order == 2:
             r = (lams[-2] - lam) / h
             x = x - a_next * b_h * 0.5 * (m[-2] - m[-1]) / r
         _report(callback, i, ts[i + 1], x, m_new)
     return x
+
+
+# ---------------------------------------------------------------------------------------------------------
+# iPNDM and DEIS: Adams-Bashforth on the noise prediction in the VE frame (Zhang & Chen 2023)
+# ---------------------------------------------------------------------------------------------------------
+
+# Adams-Bashforth weights of eps_hat at the newest, previous, ... points, for equal steps (orders 1-4)
+_AB = ((1.0,), (1.5, -0.5), (23 / 12, -16 / 12, 5 / 12), (55 / 24, -59 / 24, 37 / 24, -9 / 24))
+
+
+def _check_order(order: int, most: int) -> int:
+    if isinstance(order, bool) or not isinstance(order, int) or not 1 <= order <= most:
+        raise ValueError(f"order={order!r} must be a whole number from 1 to {most}.")
+    return order
+
+
+def lagrange_weights(rhos: list[float], start: float, end: float) -> list[float]:
+    """The integrals from ``start`` to ``end`` of the Lagrange basis polynomials through the nodes ``rhos``
+    (newest first): int P(rho) drho = sum_j w_j eps_j for the polynomial P through (rho_j, eps_j) (DEIS eq. 14)."""
+    import numpy as np
+
+    out = []
+    for j, node in enumerate(rhos):
+        others = [r for k, r in enumerate(rhos) if k != j]
+        basis = np.poly1d(np.poly(others) if others else [1.0]) / float(np.prod([node - r for r in others]))
+        antiderivative = basis.integ()
+        out.append(float(antiderivative(end) - antiderivative(start)))
+    return out
+
+
+def _ve_multistep(
+    denoiser: DenoiserLike,
+    x: Tensor,
+    ts: Tensor,
+    weights: Callable[[list[float], float, int], list[float]],
+    order: int,
+    cond: Cond,
+    progress: bool,
+    callback: StepCallback | None,
+    name: str,
+) -> Tensor:
+    """Multistep integration of the probability-flow ODE in the VE frame, dx~/drho = eps_hat with rho = sigma~
+    (Karras et al. 2022, eq. 4-6): x~' = x~ + sum_j w_j eps_j over the last ``order`` evaluations, w from
+    ``weights(rhos newest first, rho', order)``. Lower orders while the history fills, first order into t = 0
+    (the step returns x0_hat) and from alpha = 0 (flow's t = 1, a DDIM step)."""
+    process = denoiser.process
+    rhos: list[float] = []
+    epss: list[Tensor] = []
+    for i in _steps(ts, progress, name):
+        a, s = _alpha_sigma(process, ts[i])
+        a_next, s_next = _alpha_sigma(process, ts[i + 1])
+        pred = denoiser(x, ts[i], cond)
+        if a == 0.0 or s_next == 0.0:  # no finite VE frame at alpha = 0; the data estimate at the end
+            x = a_next * pred.x0 + s_next * pred.eps
+            rhos, epss = [], []
+        else:
+            rhos, epss = [_ve(a, s), *rhos][:order], [pred.eps, *epss][:order]
+            w = weights(rhos, _ve(a_next, s_next), len(rhos))
+            step = sum(wj * ej for wj, ej in zip(w, epss, strict=False))
+            x = a_next * (x / a + step)
+        _report(callback, i, ts[i + 1], x, pred.x0)
+    return x
+
+
+def _ipndm_weights(rhos: list[float], rho_next: float, order: int) -> list[float]:
+    return [(rho_next - rhos[0]) * c for c in _AB[order - 1]]
+
+
+def _deis_weights(rhos: list[float], rho_next: float, order: int) -> list[float]:
+    return lagrange_weights(rhos, rhos[0], rho_next)
+
+
+def ipndm(
+    denoiser: DenoiserLike,
+    x: Tensor,
+    ts: Tensor,
+    *,
+    cond: Cond = None,
+    noise: Noise | None = None,
+    progress: bool = False,
+    callback: StepCallback | None = None,
+    order: int = 4,
+) -> Tensor:
+    """iPNDM (Zhang & Chen 2023, sec. 4 and app. "iPNDM"): the pseudo-linear multistep method of PNDM with its
+    Runge-Kutta warm-up replaced by lower-order Adams-Bashforth steps, on dx~/drho = eps_hat (rho = sigma~):
+    x~' = x~ + (rho' - rho) sum_j c_j eps_j with the equal-step Adams-Bashforth weights c of order 1..4
+    (1; 3/2, -1/2; 23/12, -16/12, 5/12; 55/24, -59/24, 37/24, -9/24). One evaluation per step."""
+    _check_order(order, 4)
+    return _ve_multistep(denoiser, x, ts, _ipndm_weights, order, cond, progress, callback, "ipndm")
+
+
+def deis(
+    denoiser: DenoiserLike,
+    x: Tensor,
+    ts: Tensor,
+    *,
+    cond: Cond = None,
+    noise: Noise | None = None,
+    progress: bool = False,
+    callback: StepCallback | None = None,
+    order: int = 3,
+) -> Tensor:
+    """DEIS, rho-AB form (Zhang & Chen 2023, eq. 14-15 with the VE reparameterisation of sec. 4): eps_hat is
+    extrapolated by the Lagrange polynomial in rho = sigma~ through the last ``order`` evaluations and integrated
+    exactly over the step, x~' = x~ + sum_j (int_rho^rho' l_j) eps_j; unlike iPNDM's fixed weights this is exact
+    for any spacing of the grid. One evaluation per step."""
+    _check_order(order, 4)
+    return _ve_multistep(denoiser, x, ts, _deis_weights, order, cond, progress, callback, "deis")
 
 
 def two_stage_nfe(steps: int, **options: object) -> int:

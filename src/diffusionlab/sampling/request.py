@@ -120,8 +120,8 @@ class SamplerSpec(FrozenSettings):
         return self
 
     @property
-    def nfe(self) -> int:
-        """Network evaluations of this (resolved) sampler."""
+    def nfe(self) -> int | None:
+        """Network evaluations of this (resolved) sampler (None for an adaptive one: known after a run)."""
         from . import nfe
 
         return nfe(self.sampler or "ddim", self.steps or 1, **self.options)
