@@ -956,6 +956,49 @@ def anomaly(
 # ---------------------------------------------------------------- serve
 
 
+@app.command("tune-grid")
+def tune_grid(
+    model: opt.ModelFolder,
+    sampler: Annotated[str, typer.Option(help="The ODE solver to tune the grid for (e.g. dpmpp_2m, deis, ipndm).")],
+    nfe: Annotated[int | None, typer.Option(help="Network evaluations per sample: the most steps within them.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Solver steps (instead of --nfe).")] = None,
+    num_samples: Annotated[int, typer.Option("--num-samples", "-n", help="Calibration samples.")] = 32,
+    evaluations: Annotated[
+        int | None, typer.Option(help="Most solves of the search (default 40 per point of the grid it moves).")
+    ] = None,
+    seed: opt.Seed = 0,
+) -> None:
+    """Tune the time grid of one ODE sampler at one step count for this model (against a 200-step reference from
+    the same noise) and store it in the model folder; sample on it with `--spacing tuned`."""
+    from .pipeline import Pipeline
+    from .sampling import nfe as count_nfe
+    from .sampling.tuning import TUNABLE_SAMPLERS
+    from .tasks import save_tuned_grid, tune_model_grid
+
+    def run() -> None:
+        if sampler not in TUNABLE_SAMPLERS:
+            _fail(f"--sampler={sampler} cannot be tuned: give an ODE solver, one of {', '.join(TUNABLE_SAMPLERS)}.")
+        if (nfe is None) == (steps is None):
+            _fail("give exactly one of --nfe and --steps.")
+        count = steps
+        if nfe is not None:
+            if nfe < 1 or count_nfe(sampler, 1) > nfe:
+                _fail(f"--nfe={nfe} is too few for {sampler} (it spends {count_nfe(sampler, 1)} at one step).")
+            count = 1
+            while count_nfe(sampler, count + 1) <= nfe:
+                count += 1
+        pipe = Pipeline.load(model)
+        result = tune_model_grid(pipe, sampler, count, num_samples, seed=seed, evaluations=evaluations)
+        save_tuned_grid(model, sampler, count, result.times)
+        typer.echo(
+            f"{sampler} at {count} steps ({count_nfe(sampler, count)} evaluations): RMS error against the "
+            f"reference {result.error_before:.4g} on the {result.start_spacing} grid, {result.error_after:.4g} "
+            f"tuned ({result.solves} solves); stored in {model / 'config.json'} (sample with --spacing tuned)."
+        )
+
+    _run(run, tune_grid)
+
+
 @app.command()
 def serve(
     models: Annotated[

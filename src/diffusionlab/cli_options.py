@@ -28,7 +28,7 @@ from .config import (
     ProcessConfig,
     TextEncoderConfig,
 )
-from .sampling import SAMPLERS, SPACINGS, TOKEN_SAMPLER_OPTIONS
+from .sampling import REQUEST_SPACINGS, SAMPLERS, TOKEN_SAMPLER_OPTIONS
 
 __all__ = ["config_option", "config_options", "config_values", "request_default", "ModelSize", "PROCESS_CLASSES"]
 
@@ -222,7 +222,12 @@ DownsampleFactor = Annotated[
 # ---------------------------------------------------------------- sample
 Labels = Annotated[str | None, typer.Option(help="Comma-separated class labels, one per sample (or one for all).")]
 PerClass = Annotated[int | None, typer.Option(help="Sample this many of every class, one labelled row per class.")]
-Spacing = Annotated[str | None, typer.Option(help=f"Time grid: {', '.join(SPACINGS)} (default: the model's).")]
+Spacing = Annotated[
+    str | None,
+    typer.Option(
+        help=f"Time grid: {', '.join(REQUEST_SPACINGS)} (tuned: the model's own, see tune-grid; default: the model's)."
+    ),
+]
 NegativePrompt = Annotated[
     str | None, typer.Option(help="Prompt to guide away from (replaces the empty prompt in guidance).")
 ]

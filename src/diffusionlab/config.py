@@ -575,6 +575,8 @@ class SampleConfig(_Strict):
     spacing: str | None = None  # None: the process's default (karras for edm/ve, else uniform)
     guidance: float = 2.0  # bench/digits_quality.py: 98.8% of samples of the asked digit at 1, 100% at 2
     thresholding: Literal["none", "clip", "dynamic"] = "clip"  # keep x0 in the data range [-1, 1] (images)
+    # time grids tuned to this model (`diffusionlab tune-grid`), by "sampler:steps"; `spacing="tuned"` uses them
+    tuned_grids: dict[str, list[float]] = Field(default_factory=dict)
 
 
 class LatentConfig(_Strict):

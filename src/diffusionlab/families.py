@@ -131,6 +131,7 @@ class GaussianFamily(Family):
             device=pipe.device,
             progress=progress,
             callback=callback,
+            times=spec.times,
             **spec.options,
         )
 

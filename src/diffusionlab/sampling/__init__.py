@@ -12,7 +12,7 @@ from torch import Tensor
 from ..denoisers import DenoiserLike
 from ..processes import GaussianProcess
 from .adaptive import adaptive_sde, rk45, sra
-from .grids import SPACINGS, check_steps, default_spacing, time_grid
+from .grids import REQUEST_SPACINGS, SPACINGS, check_steps, default_spacing, time_grid
 from .guidance import ClassifierFreeGuidance, ClassifierGuidance, check_guidance_interval, null_conditioning
 from .noise import NoiseSource, sample_seed
 from .ode import deis, dpm_2s, dpmpp_2m, dpmpp_3m, euler, heun, ipndm, two_stage_nfe, unipc
@@ -24,6 +24,7 @@ __all__ = [
     "SAMPLERS",
     "TOKEN_SAMPLER_OPTIONS",
     "SPACINGS",
+    "REQUEST_SPACINGS",
     "sample",
     "solve",
     "prior_std",
@@ -188,18 +189,23 @@ def sample(
     device: torch.device | str = "cpu",
     progress: bool = False,
     callback: StepCallback | None = None,
+    times: Sequence[float] | None = None,
     **options: Any,
 ) -> Tensor:
     """Draw samples: start from N(0, (alpha^2 + sigma^2) I) at t_max and run a solver down a time grid.
 
     Sample i uses the noise stream of ``(seed, indices[i])`` (indices default to 0..num_samples-1), so a sample
-    is the same at any batch size and position. ``options`` go to the solver (e.g. ``eta`` for DDIM).
+    is the same at any batch size and position. ``options`` go to the solver (e.g. ``eta`` for DDIM). ``times``
+    is the grid itself (a tuned one), in place of ``steps`` and ``spacing``.
     """
     if indices is None:
         if num_samples is None or num_samples <= 0:
             raise ValueError(f"num_samples={num_samples!r} must be a positive integer.")
         indices = range(num_samples)
-    ts = time_grid(denoiser.process, steps, spacing or default_spacing(denoiser.process))
+    if times is not None:
+        ts = torch.tensor(list(times), dtype=torch.float64)
+    else:
+        ts = time_grid(denoiser.process, steps, spacing or default_spacing(denoiser.process))
     noise = NoiseSource(seed, indices, device)
     x = prior_std(denoiser.process, ts[0]) * noise(sample_shape)
     return solve(

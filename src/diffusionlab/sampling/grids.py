@@ -16,6 +16,8 @@ from ..processes import DiscreteVPProcess, GaussianProcess
 __all__ = ["SPACINGS", "time_grid", "check_steps", "default_spacing"]
 
 SPACINGS = ("uniform", "leading", "trailing", "linspace", "karras", "log_snr")
+TUNED = "tuned"  # a model's own grid (config.sample.tuned_grids), resolved by the request; never built here
+REQUEST_SPACINGS = (*SPACINGS, TUNED)  # what a request may name
 _DISCRETE_ONLY = ("leading", "trailing", "linspace")
 
 
@@ -43,6 +45,8 @@ def time_grid(process: GaussianProcess, steps: int, spacing: str = "uniform", rh
     check_steps(steps)
     if spacing not in SPACINGS:
         raise ValueError(f"spacing={spacing!r} is not known; expected one of {SPACINGS}.")
+    if spacing == TUNED:
+        raise ValueError("spacing='tuned' is a model's own grid: sample through the model (its request resolves it).")
     zero = torch.zeros(1, dtype=torch.float64)
     if spacing in _DISCRETE_ONLY:
         if not isinstance(process, DiscreteVPProcess):

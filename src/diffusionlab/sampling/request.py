@@ -19,7 +19,7 @@ from torch import Tensor
 from ..hardware import resolve_precision
 from ..limits import check_limit
 from ..processes import GaussianProcess
-from .grids import SPACINGS, default_spacing, time_grid
+from .grids import REQUEST_SPACINGS, default_spacing, time_grid
 from .guidance import check_guidance_interval
 
 __all__ = [
@@ -60,6 +60,20 @@ class FrozenSettings(BaseModel):
             raise ValueError(first_error(err)) from None
 
 
+def tuned_times(defaults: Any, sampler: str, steps: int) -> tuple[float, ...]:
+    """A model's tuned grid for ``sampler`` at ``steps`` steps (``config.sample.tuned_grids``), or one clear error
+    naming the grids it has."""
+    grids = getattr(defaults, "tuned_grids", None) or {}
+    key = f"{sampler}:{steps}"
+    if key not in grids:
+        have = ", ".join(sorted(grids)) or "none"
+        raise ValueError(
+            f"spacing='tuned': this model has no tuned grid for sampler={sampler!r} at steps={steps} (it has: "
+            f"{have}); make one with `diffusionlab tune-grid MODEL --sampler {sampler} --steps {steps}`."
+        )
+    return tuple(grids[key])
+
+
 class SamplerSpec(FrozenSettings):
     """Which solver, how many steps, on which time grid, with which solver options (e.g. ``eta``)."""
 
@@ -67,6 +81,7 @@ class SamplerSpec(FrozenSettings):
     steps: int | None = Field(default=None, ge=1)
     spacing: str | None = None  # None: the model's, else the process's default
     options: dict[str, float | int | bool | str] = Field(default_factory=dict)
+    times: tuple[float, ...] | None = None  # the grid itself (a tuned one, filled in by resolve); None: by spacing
 
     @field_validator("options")
     @classmethod
@@ -97,8 +112,8 @@ class SamplerSpec(FrozenSettings):
     @field_validator("spacing")
     @classmethod
     def _spacing(cls, v: str | None) -> str | None:
-        if v is not None and v not in SPACINGS:
-            raise ValueError(f"spacing={v!r} is not known; expected one of {SPACINGS}")
+        if v is not None and v not in REQUEST_SPACINGS:
+            raise ValueError(f"spacing={v!r} is not known; expected one of {REQUEST_SPACINGS}")
         return v
 
     def resolve(self, defaults: Any) -> SamplerSpec:
@@ -110,6 +125,8 @@ class SamplerSpec(FrozenSettings):
                 "spacing": self.spacing or defaults.spacing,
             }
         )
+        if spec.spacing == "tuned" and spec.times is None:
+            spec = spec.model_copy(update={"times": tuned_times(defaults, spec.sampler, spec.steps)})
         return SamplerSpec.make(**spec.model_dump()).check_options()
 
     def check_options(self) -> SamplerSpec:
@@ -128,6 +145,8 @@ class SamplerSpec(FrozenSettings):
 
     def grid(self, process: GaussianProcess) -> Tensor:
         """The (resolved) decreasing time grid from t_max to 0."""
+        if self.times is not None:
+            return torch.tensor(self.times, dtype=torch.float64)
         return time_grid(process, self.steps or 1, self.spacing or default_spacing(process))
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from ..pipeline import Pipeline
-from ..sampling import SAMPLERS, SPACINGS
+from ..sampling import REQUEST_SPACINGS, SAMPLERS
 from .history import History
 from .jobs import JOB_ID_PATTERN, SERVER_ERROR, USER_ERROR, Job, JobQueue, QueueFull, new_job_id, watch
 from .registry import ModelRegistry, UnknownModel
@@ -176,7 +176,7 @@ def create_app(
         return (
             registry.describe(name)
             | bounds
-            | {"tasks": tasks, "samplers": sorted(SAMPLERS), "spacings": list(SPACINGS)}
+            | {"tasks": tasks, "samplers": sorted(SAMPLERS), "spacings": list(REQUEST_SPACINGS)}
         )
 
     def submit(task_name: str, name: str | None, req: Any, png: bool = False) -> Job:

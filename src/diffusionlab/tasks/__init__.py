@@ -47,8 +47,11 @@ from .inpaint import (
     repaint_schedule,
 )
 from .series import SeriesSamples, forecast, impute_series, window_starts
+from .tune import save_tuned_grid, tune_model_grid
 
 __all__ = [
+    "tune_model_grid",
+    "save_tuned_grid",
     "BLANK",
     "InfillPrompt",
     "SeriesSamples",
