@@ -1,16 +1,19 @@
 """Which probability-flow sampler and time grid get closest to the converged answer for a given number of
 network evaluations (NFE)?
 
-    python bench/samplers.py --model runs/digits --samples 16 --seed 0 --out bench/out
+    python bench/samplers.py --model runs/digits --samples 16 --seed 0 --out bench/out \
+        --table bench/results/samplers.md
 
-For every ODE sampler (ddim, euler, heun, dpm_2s, dpmpp_2m, dpmpp_3m, unipc), every grid (uniform, karras,
-log_snr) and NFE budgets 5 / 10 / 20 / 50 (steps chosen so that ``nfe(sampler, steps)`` is the largest count
-within the budget: Heun and DPM-Solver-2 spend 2 steps - 1), it runs the sampler from fixed initial noise and
-prints the RMSE of the result against a converged reference, on
+For every ODE sampler (ddim, euler, heun, dpm_2s, dpmpp_2m, dpmpp_3m, unipc with B(h) = e^-h - 1 and its bh1
+variant, ipndm, deis), every grid (uniform, karras, log_snr, and "tuned": the grid ``sampling.tuning.tune_grid``
+fits to that sampler and budget on a separate calibration batch, seed + 1, so the score is on noise the grid never
+saw) and NFE budgets 5 / 6 / 8 / 10 / 20 (steps chosen so that ``nfe(sampler, steps)`` is the largest count within
+the budget: Heun and DPM-Solver-2 spend 2 steps - 1), it runs the sampler from fixed initial noise and prints the
+RMSE of the result against a converged reference, on
 
-(a) the exact denoiser of the eight-Gaussians mixture (``diffusionlab.data.eight_gaussians_params``) under the
-    DDPM cosine process; the reference is the exact flow, integrated with scipy (DOP853, tolerance 1e-10) to
-    t_min, then the last step x0_hat(x_{t_min}) that every sampler takes into t = 0;
+(a) the exact denoiser of a 16-D mixture of 8 isotropic Gaussians (means N(0, 2^2 I) of seed 0, std 0.3, equal
+    weights) under EDM (sigma 0.002 to 80); the reference is the exact flow, integrated with scipy (DOP853,
+    tolerance 1e-10) to t_min, then the last step x0_hat(x_{t_min}) that every sampler takes into t = 0;
 (b) the trained class-conditional digits model at ``--model`` (if it exists), labels 0..9 in turn, guidance 1
     (the conditional model), x0 estimates thresholded as the model's config says (``clip`` for runs/digits);
     the reference is 200 dpmpp_3m steps on the log-SNR grid, and the RMSE between it and 200 Heun steps is
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -34,15 +38,23 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
-from diffusionlab.data import eight_gaussians_params
 from diffusionlab.denoisers import DenoiserLike, Prediction
 from diffusionlab.pipeline import Pipeline
-from diffusionlab.processes import DiscreteVPProcess, GaussianProcess
+from diffusionlab.processes import EDMProcess, GaussianProcess
 from diffusionlab.sampling import SAMPLERS, NoiseSource, Thresholded, nfe, time_grid
+from diffusionlab.sampling.tuning import solver, tune_grid
 
-ODE_SAMPLERS = ("ddim", "euler", "heun", "dpm_2s", "dpmpp_2m", "dpmpp_3m", "unipc")
-GRIDS = ("uniform", "karras", "log_snr")
-BUDGETS = (5, 10, 20, 50)
+sys.path.insert(0, str(Path(__file__).parent))
+from main_job import cpu_name  # noqa: E402
+
+DIM = 16
+
+ODE_SAMPLERS = ("ddim", "euler", "heun", "dpm_2s", "dpmpp_2m", "dpmpp_3m", "unipc", "unipc_bh1", "ipndm", "deis")
+VARIANTS = {"unipc_bh1": ("unipc", {"variant": "bh1"})}  # a bench row: (the library's sampler, its options)
+GRIDS = ("uniform", "karras", "log_snr", "tuned")
+BUDGETS = (5, 6, 8, 10, 20)
+AIMS = {10: 0.5, 6: 0.6}  # issue 19: the best sampler and grid at NFE n within this share of dpmpp_2m on karras
+TUNE_EVALUATIONS = 300  # solves per tuned grid
 Results = dict[tuple[str, str, int], tuple[int, float]]  # (sampler, grid, budget) -> (nfe, rmse)
 
 
@@ -54,14 +66,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--out", default="bench/out", help="folder for samplers.png (default bench/out)")
+    p.add_argument("--table", type=Path, default=None, help="also write the report (markdown) here")
+    p.add_argument("--calibration", type=int, default=256, help="calibration samples of a tuned grid (256)")
     args = p.parse_args(argv)
     if args.samples < 1 or args.points < 1:
         p.error(f"--samples and --points must be at least 1, got {args.samples} and {args.points}.")
     return args
 
 
+def solver_of(name: str) -> tuple[str, dict]:
+    """The library's sampler and options of a bench row."""
+    return VARIANTS.get(name, (name, {}))
+
+
 def steps_for(sampler: str, budget: int) -> int:
     """The most steps whose NFE stays within the budget."""
+    sampler = solver_of(sampler)[0]
     steps = 1
     while nfe(sampler, steps + 1) <= budget:
         steps += 1
@@ -89,6 +109,7 @@ class MixtureDenoiser:
         x0 = self.x0_ve(x / a, s / a)
         return Prediction(x, x0, (x - a * x0) / s, torch.tensor(a), torch.tensor(s))
 
+
     def reference(self, x_T: Tensor, t_max: Tensor, t_min: Tensor) -> Tensor:
         """Exact flow from t_max to t_min (scipy, in u = log sigma~: dx~/du = x~ - D), then x0_hat there."""
         from scipy.integrate import solve_ivp
@@ -111,30 +132,68 @@ def rmse(a: Tensor, b: Tensor) -> float:
     return float(((a.to(torch.float64) - b.to(torch.float64)) ** 2).mean().sqrt())
 
 
-def sweep(den: DenoiserLike, x_T: Tensor, reference: Tensor, cond: dict | None = None) -> Results:
+def sweep(
+    den: DenoiserLike,
+    x_T: Tensor,
+    reference: Tensor,
+    calibration: tuple[Tensor, Tensor, dict | None],
+    cond: dict | None = None,
+) -> Results:
+    """Every sampler, grid and budget from x_T against the reference; "tuned" grids are fitted on
+    ``calibration`` (noise, its reference, its conditioning) first."""
     results: Results = {}
+    x_cal, ref_cal, cond_cal = calibration
     for name in ODE_SAMPLERS:
+        sampler, options = solver_of(name)
         for grid in GRIDS:
             for budget in BUDGETS:
                 steps = steps_for(name, budget)
-                ts = time_grid(den.process, steps, grid)
+                if grid == "tuned":
+                    run = solver(SAMPLERS[sampler], den, x_cal, cond_cal, **options)
+                    fitted = tune_grid(den, x_cal, run, steps, ref_cal, evaluations=TUNE_EVALUATIONS)
+                    ts = torch.tensor(fitted.times, dtype=torch.float64)
+                else:
+                    ts = time_grid(den.process, steps, grid)
                 with torch.no_grad():
-                    out = SAMPLERS[name](den, x_T, ts, cond=cond)
-                results[(name, grid, budget)] = (nfe(name, steps), rmse(out, reference))
+                    out = SAMPLERS[sampler](den, x_T, ts, cond=cond, **options)
+                results[(name, grid, budget)] = (nfe(sampler, steps), rmse(out, reference))
     return results
 
 
+def aims(results: Results) -> list[str]:
+    """Issue 19's aims: at NFE 10 (6) the best sampler and grid within 0.5x (0.6x) of dpmpp_2m on karras."""
+    lines = []
+    for budget, share in AIMS.items():
+        base = results[("dpmpp_2m", "karras", budget)][1]
+        err, name, grid = min((e, n, g) for (n, g, b), (_, e) in results.items() if b == budget)
+        verdict = "pass" if err <= share * base else "FAIL"
+        lines.append(
+            f"aim at NFE {budget}: best {name} on {grid} {err:.2e} = {err / base:.2f}x dpmpp_2m on karras "
+            f"({base:.2e}); aim <= {share}x: {verdict}"
+        )
+    return lines
+
+
+REPORT: list[str] = []  # the markdown report, printed and written to --table
+
+
+def say(line: str = "") -> None:
+    print(line)
+    REPORT.append(line)
+
+
 def print_table(title: str, results: Results) -> None:
-    print(f"\n{title}: RMSE against the reference (NFE actually spent in brackets where below the budget)")
-    head = "".join(f"{f'{g} NFE {b}':>17}" for g in GRIDS for b in BUDGETS)
-    print(f"{'sampler':10}{head}")
-    for name in ODE_SAMPLERS:
-        cells = []
-        for grid in GRIDS:
+    """One markdown table per grid: samplers by budget (NFE actually spent in brackets where below it)."""
+    say(f"\n### {title}\n\nRMSE against the reference; NFE actually spent in brackets where below the budget.")
+    for grid in GRIDS:
+        say(f"\n| {grid} | " + " | ".join(f"NFE {b}" for b in BUDGETS) + " |")
+        say("|---|" + "---:|" * len(BUDGETS))
+        for name in ODE_SAMPLERS:
+            cells = []
             for budget in BUDGETS:
                 n, err = results[(name, grid, budget)]
-                cells.append(f"{err:.2e}" + (f" ({n})" if n != budget else "     "))
-        print(f"{name:10}" + "".join(f"{c:>17}" for c in cells))
+                cells.append(f"{err:.2e}" + (f" ({n})" if n != budget else ""))
+            say(f"| {name} | " + " | ".join(cells) + " |")
 
 
 def best_at(results: Results, budget: int) -> str:
@@ -163,7 +222,7 @@ def best_grid(results: Results, name: str) -> str:
 # the picture (Pillow: matplotlib is not a dependency)
 # ---------------------------------------------------------------------------------------------------------
 
-COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
+COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 
 
 def plot(panels: list[tuple[str, Results]], path: Path) -> None:
@@ -171,7 +230,7 @@ def plot(panels: list[tuple[str, Results]], path: Path) -> None:
     img = Image.new("RGB", (w_panel * len(panels), h_panel + 40), "white")
     draw = ImageDraw.Draw(img)
     font = ImageFont.load_default(size=13)
-    x_lo, x_hi = math.log10(4), math.log10(60)
+    x_lo, x_hi = math.log10(4), math.log10(25)
     for k, (title, results) in enumerate(panels):
         best = {name: best_grid(results, name) for name in ODE_SAMPLERS}
         errs = [results[(n, g, b)][1] for n, g in best.items() for b in BUDGETS]
@@ -223,16 +282,20 @@ def digits_panel(pipe: Pipeline, thresholding: str, args: argparse.Namespace) ->
     ts = time_grid(den.process, 200, "log_snr")
     init = float(torch.sqrt(den.process.alpha(ts[0]) ** 2 + den.process.sigma(ts[0]) ** 2))
     x_T = init * NoiseSource(args.seed, args.samples)(pipe.sample_shape)
+    x_cal = init * NoiseSource(args.seed + 1, args.samples)(pipe.sample_shape)
     with torch.no_grad():
         reference = SAMPLERS["dpmpp_3m"](den, x_T, ts, cond=cond)
+        ref_cal = SAMPLERS["dpmpp_3m"](den, x_cal, ts, cond=cond)
         check = SAMPLERS["heun"](den, x_T, ts, cond=cond)
-    results = sweep(den, x_T, reference, cond)
+    results = sweep(den, x_T, reference, (x_cal, ref_cal, cond), cond)
     p = den.process
     title = f"(b) {args.model}, {p.name} {getattr(p, 'schedule', '')}, x0 thresholding {thresholding}"
     print_table(f"{title}, {args.samples} images in [-1, 1]", results)
-    print(f"reference: 200 dpmpp_3m log_snr steps; RMSE to 200 Heun steps {rmse(check, reference):.1e}")
-    print(best_at(results, 10))
-    print(f"[{time.perf_counter() - start:.0f} s]")
+    say(f"\nreference: 200 dpmpp_3m log_snr steps; RMSE to 200 Heun steps {rmse(check, reference):.1e}")
+    say(best_at(results, 10))
+    for line in aims(results):
+        say(line)
+    say(f"[{time.perf_counter() - start:.0f} s]")
     return title, results
 
 
@@ -259,16 +322,23 @@ def main(argv: list[str] | None = None) -> None:
     panels: list[tuple[str, Results]] = []
 
     start = time.perf_counter()
-    params = eight_gaussians_params()
-    mixture = MixtureDenoiser(DiscreteVPProcess("cosine"), params.means, params.std, params.weights)
+    say(f"`python bench/samplers.py {' '.join(argv if argv is not None else sys.argv[1:])}` on {cpu_name()}")
+    means = 2.0 * torch.randn(8, DIM, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    process = EDMProcess(sigma_min=0.002, sigma_max=80.0)
+    mixture = MixtureDenoiser(process, means, 0.3, torch.full((8,), 1 / 8, dtype=torch.float64))
     ts = time_grid(mixture.process, 8, "log_snr")  # every grid shares t_max and t_min
-    x_T = NoiseSource(args.seed, args.points)((2,), torch.float64)
+    x_T = float(process.sigma(ts[0])) * NoiseSource(args.seed, args.points)((DIM,), torch.float64)
+    x_cal = float(process.sigma(ts[0])) * NoiseSource(args.seed + 1, args.calibration)((DIM,), torch.float64)
     reference = mixture.reference(x_T, ts[0], ts[-2])
-    results = sweep(mixture, x_T, reference)
-    title = f"(a) eight Gaussians, exact denoiser, DDPM cosine, {args.points} points"
+    ref_cal = mixture.reference(x_cal, ts[0], ts[-2])
+    results = sweep(mixture, x_T, reference, (x_cal, ref_cal, None))
+    title = f"(a) {DIM}-D mixture of 8 Gaussians, exact denoiser, EDM, {args.points} points"
     print_table(title, results)
-    print(best_at(results, 10))
-    print(f"[{time.perf_counter() - start:.0f} s]")
+    say()
+    say(best_at(results, 10))
+    for line in aims(results):
+        say(line)
+    say(f"[{time.perf_counter() - start:.0f} s]")
     panels.append((title, results))
 
     folder = Path(args.model)
@@ -278,11 +348,13 @@ def main(argv: list[str] | None = None) -> None:
         if pipe.config.sample.thresholding != "none":
             unthresholded_check(pipe, args)
     else:
-        print(f"\n(b) skipped: {folder} is not a model folder.")
+        say(f"\n(b) skipped: {folder} is not a model folder.")
 
     out = Path(args.out) / "samplers.png"
     plot(panels, out)
     print(f"\nwrote {out}")
+    if args.table is not None:
+        args.table.write_text("\n".join(REPORT) + "\n")
 
 
 if __name__ == "__main__":
