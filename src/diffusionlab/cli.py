@@ -867,6 +867,124 @@ def img2img(
     _run(run, img2img)
 
 
+@app.command()
+def interpolate(
+    model: opt.ModelFolder,
+    seeds: Annotated[tuple[int, int], typer.Option(help="The two seeds whose first samples are the ends.")] = (0, 1),
+    frames: Annotated[int, typer.Option(help="Frames from one end to the other, both included.")] = 8,
+    out: opt.OutFile = Path("interpolation.png"),
+    gif: Annotated[Path | None, typer.Option(help="Also write the frames as an animation (.gif or .webp).")] = None,
+    label: opt.Label = None,
+    prompt: opt.Prompt = None,
+    guidance: opt.Guidance = None,
+    sampler: opt.Sampler = None,
+    steps: opt.Steps = None,
+) -> None:
+    """Samples along the great circle between two seeds' noises: a strip of --frames images (and an animation)."""
+    from .images import save_animation, save_grid
+    from .pipeline import Pipeline
+    from .tasks import interpolate as along
+
+    def run() -> None:
+        _check_out_file(out)
+        if frames < 2:
+            _fail(f"--frames={frames} must be at least 2 (the two ends).")
+        if gif is not None and gif.suffix.lower() not in (".gif", ".webp"):
+            _fail(f"--gif={gif} must end in .gif or .webp.")
+        pipe = Pipeline.load(model)
+        settings = dict(labels=label, guidance=guidance, sampler=sampler, steps=steps)
+        images = along(pipe, frames, seeds=seeds, **settings, **_given(prompt=prompt))
+        meta = text_metadata(model=model, task="interpolate", seeds=list(seeds), frames=frames, label=label)
+        save_grid(images, out, nrow=frames, scale=2, metadata=meta)
+        if gif is not None:
+            save_animation(images, gif)
+        typer.echo(f"wrote {out}" + (f" and {gif}" if gif else ""))
+
+    _run(run, interpolate)
+
+
+@app.command()
+def variations(
+    model: opt.ModelFolder,
+    seed: opt.Seed = 0,
+    variation_seed: Annotated[int, typer.Option(help="The seed whose noise is mixed in.")] = 1,
+    strength: Annotated[float, typer.Option(help="How much of it: 0 the sample itself, 1 the other seed's.")] = 0.2,
+    num_samples: Annotated[int, typer.Option("--num-samples", "-n", help="How many variations.")] = 8,
+    index: Annotated[int, typer.Option(help="Which sample of --seed to vary.")] = 0,
+    out: opt.OutFile = Path("variations.png"),
+    label: opt.Label = None,
+    prompt: opt.Prompt = None,
+    guidance: opt.Guidance = None,
+    sampler: opt.Sampler = None,
+    steps: opt.Steps = None,
+) -> None:
+    """Variations of one sample: its noise mixed with another seed's by --strength along the great circle."""
+    from .images import save_grid
+    from .pipeline import Pipeline
+    from .tasks import variations as vary
+
+    def run() -> None:
+        _check_out_file(out)
+        if not 0.0 <= strength <= 1.0:
+            _fail(f"--strength={strength} must be in [0, 1].")
+        if num_samples < 1 or index < 0:
+            _fail(f"--num-samples={num_samples} must be positive and --index={index} not negative.")
+        pipe = Pipeline.load(model)
+        settings = dict(labels=label, guidance=guidance, sampler=sampler, steps=steps)
+        images = vary(
+            pipe, seed, variation_seed, strength, num_samples, index=index, **settings, **_given(prompt=prompt)
+        )
+        meta = text_metadata(
+            model=model, task="variations", seed=seed, variation_seed=variation_seed, strength=strength, label=label
+        )
+        save_grid(images, out, nrow=min(8, num_samples), scale=2, metadata=meta)
+        typer.echo(f"wrote {out}")
+
+    _run(run, variations)
+
+
+@app.command()
+def invert(
+    model: opt.ModelFolder,
+    image: opt.TaskImage,
+    out: opt.OutFile = Path("inverted.png"),
+    to_t: Annotated[
+        float | None, typer.Option(help="The noise level (time) to invert to (default: the top of the grid).")
+    ] = None,
+    label: opt.Label = None,
+    as_label: Annotated[int | None, typer.Option(help="Regenerate as this class instead (an edit).")] = None,
+    guidance: opt.Guidance = None,
+    sampler: Annotated[str, typer.Option(help="A deterministic solver: ddim, euler, heun or dpmpp_2m.")] = "ddim",
+    steps: opt.Steps = None,
+) -> None:
+    """Invert an image through the probability-flow ODE and regenerate it: as it was (prints the reconstruction's
+    PSNR) and, with --as-label, as another class from --to-t (an edit)."""
+    import math
+
+    from .pipeline import Pipeline
+    from .tasks import invert as up
+    from .tasks import regenerate, save_image
+
+    def run() -> None:
+        _check_out_file(out)
+        pipe = Pipeline.load(model)
+        x = _read_task_image(pipe, image)
+        settings = dict(guidance=guidance, sampler=sampler, steps=steps)
+        state = up(pipe, x, to_t=to_t, labels=labels_for(label, 1), **settings)
+        back = regenerate(pipe, state, from_t=to_t, labels=labels_for(label, 1), **settings)
+        mse = float((back - x).pow(2).mean())
+        psnr = math.inf if mse == 0 else 10 * math.log10(1 / mse)
+        typer.echo(f"reconstruction from the inverted state: PSNR {psnr:.2f} dB")
+        result = back
+        if as_label is not None:
+            result = regenerate(pipe, state, from_t=to_t, labels=labels_for(as_label, 1), **settings)
+        meta = text_metadata(model=model, task="invert", to_t=to_t, label=label, as_label=as_label, sampler=sampler)
+        save_image(result[0], out, meta)
+        typer.echo(f"wrote {out}")
+
+    _run(run, invert)
+
+
 def _noise_level(sigma: str) -> float | str:
     """--sigma as a number in pixel units, or 'auto'."""
     if sigma == "auto":

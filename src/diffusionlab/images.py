@@ -18,7 +18,17 @@ from torch import Tensor
 from .data.folder import read_image_array
 from .io import atomic_path
 
-__all__ = ["read_image_array", "to_uint8", "to_pil", "make_grid", "save_grid", "png_bytes", "save_png", "save_scatter"]
+__all__ = [
+    "read_image_array",
+    "to_uint8",
+    "to_pil",
+    "make_grid",
+    "save_grid",
+    "save_animation",
+    "png_bytes",
+    "save_png",
+    "save_scatter",
+]
 
 
 def to_uint8(images: Tensor) -> np.ndarray:
@@ -78,6 +88,19 @@ def save_png(image: Image.Image, path: str | os.PathLike[str], metadata: Mapping
     data = png_bytes(image, metadata)
     with atomic_path(path) as tmp:
         Path(tmp).write_bytes(data)
+
+
+def save_animation(images: Tensor, path: str | os.PathLike[str], frame_ms: int = 150, scale: int = 4) -> None:
+    """(N, C, H, W) images in [0, 1] as an animated GIF or WebP (by the suffix), each frame scaled up ``scale`` times
+    with nearest-neighbour pixels, looping, written atomically."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in (".gif", ".webp"):
+        raise ValueError(f"{path}: an animation is written as .gif or .webp, not {suffix or 'no suffix'!r}.")
+    frames = [to_pil(im).resize((im.shape[-1] * scale, im.shape[-2] * scale), Image.NEAREST) for im in images]
+    with atomic_path(path) as tmp:
+        frames[0].save(
+            tmp, format=suffix[1:].upper(), save_all=True, append_images=frames[1:], duration=frame_ms, loop=0
+        )
 
 
 def save_grid(

@@ -46,10 +46,16 @@ from .inpaint import (
     repaint,
     repaint_schedule,
 )
+from .ode_space import INVERTIBLE, interpolate, invert, regenerate, variations
 from .series import SeriesSamples, forecast, impute_series, window_starts
 from .tune import save_tuned_grid, tune_model_grid
 
 __all__ = [
+    "INVERTIBLE",
+    "invert",
+    "regenerate",
+    "interpolate",
+    "variations",
     "tune_model_grid",
     "save_tuned_grid",
     "BLANK",
