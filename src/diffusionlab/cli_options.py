@@ -204,7 +204,8 @@ NetworkKind = Annotated[
     typer.Option(
         "--network",
         help="Network: the data kind's own (unet for images, transformer for text, tabular for tables, unet1d for "
-        "signals) by default; diffwave for signals (Kong et al. 2021).",
+        "signals) by default; tabular_transformer for tables (a transformer over the columns), diffwave for signals "
+        "(Kong et al. 2021).",
         rich_help_panel=DIFFUSION_PANEL,
     ),
 ]

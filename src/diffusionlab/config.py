@@ -87,10 +87,11 @@ def _check_indices(name: str, levels: list[int] | None) -> list[int] | None:
 class NetworkConfig(_Strict):
     """Which network and its shape. ``kind='unet'`` for images, ``'mlp'`` for low-dimensional data,
     ``'transformer'`` for token sequences (``width``, ``depth``, ``num_heads``; vocabularies fitted to the data),
-    ``'tabular'`` for table rows, ``'unet1d'`` (the UNet's settings) or ``'diffwave'`` (``width`` residual channels,
-    ``depth`` layers, ``dilation_cycle``) for signals."""
+    ``'tabular'`` (an MLP) or ``'tabular_transformer'`` (``num_heads`` too) for table rows, ``'unet1d'`` (the
+    UNet's settings) or ``'diffwave'`` (``width`` residual channels, ``depth`` layers, ``dilation_cycle``) for
+    signals."""
 
-    kind: Literal["unet", "mlp", "transformer", "tabular", "unet1d", "diffwave"] = "unet"
+    kind: Literal["unet", "mlp", "transformer", "tabular", "tabular_transformer", "unet1d", "diffwave"] = "unet"
     in_channels: int = Field(default=1, ge=1)
     base_channels: int = Field(default=16, ge=1)  # the "compact" preset: docs/training.md says why
     channel_mults: list[int] = Field(default_factory=lambda: [1, 2, 2])

@@ -1,4 +1,5 @@
-"""A residual MLP over table rows: numeric columns and categorical tokens in, their predictions out (floor 1).
+"""Networks over table rows: numeric columns and categorical tokens in, their predictions out (floor 1): a residual
+MLP over the whole row (TabDDPM) and a transformer over the columns (one token per column).
 
 TabDDPM (Kotelnikov et al. 2023, sec. 4) denoises one row with an MLP over the numeric values and the categories'
 one-hot vectors, the time and the label embeddings added to the first layer. Here each categorical column has a
@@ -14,8 +15,9 @@ from torch import Tensor, nn
 
 from .embeddings import LabelEmbedding, NoiseLevelEmbedding, add_label_embedding
 from .mlp import MLPBlock
+from .transformer import TransformerBlock, rotary_tables
 
-__all__ = ["TabularMLP", "CATEGORY_EMBEDDING"]
+__all__ = ["TabularMLP", "TabularTransformer", "CATEGORY_EMBEDDING"]
 
 CATEGORY_EMBEDDING = 16  # width of a category's embedding
 
@@ -72,3 +74,80 @@ class TabularMLP(nn.Module):
         for block in self.blocks:
             h = block(h, emb)
         return self.out(h)
+
+
+class TabularTransformer(nn.Module):
+    """A transformer over a row's columns, each column one token: the same inputs and outputs as ``TabularMLP``.
+
+    Numeric column j becomes x_j w_j + b_j and a categorical column its category's (or MASK's) embedding, each with
+    its column's embedding added (FT-Transformer's feature tokenizer, Gorishniy et al. 2021, sec. 3.3; TabSyn's
+    column tokens, Zhang et al. 2024). ``depth`` blocks of self-attention across the columns carry the time and
+    label conditioning by adaLN-Zero (DiT, Peebles & Xie 2023); columns have no order, so no positions beyond the
+    column embeddings. Each numeric column reads its prediction from its own token, each categorical column its
+    logits."""
+
+    def __init__(
+        self,
+        num_numeric: int,
+        cardinalities: list[int] | tuple[int, ...],
+        width: int = 64,
+        depth: int = 2,
+        heads: int = 4,
+        num_classes: int | None = None,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        cards = [int(k) for k in cardinalities]
+        if num_numeric < 0 or any(k < 1 for k in cards) or num_numeric + len(cards) == 0:
+            raise ValueError(
+                f"a table needs at least one column: num_numeric={num_numeric}, cardinalities={cards} (each >= 1)."
+            )
+        if width % heads or (width // heads) % 2:
+            raise ValueError(f"width={width} must split into heads={heads} heads of an even size.")
+        self.num_numeric, self.cardinalities, self.num_classes = num_numeric, cards, num_classes
+        columns = num_numeric + len(cards)
+        self.numeric_weight = nn.Parameter(torch.randn(num_numeric, width) / width**0.5)
+        self.numeric_bias = nn.Parameter(torch.zeros(num_numeric, width))
+        starts = torch.tensor([0, *torch.tensor([k + 1 for k in cards]).cumsum(0).tolist()[:-1]] if cards else [])
+        self.register_buffer("offsets", starts.long(), persistent=False)
+        self.register_buffer("masks", torch.tensor(cards, dtype=torch.long), persistent=False)
+        self.categories = nn.Embedding(sum(k + 1 for k in cards), width) if cards else None
+        self.column = nn.Parameter(torch.randn(columns, width) * 0.02)
+        self.noise_embedding = NoiseLevelEmbedding(64, hidden=width)
+        self.label_embedding = LabelEmbedding(num_classes, width) if num_classes else None
+        self.blocks = nn.ModuleList([TransformerBlock(width, heads, dropout) for _ in range(depth)])
+        self.final_norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.final_modulation = nn.Linear(width, 2 * width)
+        nn.init.zeros_(self.final_modulation.weight)
+        nn.init.zeros_(self.final_modulation.bias)
+        self.numeric_head = nn.Parameter(torch.zeros(num_numeric, width))
+        self.categorical_heads = nn.ModuleList([nn.Linear(width, k) for k in cards])
+        self.register_buffer("identity_rope", torch.zeros(columns), persistent=False)
+        self.heads = heads
+
+    @property
+    def width_in(self) -> int:
+        """Values per row: the numeric columns and one token per categorical column."""
+        return self.num_numeric + len(self.cardinalities)
+
+    def forward(self, x: Tensor, c_noise: Tensor, labels: Tensor | None = None) -> Tensor:
+        if x.ndim != 2 or x.shape[1] != self.width_in:
+            raise ValueError(
+                f"TabularTransformer expected rows of shape (batch, {self.width_in}), got {tuple(x.shape)}."
+            )
+        n = self.num_numeric
+        tokens = [x[:, :n, None] * self.numeric_weight + self.numeric_bias]
+        if self.categories is not None:
+            ids = torch.minimum(x[:, n:].round().long().clamp(min=0), self.masks)  # at or above: the column's MASK
+            tokens.append(self.categories(ids + self.offsets).to(x.dtype))
+        h = torch.cat(tokens, dim=1) + self.column
+        emb = self.noise_embedding(c_noise.expand(x.shape[0]) if c_noise.ndim == 0 else c_noise)
+        emb = add_label_embedding(emb, self.label_embedding, labels, "TabularTransformer")
+        rope = rotary_tables(self.identity_rope, h.shape[-1] // self.heads)  # position 0 everywhere: no rotation
+        for block in self.blocks:
+            h = block(h, emb, rope, None, False)
+        shift, scale = self.final_modulation(torch.nn.functional.silu(emb)).chunk(2, dim=-1)
+        h = self.final_norm(h) * (1 + scale[:, None, :]) + shift[:, None, :]
+        numeric = (h[:, :n] * self.numeric_head).sum(-1)
+        logits = [head(h[:, n + j]) for j, head in enumerate(self.categorical_heads)]
+        return torch.cat([numeric, *logits], dim=1)

@@ -87,6 +87,16 @@ def _tabular(cfg: NetworkConfig) -> nn.Module:
     return TabularMLP(cfg.num_numeric, cfg.cardinalities, cfg.width, cfg.depth, cfg.num_classes, cfg.dropout)
 
 
+def _tabular_transformer(cfg: NetworkConfig) -> nn.Module:
+    from ..networks.tabular import TabularTransformer
+
+    if cfg.num_numeric is None or cfg.cardinalities is None:
+        raise ValueError("a tabular network needs network.num_numeric and cardinalities; they are fitted to the table.")
+    return TabularTransformer(
+        cfg.num_numeric, cfg.cardinalities, cfg.width, cfg.depth, cfg.num_heads, cfg.num_classes, cfg.dropout
+    )
+
+
 def _unet1d(cfg: NetworkConfig) -> nn.Module:
     from ..networks.unet1d import UNet1D
 
@@ -119,6 +129,7 @@ NETWORKS = {
     "mlp": _mlp,
     "transformer": _transformer,
     "tabular": _tabular,
+    "tabular_transformer": _tabular_transformer,
     "unet1d": _unet1d,
     "diffwave": _diffwave,
 }
@@ -128,6 +139,7 @@ _SIZED_BY = {
     "mlp": ("dim", "width", "depth"),
     "transformer": ("width", "num_heads", "depth"),
     "tabular": ("width", "depth"),
+    "tabular_transformer": ("width", "num_heads", "depth"),
     "unet1d": ("base_channels", "channel_mults", "num_res_blocks"),
     "diffwave": ("width", "dilation_cycle", "depth"),
 }
@@ -427,6 +439,7 @@ class TableSpace(ModelSpace):
 
     name = "table"
     network_kind = "tabular"
+    network_kinds = ("tabular", "tabular_transformer")  # the MLP over the row, or a transformer over its columns
     family = "mixed"
     suffix = ".csv"
     grid_preview = False
@@ -465,8 +478,8 @@ class TableSpace(ModelSpace):
 
     def check_fits(self, config: ModelConfig) -> None:
         net = config.network
-        if net.kind != self.network_kind:
-            raise ValueError(f"a table model's network is tabular, not network.kind={net.kind!r}")
+        if net.kind not in self.network_kinds:
+            raise ValueError(f"a table model's network is one of {self.network_kinds}, not network.kind={net.kind!r}")
         if config.data.table is None:
             raise ValueError("a table model needs data.table, the schema of its columns")
         layout = table_layout(config.data.table)
@@ -489,7 +502,11 @@ class TableSpace(ModelSpace):
             )
         cards = list(layout.cardinalities)
         net = config.network.model_copy(
-            update={"kind": cls.network_kind, "num_numeric": len(layout.numeric), "cardinalities": cards}
+            update={
+                "kind": config.network.kind if config.network.kind in cls.network_kinds else cls.network_kind,
+                "num_numeric": len(layout.numeric),
+                "cardinalities": cards,
+            }
         )
         data_cfg = config.data.model_copy(update={"vocab_size": max([2, *cards])})
         sample = config.sample.model_copy(
