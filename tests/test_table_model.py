@@ -177,6 +177,10 @@ def test_cli_trains_samples_and_imputes_a_csv(tmp_path: Path, one_thread: None) 
     result = run("sample", out, "-n", 7, "--steps", 5, "--out", tmp_path / "s.csv", "--no-progress")
     assert result.exit_code == 0, result.output
     assert len(read_csv_table(tmp_path / "s.csv")) == 7
+    result = run("sample", out, "--labels", "high,low,low", "--steps", 5, "--out", tmp_path / "l.csv", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert list(read_csv_table(tmp_path / "l.csv")["y"]) == ["high", "low", "low"]  # labels by the target's values
+    assert_clear_error(run("sample", out, "--labels", "medium", "--out", tmp_path / "m.csv"), "'medium'", "high, low")
     holes = read_csv_table(data).head(10)
     holes.loc[0, "city"] = ""
     holes.to_csv(tmp_path / "holes.csv", index=False)

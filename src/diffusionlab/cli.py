@@ -142,15 +142,24 @@ def _parse_numbers(option: str, text: str | None, count: int, kind: type = float
     return values
 
 
-def _parse_labels(labels: str | None) -> list[int] | None:
+def _parse_labels(labels: str | None, class_names: list[str] | None = None) -> list[int] | None:
+    """--labels as class indices: comma-separated indices or the model's class names (``data.class_names``)."""
     if labels is None:
         return None
-    try:
-        parsed = [int(v) for v in labels.replace(" ", "").split(",") if v != ""]
-    except ValueError:
-        parsed = []
-    if not parsed:
-        _fail(f"--labels={labels!r} must be comma-separated class indices, e.g. 3,3,7.")
+    items = [v.strip() for v in labels.split(",") if v.strip() != ""]
+    if not items:
+        _fail(f"--labels={labels!r} must be comma-separated class indices or names, e.g. 3,3,7.")
+    parsed = []
+    for item in items:
+        if item.lstrip("-").isdigit():
+            parsed.append(int(item))
+        elif class_names and item in class_names:
+            parsed.append(class_names.index(item))
+        else:
+            known = (
+                f"one of {', '.join(class_names[:20])}" if class_names else "a class index (this model has no names)"
+            )
+            _fail(f"--labels: {item!r} is not a class of this model; expected {known}.")
     return parsed
 
 
@@ -378,7 +387,7 @@ def _grid(pipe: Any, labels: str | None, num_samples: int | None, per_class: int
     if per_class is None:
         if num_samples is not None:
             check_limit("num_samples", num_samples, "max_samples")
-        given = labels_for(_parse_labels(labels), num_samples)
+        given = labels_for(_parse_labels(labels, pipe.config.data.class_names), num_samples)
         n = len(given) if given is not None else (num_samples if num_samples is not None else 16)
         return _Grid(given, n, min(nrow, n), shown={"labels": ",".join(map(str, given)) if given else ""})
     if per_class <= 0:
@@ -552,7 +561,8 @@ def infill(
         pipe = Pipeline.load(model)
         if out is not None:
             _samples_file(out, pipe)
-        settings = dict(labels=labels_for(_parse_labels(labels), num_samples), guidance=guidance, steps=steps)
+        names = pipe.config.data.class_names
+        settings = dict(labels=labels_for(_parse_labels(labels, names), num_samples), guidance=guidance, steps=steps)
         completions = fill(
             pipe, text, num_samples, blank=blank, batch_size=batch_size, progress=progress, seed=seed,
             temperature=temperature, top_p=top_p, mixed_precision=mixed_precision, **settings,

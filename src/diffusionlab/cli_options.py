@@ -221,7 +221,12 @@ DownsampleFactor = Annotated[
 ]
 
 # ---------------------------------------------------------------- sample
-Labels = Annotated[str | None, typer.Option(help="Comma-separated class labels, one per sample (or one for all).")]
+Labels = Annotated[
+    str | None,
+    typer.Option(
+        help="Comma-separated class labels (indices or the model's class names), one per sample or one for all."
+    ),
+]
 PerClass = Annotated[int | None, typer.Option(help="Sample this many of every class, one labelled row per class.")]
 Spacing = Annotated[
     str | None,
