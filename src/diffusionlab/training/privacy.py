@@ -23,6 +23,11 @@ from ..config import PrivacyReport, TrainConfig
 __all__ = ["PrivateTraining", "default_delta", "poisson_rows"]
 
 
+# the Renyi orders the accountant minimises over: Opacus's defaults (1.1..10.9 and 12..63) and larger ones, where a
+# large epsilon or few steps put the best order (else the bound is valid but loose, and Opacus warns)
+ALPHAS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + [80, 96, 128, 192, 256, 384, 512, 768, 1024]
+
+
 def default_delta(rows: int) -> float:
     """delta below 1/N, as DP requires to be meaningful: min(1e-5, 1 / (10 N))."""
     return min(1e-5, 1.0 / (10 * rows))
@@ -63,9 +68,16 @@ class PrivateTraining:
             sigma = saved.noise_multiplier
         else:
             assert tc.dp_epsilon is not None
-            sigma = get_noise_multiplier(
-                target_epsilon=tc.dp_epsilon, target_delta=delta, sample_rate=q, steps=tc.steps, accountant="rdp"
-            )
+            with warnings.catch_warnings():  # the search tries tiny noise, where no order is large enough: not ours
+                warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+                sigma = get_noise_multiplier(
+                    target_epsilon=tc.dp_epsilon,
+                    target_delta=delta,
+                    sample_rate=q,
+                    steps=tc.steps,
+                    accountant="rdp",
+                    alphas=ALPHAS,
+                )
         generator = torch.Generator().manual_seed(tc.seed + 0xD9)
         return cls(rows, q, delta, tc.dp_max_grad_norm, float(sigma), generator)
 
@@ -97,7 +109,7 @@ class PrivateTraining:
 
         accountant = RDPAccountant()
         accountant.history = [(self.noise_multiplier, self.sample_rate, steps)] if steps else []
-        epsilon = float(accountant.get_epsilon(self.delta)) if steps else 0.0
+        epsilon = float(accountant.get_epsilon(self.delta, alphas=ALPHAS)) if steps else 0.0
         return PrivacyReport(
             epsilon=epsilon,
             delta=self.delta,
