@@ -449,6 +449,17 @@ class TextEncoderConfig(_Strict):
     max_length: int | None = Field(default=None, gt=2)
 
 
+class DistillConfig(_Strict):
+    """Progressive distillation (Salimans & Ho 2022): the student learns to take in one DDIM step what the
+    ``teacher`` folder's model takes in two, on the nested grid of ``student_steps`` steps; the teacher's
+    classifier-free ``guidance`` is distilled in (the student samples at guidance 1)."""
+
+    method: Literal["progressive"] = "progressive"
+    teacher: str
+    student_steps: int = Field(ge=1)
+    guidance: float = Field(default=1.0, ge=0, allow_inf_nan=False)
+
+
 class TrainConfig(_Strict):
     """How the model is trained (Adam W, warm-up + schedule, EMA, label dropout, checkpoints, logging)."""
 
@@ -538,6 +549,7 @@ class TrainConfig(_Strict):
         default=None, gt=0, lt=1, description="DP-SGD's delta (none: min(1e-5, 1 / (10 N)) for N training rows)."
     )
     dp_max_grad_norm: float = Field(default=1.0, gt=0, description="DP-SGD's bound C on each example's gradient norm.")
+    distill: DistillConfig | None = None  # a distillation run (diffusionlab distill), else plain training
     eval_features: Literal["auto", "classifier", "pixels"] = Field(
         default="auto", description="Feature network of eval_every (auto: a domain classifier if labelled)."
     )

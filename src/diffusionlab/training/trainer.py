@@ -149,10 +149,14 @@ def starting_checkpoint(out_dir: Path, resume: bool) -> Path | None:
 
 def objective_for(config: ModelConfig | AutoencoderConfig) -> Callable[..., Objective]:
     """How a run of ``config`` prepares its objective, ``prepare(config, data, checkpoint, device)``: an
-    autoencoder's for an ``AutoencoderConfig``, else a diffusion model's (the one place that picks)."""
+    autoencoder's for an ``AutoencoderConfig``, a distillation's for ``train.distill``, else a diffusion model's
+    (the one place that picks)."""
     from .autoencoder import AutoencoderObjective  # here: training.autoencoder imports this module
+    from .distill import DistillationObjective
 
-    return AutoencoderObjective.prepare if isinstance(config, AutoencoderConfig) else DiffusionObjective.prepare
+    if isinstance(config, AutoencoderConfig):
+        return AutoencoderObjective.prepare
+    return DistillationObjective.prepare if config.train.distill is not None else DiffusionObjective.prepare
 
 
 def _check_batch_split(tc: TrainConfig, world: int) -> None:

@@ -1,0 +1,190 @@
+"""Progressive distillation (floor 5): a student that samples in n DDIM steps what its teacher samples in 2n
+(Salimans & Ho 2022, Algorithm 2), trained by the one training loop as an objective.
+
+The grids are nested: the n-step grid is t_k = t_min + (1 - k / n)(t_max - t_min) for k < n, then 0, so the
+teacher's 2n-step grid holds it and a step t_k -> t_{k+1} of the student is two of the teacher's, t_k -> t_mid ->
+t_{k+1}. From x_t = alpha_t x0 + sigma_t eps at a student time, the teacher's two DDIM steps (eta 0, under its
+classifier-free guidance w; w = 0 where the label is dropped) land at x''; the student's target is the x0 from
+which one DDIM step lands there (their eq. 8):
+
+    x0~ = (x'' - (sigma'' / sigma_t) x_t) / (alpha'' - (sigma'' / sigma_t) alpha_t)   (x'' itself where sigma'' = 0),
+
+and its loss is the truncated-SNR weighted error max(alpha_t^2 / sigma_t^2, 1) |x0_hat - x0~|^2 (their sec. 4).
+The student starts from the teacher's (EMA) weights; its folder samples with DDIM on its own grid (stored as the
+tuned grid ``ddim:n``, ``spacing="tuned"``) at guidance 1, the teacher's guidance being distilled in.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..config import DistillConfig, ModelConfig
+from ..denoisers import Denoiser
+from ..pipeline import Pipeline
+from ..processes import GaussianProcess, broadcast_like
+from ..sampling import sample_seed
+from .data import TrainingData
+from .diffusion import DiffusionBatch, DiffusionObjective
+
+__all__ = ["DistillationObjective", "nested_grid", "progressive_target", "distill_progressively", "halvings"]
+
+
+def nested_grid(process: GaussianProcess, steps: int) -> Tensor:
+    """The n-step grid t_k = t_min + (1 - k / n)(t_max - t_min), k < n, then 0; the 2n-step grid holds it."""
+    t_max, t_min = float(process.t_max), float(process.t_min)
+    k = torch.arange(steps, dtype=torch.float64)
+    return torch.cat([t_min + (1 - k / steps) * (t_max - t_min), torch.zeros(1, dtype=torch.float64)])
+
+
+def _coefs(process: GaussianProcess, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
+    return broadcast_like(process.alpha(t), like).to(like.dtype), broadcast_like(process.sigma(t), like).to(like.dtype)
+
+
+def progressive_target(process: GaussianProcess, x_t: Tensor, t: Tensor, x_next: Tensor, t_next: Tensor) -> Tensor:
+    """The x0 from which one DDIM step at t lands on x_next at t_next (Salimans & Ho 2022, eq. 8)."""
+    a, s = _coefs(process, t, x_t)
+    a2, s2 = _coefs(process, t_next, x_t)
+    ratio = s2 / s
+    target = (x_next - ratio * x_t) / (a2 - ratio * a)
+    return torch.where(s2 == 0, x_next / a2, target)
+
+
+class DistillationObjective(DiffusionObjective):
+    """The student's objective: times on its nested grid, the teacher's two-step targets, truncated-SNR weights."""
+
+    def __init__(self, config: ModelConfig, pipeline: Pipeline, data: TrainingData, teacher: Pipeline) -> None:
+        super().__init__(config, pipeline, data)
+        spec = config.train.distill
+        assert spec is not None
+        self.teacher, self.spec = teacher, spec
+        self.grid = nested_grid(pipeline.process, 2 * spec.student_steps)
+        self.clip = pipeline.space.clip_x0 and config.sample.thresholding != "none"
+
+    @classmethod
+    def prepare(  # type: ignore[override]
+        cls, config: ModelConfig, data: TrainingData | None, checkpoint: Path | None, device: torch.device
+    ) -> DistillationObjective:
+        """The student as a fresh run of the teacher's model (its weights, its data), or the checkpoint's."""
+        spec = config.train.distill
+        assert spec is not None
+        teacher = Pipeline.load(spec.teacher, device=device)
+        if teacher.family.name != "gaussian":
+            family = teacher.family.name
+            raise ValueError(f"progressive distillation needs a Gaussian model; {spec.teacher} is a {family} model.")
+        for p in teacher.network.parameters():
+            p.requires_grad_(False)
+        if teacher.ema is not None:
+            teacher.ema.requires_grad_(False)
+        base = DiffusionObjective.prepare(config, data, checkpoint, device)
+        student = base.model
+        if checkpoint is None:  # a new student starts as the teacher (its EMA weights, where it has them)
+            source = teacher.denoiser_network().state_dict()
+            student.network.load_state_dict(source)
+            student.ema = student.copy_for_ema()
+        steps = spec.student_steps
+        grid = nested_grid(student.process, steps).tolist()
+        sample = student.config.sample.model_copy(
+            update={
+                "sampler": "ddim",
+                "steps": steps,
+                "spacing": "tuned",
+                "guidance": 1.0,
+                "tuned_grids": {f"ddim:{steps}": grid},
+            }
+        )
+        student.config = student.config.model_copy(update={"sample": sample})
+        return cls(student.config, student, base.data, teacher)
+
+    def global_batch(self, step: int) -> DiffusionBatch:
+        """The plain batch with each example's time replaced by a student time drawn from its grid (the same
+        generator, one more draw), so the run is seed-exact as any other."""
+        batch = super().global_batch(step)
+        gen = torch.Generator().manual_seed(sample_seed(self.train_config.seed, step) ^ 0x5EED)
+        k = torch.randint(self.spec.student_steps, (len(batch.t),), generator=gen)
+        return batch._replace(t=self.grid[2 * k].to(batch.t.dtype))
+
+    def _teacher_x0(self, x: Tensor, t: Tensor, cond: dict[str, Tensor] | None) -> Tensor:
+        """The teacher's x0_hat under classifier-free guidance w (w = 0 where the label is dropped)."""
+        den = Denoiser(self.teacher.denoiser_network(), self.teacher.process, self.teacher.parameterisation)
+        x0 = den(x, t, cond).x0
+        labels = (cond or {}).get("labels")
+        if labels is not None and self.spec.guidance != 1.0:
+            unconditional = den(x, t, {**cond, "labels": torch.full_like(labels, -1)}).x0  # type: ignore[dict-item]
+            w = torch.where(labels >= 0, self.spec.guidance, 0.0).to(x.dtype)
+            w = w.reshape(-1, *([1] * (x.ndim - 1)))
+            x0 = unconditional + w * (x0 - unconditional)
+        return x0.clamp(-1, 1) if self.clip else x0
+
+    def _ddim(self, x: Tensor, t: Tensor, t_next: Tensor, cond: dict[str, Tensor] | None) -> Tensor:
+        """One teacher DDIM step (eta 0): x' = alpha' x0_hat + sigma' eps_hat."""
+        process = self.teacher.process
+        x0 = self._teacher_x0(x, t, cond)
+        a, s = _coefs(process, t, x)
+        a2, s2 = _coefs(process, t_next, x)
+        return a2 * x0 + s2 * (x - a * x0) / s
+
+    def loss(self, network: nn.Module, batch: DiffusionBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        x0, t, eps, cond = batch
+        process = self.model.process
+        index = (self.grid[None, :-1] - t.double()[:, None]).abs().argmin(1)  # each time's place on the grid
+        t_mid, t_next = self.grid[index + 1].to(t.dtype), self.grid[index + 2].to(t.dtype)
+        a, s = _coefs(process, t, x0)
+        x_t = a * x0 + s * eps
+        with torch.no_grad():
+            x_next = self._ddim(self._ddim(x_t, t, t_mid, cond), t_mid, t_next, cond)
+            target = progressive_target(process, x_t, t, x_next, t_next)
+        student = Denoiser(network, process, self.model.parameterisation)(x_t, t, cond).x0
+        snr = (a / s).pow(2).flatten(1)[:, 0]
+        weight = snr.clamp(min=1.0)
+        per_example = (student - target).pow(2).flatten(1).mean(1)
+        return (weight * per_example).mean(), {"distill_error": per_example.mean().detach()}
+
+
+def halvings(teacher_steps: int, student_steps: int) -> list[int]:
+    """The student step counts of the rounds from ``teacher_steps`` down to ``student_steps``, halving each time."""
+    if student_steps < 1 or teacher_steps <= student_steps:
+        raise ValueError(f"teacher_steps={teacher_steps} must be above student_steps={student_steps} (at least 1).")
+    rounds, n = [], teacher_steps
+    while n > student_steps and n % 2 == 0:
+        n //= 2
+        rounds.append(n)
+    if n != student_steps:
+        raise ValueError(
+            f"teacher_steps={teacher_steps} must be student_steps={student_steps} times a power of two "
+            "(each round halves the steps)."
+        )
+    return rounds
+
+
+def distill_progressively(
+    teacher: str | Path,
+    out: str | Path,
+    student_steps: int,
+    *,
+    teacher_steps: int = 64,
+    guidance: float | None = None,
+    train: dict[str, Any] | None = None,
+    progress: bool = False,
+) -> Path:
+    """Distil the model folder ``teacher`` into ``out``, a model that samples in ``student_steps`` DDIM steps:
+    rounds of halving from ``teacher_steps`` (each a resumable training run of ``train``'s settings, e.g. steps,
+    batch_size, lr), the rounds' students kept in ``out/rounds/steps-N``; the teacher's guidance (default: its
+    own) is distilled in during the first round."""
+    from .trainer import Trainer
+
+    rounds = halvings(teacher_steps, student_steps)
+    base = Pipeline.load(teacher).config
+    w = base.sample.guidance if guidance is None else guidance
+    source, out = Path(teacher), Path(out)
+    for i, n in enumerate(rounds):
+        spec = DistillConfig(teacher=str(source), student_steps=n, guidance=w if i == 0 else 1.0)
+        settings = {"label_dropout": 0.1 if base.network.num_classes else 0.0, **(train or {}), "distill": spec}
+        config = base.model_copy(update={"train": base.train.model_copy(update=settings)})
+        folder = out if n == student_steps else out / "rounds" / f"steps-{n}"
+        Trainer(config, folder, progress=progress).train()
+        source, base = folder, Pipeline.load(folder).config
+    return out

@@ -1,0 +1,87 @@
+"""Progressive distillation: the target formula, nested grids, and a 2-step student of a 2-D toy teacher that
+matches the toy better than the teacher does in 2 steps (MMD against fresh toy points)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffusionlab.config import DataConfig, DiffusionConfig, ModelConfig, NetworkConfig, SampleConfig, TrainConfig
+from diffusionlab.data import load_toy_dataset
+from diffusionlab.evaluation.toy import mmd_rbf
+from diffusionlab.pipeline import Pipeline
+from diffusionlab.processes import DiscreteVPProcess
+from diffusionlab.training import Trainer
+from diffusionlab.training.distill import distill_progressively, halvings, nested_grid, progressive_target
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+QUIET = {"log_with": [], "sample_every": 0, "checkpoint_every": 0, "log_every": 0, "final_eval": False}
+
+
+def test_nested_grids_and_the_one_step_target() -> None:
+    process = DiscreteVPProcess("cosine")
+    coarse, fine = nested_grid(process, 4), nested_grid(process, 8)
+    assert torch.equal(fine[::2], coarse) and coarse[-1] == 0 and coarse[0] == process.t_max
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(5, 3, generator=g, dtype=torch.float64), torch.randn(5, 3, generator=g, dtype=torch.float64)
+    t, t_next = torch.full((5,), 0.7, dtype=torch.float64), torch.full((5,), 0.3, dtype=torch.float64)
+    a, s = float(process.alpha(t[0])), float(process.sigma(t[0]))
+    a2, s2 = float(process.alpha(t_next[0])), float(process.sigma(t_next[0]))
+    x_t = a * x0 + s * eps
+    x_next = a2 * x0 + s2 * eps  # the DDIM step from x_t with the exact x0 lands here
+    torch.testing.assert_close(progressive_target(process, x_t, t, x_next, t_next), x0)
+    zero = torch.zeros(5, dtype=torch.float64)
+    torch.testing.assert_close(progressive_target(process, x_t, t, x0, zero), x0)  # into the data: x'' itself
+    assert halvings(64, 4) == [32, 16, 8, 4]
+    with pytest.raises(ValueError, match="times a power of two"):
+        halvings(48, 5)
+
+
+def toy_config(steps: int) -> ModelConfig:
+    return ModelConfig(
+        space="points",
+        network=NetworkConfig(kind="mlp", dim=2, width=128, depth=3),
+        diffusion=DiffusionConfig(process={"name": "ddpm", "schedule": "cosine"}),
+        data=DataConfig(dataset="toy:eight_gaussians"),
+        sample=SampleConfig(sampler="ddim", steps=32, thresholding="none"),
+        train=TrainConfig(steps=steps, batch_size=256, lr=2e-3, warmup_steps=50, ema_decay=0.99, **QUIET),
+    )
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> Path:
+    out = tmp_path_factory.mktemp("distill") / "teacher"
+    Trainer(toy_config(2000), out, progress=False).train()
+    return out
+
+
+def test_a_two_step_student_matches_the_toy_better_than_its_teacher_in_two_steps(
+    teacher_dir: Path, tmp_path: Path
+) -> None:
+    teacher = Pipeline.load(teacher_dir)
+    train = {"steps": 300, "batch_size": 256, "lr": 5e-4, "warmup_steps": 10, **QUIET}
+    distill_progressively(teacher_dir, tmp_path / "student", 2, teacher_steps=16, train=train)
+    student = Pipeline.load(tmp_path / "student")
+    assert (student.config.sample.steps, student.config.sample.spacing) == (2, "tuned")
+    assert sorted(p.name for p in (tmp_path / "student" / "rounds").iterdir()) == ["steps-4", "steps-8"]
+    real = load_toy_dataset("eight_gaussians", n=2000, seed=123).tensors()[0]
+    distilled = mmd_rbf(real, student.sample(2000, seed=0))  # its own defaults: 2 DDIM steps on its grid
+    teacher_2 = mmd_rbf(real, teacher.sample(2000, seed=0, steps=2))
+    teacher_32 = mmd_rbf(real, teacher.sample(2000, seed=0, steps=32))
+    assert distilled < 0.5 * teacher_2, (distilled, teacher_2, teacher_32)
+    assert distilled < 3 * teacher_32 + 0.01, (distilled, teacher_32)
+
+
+def test_the_cli_distils_and_refuses_bad_settings(teacher_dir: Path, tmp_path: Path) -> None:
+    from cli_helpers import assert_clear_error, run
+
+    out = tmp_path / "s"
+    done = run("distill", teacher_dir, "--out", out, "--steps", "1", "--teacher-steps", "2", "--iterations", "5",
+               "--batch-size", "32", "--no-progress")  # fmt: skip
+    assert done.exit_code == 0, done.output
+    assert Pipeline.load(out).sample(4, seed=0).shape == (4, 2)
+    assert_clear_error(run("distill", teacher_dir, "--out", tmp_path / "x", "--method", "consistency"), "progressive")
+    assert_clear_error(run("distill", teacher_dir, "--out", tmp_path / "x", "--steps", "5", "--teacher-steps", "48"),
+                       "power of two")  # fmt: skip
