@@ -1,0 +1,109 @@
+"""Progressive distillation of the digits model: students at 4, 2 and 1 DDIM steps against their teacher
+(issue 19).
+
+    python bench/distill.py --model runs/digits --out bench/out/distill --table bench/results/distill.md
+
+Distils ``--model`` (the README's digits model) with ``diffusionlab.training.distill.distill_progressively``: from
+the teacher's 64 DDIM steps on the nested grid, halving each round down to 1 step (6 rounds of ``--iterations``
+steps of batch ``--batch``, lr ``--lr``; the teacher's own guidance distilled in during the first round; every
+round a resumable training run in ``--out``). Then for the teacher at 10 and 50 DDIM steps (its guidance) and the
+students at 4, 2 and 1 steps (guidance 1: theirs is distilled in), the library's evaluation on ``--samples``
+class-balanced samples: the digits classifier's accuracy, FID in its features against the test digits and the
+FID of as many real images (``evaluate_model``, the numbers ``train`` prints), and the wall time per 1,000
+samples; and each round's training time. Aims (issue 19): the 2-step student's FID within 1.5x of the teacher at
+50 steps, and >= 95% accuracy at 1 step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from main_job import cpu_name  # noqa: E402
+
+from diffusionlab.evaluation import evaluate_model  # noqa: E402
+from diffusionlab.pipeline import Pipeline  # noqa: E402
+from diffusionlab.training.distill import distill_progressively, halvings  # noqa: E402
+
+QUIET = {"log_with": [], "sample_every": 0, "checkpoint_every": 0, "log_every": 0, "final_eval": False}
+
+
+def score(pipe: Pipeline, samples: int, **settings: object) -> dict[str, float]:
+    """Accuracy, FID, FID of real images and seconds per 1,000 samples of one model and sampler setting."""
+    result = evaluate_model(pipe, ["fid", "accuracy"], num_samples=samples, seed=0, **settings)
+    m = result["metrics"]
+    return {
+        "accuracy": m["accuracy"],
+        "fid": m["fid"],
+        "fid_real": m["fid_real"],
+        "seconds_per_1000": result["seconds"]["sampling"] * 1000 / samples,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", type=Path, default=Path("runs/digits"))
+    p.add_argument("--out", type=Path, default=Path("bench/out/distill"))
+    p.add_argument("--iterations", type=int, default=400)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--teacher-steps", type=int, default=64)
+    p.add_argument("--samples", type=int, default=1000)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--table", type=Path, default=None)
+    args = p.parse_args(argv)
+    if not (args.model / "config.json").is_file():
+        p.error(f"--model={args.model} is not a model folder; train one: diffusionlab train --out {args.model}")
+    torch.set_num_threads(args.threads)
+    rounds = halvings(args.teacher_steps, 1)
+    began = time.perf_counter()
+    train = {"steps": args.iterations, "batch_size": args.batch, "lr": args.lr, "warmup_steps": 20, **QUIET}
+    if not (args.out / "config.json").is_file():
+        distill_progressively(args.model, args.out, 1, teacher_steps=args.teacher_steps, train=train)
+    train_minutes = (time.perf_counter() - began) / 60
+    teacher = Pipeline.load(args.model)
+    rows = []
+    for steps in (50, 10):
+        rows.append((f"teacher, {steps} DDIM steps", steps, score(teacher, args.samples, sampler="ddim", steps=steps)))
+    for n in (4, 2, 1):
+        folder = args.out if n == 1 else args.out / "rounds" / f"steps-{n}"
+        rows.append((f"student, {n} step(s)", n, score(Pipeline.load(folder), args.samples, guidance=1.0)))
+    lines = [
+        f"Measured {time.strftime('%Y-%m-%d')} on {cpu_name()}, {args.threads} thread(s): "
+        f"`python bench/distill.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
+        "",
+        f"Teacher {args.model} (guidance {teacher.config.sample.guidance:g}); rounds {args.teacher_steps} -> "
+        f"{' -> '.join(map(str, rounds))} steps, {args.iterations} iterations of batch {args.batch} each, lr "
+        f"{args.lr:g}; distillation took {train_minutes:.1f} min (0 if the students were already in {args.out}). "
+        f"{args.samples} class-balanced samples per row.",
+        "",
+        "| model | NFE | accuracy | FID | FID real | s per 1,000 samples |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, nfe, s in rows:
+        lines.append(
+            f"| {name} | {nfe} | {s['accuracy']:.1%} | {s['fid']:.3f} | {s['fid_real']:.3f} | "
+            f"{s['seconds_per_1000']:.1f} |"
+        )
+    teacher50 = rows[0][2]["fid"]
+    two, one = rows[3][2], rows[4][2]
+    lines += [
+        "",
+        f"Aim: the 2-step student's FID within 1.5x of the teacher at 50 steps: {two['fid']:.3f} vs "
+        f"{1.5 * teacher50:.3f}: {'pass' if two['fid'] <= 1.5 * teacher50 else 'FAIL'}. "
+        f"Accuracy >= 95% at 1 step: {one['accuracy']:.1%}: {'pass' if one['accuracy'] >= 0.95 else 'FAIL'}.",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    if args.table is not None:
+        args.table.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
