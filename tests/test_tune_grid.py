@@ -40,9 +40,10 @@ def test_a_tuned_grid_cuts_the_error_and_holds_on_new_noise(sampler: str) -> Non
     reference = solver(SAMPLERS["dpmpp_3m"], den, x, None)(fine)
     result = tune_grid(den, x, solver(SAMPLERS[sampler], den, x, None), 6, reference)
     times = torch.tensor(result.times, dtype=F64)
-    start = time_grid(EDM, 6, "karras")
+    start = time_grid(EDM, 6, result.start_spacing)  # the best standard grid on the calibration batch
     assert times[0] == start[0] and times[-2] == start[-2] and times[-1] == 0 and bool((times.diff() < 0).all())
-    assert result.error_after < 0.6 * result.error_before, result
+    assert result.error_after < 0.7 * result.error_before, result
+    start = time_grid(EDM, 6, "karras")
     held_out = noise(64, 4, 1)  # new noise: the grid is a property of the model, not of the calibration batch
     truth = solver(SAMPLERS["dpmpp_3m"], den, held_out, None)(fine)
     on = {

@@ -6,14 +6,15 @@ In the spirit of Align Your Steps (Sabour et al. 2024) and GITS (Chen et al. 202
 few time points for one model; here the objective is the one the bench reports, the RMS error of the solver's
 result against a fine reference solve from the same noise, and it is minimised directly by Nelder-Mead (Nelder &
 Mead 1965, scipy) over the shares of the span in log sigma~ (sigma~ = sigma / alpha, the VE noise level) that the
-steps take, a softmax of free weights, so every trial grid is decreasing. The first point (t_max), the last noise
-level (t_min) and the final 0 stay where the process puts them; a grid that does not beat the start is not kept.
+steps take, a softmax of free weights, so every trial grid is decreasing, from the best of the standard grids
+(karras, log_snr, uniform). The first point (t_max), the last noise level (t_min) and the final 0 stay where the
+process puts them; a grid that does not beat its start is not kept.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +26,9 @@ from ..denoisers import DenoiserLike
 from ..processes import GaussianProcess
 from .grids import time_grid
 
-__all__ = ["TunedGrid", "tune_grid", "TUNABLE_SAMPLERS", "grid_key"]
+__all__ = ["TunedGrid", "tune_grid", "TUNABLE_SAMPLERS", "START_SPACINGS", "grid_key"]
+
+START_SPACINGS = ("karras", "log_snr", "uniform")  # the standard grids a search may start from (the best of them)
 
 # deterministic solvers of the probability-flow ODE (stochastic ones have no single answer to tune towards)
 TUNABLE_SAMPLERS = ("ddim", "euler", "heun", "dpm_2s", "dpmpp_2m", "dpmpp_3m", "unipc", "ipndm", "deis")
@@ -38,8 +41,8 @@ def grid_key(sampler: str, steps: int) -> str:
 
 @dataclass(frozen=True)
 class TunedGrid:
-    """A tuned grid (steps + 1 decreasing times ending at 0) and the RMS error against the reference before
-    (on the starting grid) and after tuning."""
+    """A tuned grid (steps + 1 decreasing times ending at 0), the RMS error against the reference on the best
+    standard grid it started from (``start_spacing``) and after tuning."""
 
     times: list[float]
     error_before: float
@@ -64,22 +67,25 @@ def tune_grid(
     steps: int,
     reference: Tensor,
     *,
-    start_spacing: str = "karras",
+    start_spacing: str | Sequence[str] = START_SPACINGS,
     evaluations: int | None = None,
 ) -> TunedGrid:
     """Tune the ``steps``-step grid of ``solve`` (grid -> result from the calibration noise ``x``) towards
-    ``reference`` (the converged result from the same noise), starting from ``start_spacing``; at most
-    ``evaluations`` solves (default 40 per free point)."""
+    ``reference`` (the converged result from the same noise), starting from the best of ``start_spacing``'s
+    grids; at most ``evaluations`` solves (default 40 per free point)."""
     process: GaussianProcess = denoiser.process
-    start = time_grid(process, steps, start_spacing)
     solves = [0]
 
     def error(ts: Tensor) -> float:
         solves[0] += 1
-        out = solve(ts)
+        with torch.no_grad():
+            out = solve(ts)
         return float((out.double() - reference.double()).pow(2).mean().sqrt())
 
-    before = error(start)
+    names = [start_spacing] if isinstance(start_spacing, str) else list(start_spacing)
+    tried = {name: error(time_grid(process, steps, name)) for name in names}
+    start_spacing = min(tried, key=tried.get)
+    start, before = time_grid(process, steps, start_spacing), tried[start_spacing]
     v = _log_ve(process, start[:-1])  # log sigma~ of t_max .. t_min (t_max may be +inf: alpha = 0)
     first = 1 if not math.isfinite(float(v[0])) else 0  # the first finite point stays, as does t_min
     top, bottom = float(v[first]), float(v[steps - 1])

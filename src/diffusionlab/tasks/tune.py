@@ -16,7 +16,7 @@ from ..io import save_json
 from ..pipeline import CONFIG_NAME, Pipeline, read_model_config
 from ..sampling import SAMPLERS, NoiseSource, prior_std, time_grid
 from ..sampling.request import SampleRequest
-from ..sampling.tuning import TUNABLE_SAMPLERS, TunedGrid, grid_key, solver, tune_grid
+from ..sampling.tuning import START_SPACINGS, TUNABLE_SAMPLERS, TunedGrid, grid_key, solver, tune_grid
 
 __all__ = ["tune_model_grid", "save_tuned_grid", "REFERENCE_SAMPLER", "REFERENCE_STEPS"]
 
@@ -32,7 +32,7 @@ def tune_model_grid(
     *,
     seed: int = 0,
     evaluations: int | None = None,
-    start_spacing: str = "karras",
+    start_spacing: str | tuple[str, ...] = START_SPACINGS,
     reference_steps: int = REFERENCE_STEPS,
 ) -> TunedGrid:
     """The grid on which ``sampler`` at ``steps`` steps comes closest to the converged ODE solution on
@@ -52,9 +52,9 @@ def tune_model_grid(
     denoiser, cond = pipe.guided_denoiser(num_samples, request)
     cond = {key: v.to(pipe.device) for key, v in cond.items()} if cond else None
     process = denoiser.process
-    start = time_grid(process, steps, start_spacing)
+    t_max = time_grid(process, steps, "uniform")[0]  # every standard grid starts there
     noise = NoiseSource(seed, range(num_samples), pipe.device)
-    x = prior_std(process, start[0]) * noise(pipe.sample_shape)
+    x = prior_std(process, t_max) * noise(pipe.sample_shape)
     reference = solver(SAMPLERS[REFERENCE_SAMPLER], denoiser, x, cond)(time_grid(process, reference_steps, "log_snr"))
     run = solver(SAMPLERS[sampler], denoiser, x, cond)
     return tune_grid(denoiser, x, run, steps, reference, start_spacing=start_spacing, evaluations=evaluations)
