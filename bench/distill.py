@@ -35,7 +35,7 @@ QUIET = {"log_with": [], "sample_every": 0, "checkpoint_every": 0, "log_every": 
 
 def score(pipe: Pipeline, samples: int, **settings: object) -> dict[str, float]:
     """Accuracy, FID, FID of real images and seconds per 1,000 samples of one model and sampler setting."""
-    result = evaluate_model(pipe, ["fid", "accuracy"], num_samples=samples, seed=0, **settings)
+    result = evaluate_model(pipe, ["fid", "accuracy", "fid_real"], num_samples=samples, seed=0, **settings)
     m = result["metrics"]
     return {
         "accuracy": m["accuracy"],

@@ -219,3 +219,5 @@ def test_serve_command_checks_its_options(model_dir: Path, tmp_path: Path) -> No
 
     assert_clear_error(run("serve", model_dir, "--port", "70000"), "--port=70000")
     assert_clear_error(run("serve", tmp_path / "nothing"), "nothing")
+    (tmp_path / "empty").mkdir()
+    assert_clear_error(run("serve", tmp_path / "empty"), "holds no model folder")
