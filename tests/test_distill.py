@@ -82,6 +82,28 @@ def test_the_cli_distils_and_refuses_bad_settings(teacher_dir: Path, tmp_path: P
                "--batch-size", "32", "--no-progress")  # fmt: skip
     assert done.exit_code == 0, done.output
     assert Pipeline.load(out).sample(4, seed=0).shape == (4, 2)
-    assert_clear_error(run("distill", teacher_dir, "--out", tmp_path / "x", "--method", "consistency"), "progressive")
+    assert_clear_error(run("distill", teacher_dir, "--out", tmp_path / "x", "--method", "reflow"), "consistency")
     assert_clear_error(run("distill", teacher_dir, "--out", tmp_path / "x", "--steps", "5", "--teacher-steps", "48"),
                        "power of two")  # fmt: skip
+
+
+def test_a_consistency_student_samples_the_toy_in_one_and_two_steps(teacher_dir: Path, tmp_path: Path) -> None:
+    from diffusionlab.training.distill import distill_consistency, pseudo_huber
+
+    a, b = torch.zeros(3, 4), torch.ones(3, 4)
+    c = 0.00054 * 2.0
+    torch.testing.assert_close(pseudo_huber(a, b), torch.full((3,), (4 + c * c) ** 0.5 - c))
+    teacher = Pipeline.load(teacher_dir)
+    train = {"steps": 1500, "batch_size": 256, "lr": 5e-4, "warmup_steps": 20, **QUIET}
+    distill_consistency(teacher_dir, tmp_path / "cd", 2, scales=18, train=train)
+    student = Pipeline.load(tmp_path / "cd")
+    assert (student.config.sample.sampler, student.config.sample.steps) == ("consistency", 2)
+    real = load_toy_dataset("eight_gaussians", n=2000, seed=123).tensors()[0]
+    scores = {
+        "student 1": mmd_rbf(real, student.sample(2000, seed=0, steps=1)),
+        "student 2": mmd_rbf(real, student.sample(2000, seed=0)),
+        "teacher 1": mmd_rbf(real, teacher.sample(2000, seed=0, steps=1)),
+        "teacher 2": mmd_rbf(real, teacher.sample(2000, seed=0, steps=2)),
+    }
+    assert scores["student 1"] < 0.5 * scores["teacher 1"], scores
+    assert scores["student 2"] < 0.5 * scores["teacher 2"], scores

@@ -46,7 +46,7 @@ class SignalMixture:
         return Prediction(x, x0, eps, a.reshape(-1, 1, 1), s.reshape(-1, 1, 1))
 
 
-@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+@pytest.mark.parametrize("sampler", sorted(set(SAMPLERS) - {"consistency"}))  # that one needs a consistency model
 def test_every_sampler_draws_1d_signals_from_an_exact_mixture(sampler: str) -> None:
     """A sine and a sawtooth of 16 steps with weights 0.3 / 0.7: the share of samples nearest each template is
     right within 4 points and the spread around it is the mixture's (s^2 per step) within 20% (measured: shares

@@ -1089,9 +1089,13 @@ def distill(
     model: opt.ModelFolder,
     out: Annotated[Path, typer.Option(help="The student's model folder (each round's student in OUT/rounds/).")],
     steps: Annotated[int, typer.Option(help="DDIM steps the student samples in (1, 2, 4, ...).")] = 4,
-    method: Annotated[str, typer.Option(help="progressive (Salimans & Ho 2022): halve the steps each round.")] = (
-        "progressive"
-    ),
+    method: Annotated[
+        str,
+        typer.Option(
+            help="progressive (Salimans & Ho 2022): rounds that halve the steps; consistency (Song et al. 2023): "
+            "one run, the student maps any point of the teacher's trajectories to its end."
+        ),
+    ] = "progressive",
     teacher_steps: Annotated[int, typer.Option(help="The teacher's DDIM steps in the first round.")] = 64,
     iterations: Annotated[int, typer.Option(help="Training steps of each round.")] = 1000,
     batch_size: Annotated[int, typer.Option(help="Batch of each training step.")] = 128,
@@ -1099,26 +1103,32 @@ def distill(
     guidance: opt.Guidance = None,
     progress: opt.Progress = True,
 ) -> None:
-    """Distil a model into one that samples in --steps DDIM steps: rounds that halve the steps from
-    --teacher-steps, each student learning two of its teacher's steps in one (the teacher's guidance distilled in)."""
-    from .training.distill import distill_progressively, halvings
+    """Distil a model into one that samples in --steps steps (the teacher's guidance distilled in): progressive
+    rounds that halve the steps from --teacher-steps, or one run of consistency distillation."""
+    from .training.distill import distill_consistency, distill_progressively, halvings
 
     def run() -> None:
-        if method != "progressive":
-            _fail(f"--method={method!r} is not available; this version distils by: progressive.")
-        try:
-            halvings(teacher_steps, steps)
-        except ValueError as err:
-            _fail(f"--teacher-steps / --steps: {err}")
+        if method not in ("progressive", "consistency"):
+            _fail(f"--method={method!r} is not a distillation method; expected progressive or consistency.")
+        if method == "progressive":
+            try:
+                halvings(teacher_steps, steps)
+            except ValueError as err:
+                _fail(f"--teacher-steps / --steps: {err}")
+        elif steps < 1:
+            _fail(f"--steps={steps} must be a positive integer.")
         for name, value in (("--iterations", iterations), ("--batch-size", batch_size)):
             if value < 1:
                 _fail(f"{name}={value} must be a positive integer.")
         if not lr > 0:
             _fail(f"--lr={lr} must be positive.")
         train = {"steps": iterations, "batch_size": batch_size, "lr": lr, "warmup_steps": min(100, iterations // 10)}
-        distill_progressively(model, out, steps, teacher_steps=teacher_steps, guidance=guidance, train=train,
-                              progress=progress)  # fmt: skip
-        typer.echo(f"student written to {out}/: samples in {steps} DDIM step(s) (`diffusionlab sample {out}`)")
+        if method == "progressive":
+            distill_progressively(model, out, steps, teacher_steps=teacher_steps, guidance=guidance, train=train,
+                                  progress=progress)  # fmt: skip
+        else:
+            distill_consistency(model, out, steps, guidance=guidance, train=train, progress=progress)
+        typer.echo(f"student written to {out}/: samples in {steps} step(s) (`diffusionlab sample {out}`)")
 
     _run(run, distill)
 

@@ -450,14 +450,17 @@ class TextEncoderConfig(_Strict):
 
 
 class DistillConfig(_Strict):
-    """Progressive distillation (Salimans & Ho 2022): the student learns to take in one DDIM step what the
-    ``teacher`` folder's model takes in two, on the nested grid of ``student_steps`` steps; the teacher's
-    classifier-free ``guidance`` is distilled in (the student samples at guidance 1)."""
+    """Distillation of the ``teacher`` folder's model, its classifier-free ``guidance`` distilled in (the student
+    samples at guidance 1). ``progressive`` (Salimans & Ho 2022): the student takes in one DDIM step what the
+    teacher takes in two, on the nested grid of ``student_steps`` steps. ``consistency`` (Song et al. 2023): the
+    student maps any point of the teacher's ODE trajectories, on a grid of ``scales`` noise levels, to its end;
+    it samples in ``student_steps`` steps of multistep consistency sampling."""
 
-    method: Literal["progressive"] = "progressive"
+    method: Literal["progressive", "consistency"] = "progressive"
     teacher: str
     student_steps: int = Field(ge=1)
     guidance: float = Field(default=1.0, ge=0, allow_inf_nan=False)
+    scales: int = Field(default=40, ge=2, description="consistency: noise levels of the discretised trajectories")
 
 
 class TrainConfig(_Strict):

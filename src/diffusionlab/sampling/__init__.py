@@ -17,7 +17,7 @@ from .guidance import ClassifierFreeGuidance, ClassifierGuidance, check_guidance
 from .noise import NoiseSource, sample_seed
 from .ode import deis, dpm_2s, dpmpp_2m, dpmpp_3m, euler, heun, ipndm, two_stage_nfe, unipc
 from .sde import annealed_langevin, annealed_langevin_nfe, dpmpp_2m_sde, euler_ancestral, euler_maruyama, pc, pc_nfe
-from .solvers import StepCallback, check_eta, ddim, ddim_step, ddpm
+from .solvers import StepCallback, check_eta, consistency, ddim, ddim_step, ddpm
 from .thresholding import THRESHOLDINGS, Thresholded, dynamic_threshold
 
 __all__ = [
@@ -51,6 +51,7 @@ __all__ = [
     "dpmpp_2m",
     "dpmpp_3m",
     "unipc",
+    "consistency",
     "ipndm",
     "deis",
     "rk45",
@@ -85,6 +86,7 @@ SAMPLERS: dict[str, Callable[..., Tensor]] = {
     "dpmpp_2m_sde": dpmpp_2m_sde,
     "sra": sra,
     "adaptive_sde": adaptive_sde,
+    "consistency": consistency,
 }
 ADAPTIVE_SAMPLERS = ("rk45", "adaptive_sde")  # their steps follow a tolerance: evaluations known after a run
 # the discrete family's samplers (diffusionlab.discrete.sampling.TOKEN_SAMPLERS) and the options each takes: named
@@ -103,6 +105,7 @@ _NFE_PER_STEP: dict[str, int | Callable[..., int]] = {
     "ipndm": 1,
     "deis": 1,
     "sra": two_stage_nfe,
+    "consistency": 1,
     "euler_ancestral": 1,
     "ancestral": 1,
     "euler_maruyama": 1,

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from ..denoisers import DenoiserLike, Prediction
 from ..processes import GaussianProcess
 
-__all__ = ["ddpm", "ddim", "ddim_step", "check_eta", "StepCallback"]
+__all__ = ["ddpm", "ddim", "ddim_step", "consistency", "check_eta", "StepCallback"]
 
 Noise = Callable[..., Tensor]
 
@@ -77,6 +77,30 @@ def ddim(
         x = ddim_step(denoiser.process, pred, t, s, eta, noise)
         _report(callback, i, s, x, pred.x0)
     return x
+
+
+def consistency(
+    denoiser: DenoiserLike,
+    x: Tensor,
+    ts: Tensor,
+    *,
+    cond: Mapping[str, Tensor] | None = None,
+    noise: Noise | None = None,
+    progress: bool = False,
+    callback: StepCallback | None = None,
+) -> Tensor:
+    """Multistep consistency sampling (Song et al. 2023, Algorithm 1) for a model whose x0_hat maps any point of a
+    trajectory to its end (a consistency-distilled student): x0 = f(x, t_0), then at each later time of the grid
+    x = alpha_t x0 + sigma_t z and x0 = f(x, t). One evaluation per step; the steps' noise is fresh."""
+    x0 = x
+    for i in _steps(ts, progress, "consistency"):
+        t, s = ts[i], ts[i + 1]
+        if i > 0:
+            a, sg = float(denoiser.process.alpha(t)), float(denoiser.process.sigma(t))
+            x = a * x0 + sg * _noise_like(noise, x0)
+        x0 = denoiser(x, t, cond).x0
+        _report(callback, i, s, x0, x0)  # the state of a consistency model is its estimate of the end
+    return x0
 
 
 def ddim_step(

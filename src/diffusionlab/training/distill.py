@@ -26,11 +26,20 @@ from ..config import DistillConfig, ModelConfig
 from ..denoisers import Denoiser
 from ..pipeline import Pipeline
 from ..processes import GaussianProcess, broadcast_like
-from ..sampling import sample_seed
+from ..sampling import sample_seed, time_grid
 from .data import TrainingData
 from .diffusion import DiffusionBatch, DiffusionObjective
 
-__all__ = ["DistillationObjective", "nested_grid", "progressive_target", "distill_progressively", "halvings"]
+__all__ = [
+    "DistillationObjective",
+    "ConsistencyObjective",
+    "nested_grid",
+    "progressive_target",
+    "pseudo_huber",
+    "distill_progressively",
+    "distill_consistency",
+    "halvings",
+]
 
 
 def nested_grid(process: GaussianProcess, steps: int) -> Tensor:
@@ -85,19 +94,21 @@ class DistillationObjective(DiffusionObjective):
             source = teacher.denoiser_network().state_dict()
             student.network.load_state_dict(source)
             student.ema = student.copy_for_ema()
-        steps = spec.student_steps
-        grid = nested_grid(student.process, steps).tolist()
-        sample = student.config.sample.model_copy(
-            update={
-                "sampler": "ddim",
-                "steps": steps,
-                "spacing": "tuned",
-                "guidance": 1.0,
-                "tuned_grids": {f"ddim:{steps}": grid},
-            }
-        )
+        sample = student.config.sample.model_copy(update=cls.sampling(student.process, spec.student_steps))
         student.config = student.config.model_copy(update={"sample": sample})
         return cls(student.config, student, base.data, teacher)
+
+    @staticmethod
+    def sampling(process: GaussianProcess, steps: int) -> dict[str, Any]:
+        """The student's sampling defaults: DDIM on its nested grid (stored as its tuned grid), guidance 1."""
+        grid = nested_grid(process, steps).tolist()
+        return {
+            "sampler": "ddim",
+            "steps": steps,
+            "spacing": "tuned",
+            "guidance": 1.0,
+            "tuned_grids": {f"ddim:{steps}": grid},
+        }
 
     def global_batch(self, step: int) -> DiffusionBatch:
         """The plain batch with each example's time replaced by a student time drawn from its grid (the same
@@ -144,6 +155,64 @@ class DistillationObjective(DiffusionObjective):
         return (weight * per_example).mean(), {"distill_error": per_example.mean().detach()}
 
 
+def pseudo_huber(a: Tensor, b: Tensor) -> Tensor:
+    """The pseudo-Huber distance per example, sqrt(|a - b|^2 + c^2) - c with c = 0.00054 sqrt(d) (Song &
+    Dhariwal 2024, sec. 3.3): no feature network (LPIPS) to download, and robust to outliers."""
+    d = a[0].numel()
+    c = 0.00054 * d**0.5
+    return ((a - b).pow(2).flatten(1).sum(1) + c * c).sqrt() - c
+
+
+class ConsistencyObjective(DistillationObjective):
+    """Consistency distillation (Song et al. 2023, Algorithm 2, with iCT's choices, Song & Dhariwal 2024): from
+    x_{t_{n+1}} = alpha x0 + sigma eps on a Karras grid of ``scales`` levels, one teacher DDIM step (under its
+    guidance) to t_n gives x^_{t_n}; the student's x0_hat at (x_{t_{n+1}}, t_{n+1}) learns the student's own x0_hat
+    at (x^_{t_n}, t_n), without gradients (iCT's target, no EMA teacher), by the pseudo-Huber distance weighted by
+    1 / (sigma~_{n+1} - sigma~_n) (iCT's lambda). The student's x0_hat is its consistency function: with the
+    library's parameterisations it tends to x as the noise vanishes, the boundary condition."""
+
+    def __init__(self, config: ModelConfig, pipeline: Pipeline, data: TrainingData, teacher: Pipeline) -> None:
+        super().__init__(config, pipeline, data, teacher)
+        process = pipeline.process
+        self.grid = time_grid(process, self.spec.scales, "karras")[:-1]  # t_max .. t_min
+        alpha, sigma = process.alpha(self.grid).double(), process.sigma(self.grid).double()
+        ve = sigma / alpha.clamp_min(1e-12)
+        self.weights = (1.0 / (ve[:-1] - ve[1:]).clamp_min(1e-6)).float()  # lambda of the pair (n, n + 1)
+
+    @staticmethod
+    def sampling(process: GaussianProcess, steps: int) -> dict[str, Any]:
+        """Multistep consistency sampling on the Karras grid of ``steps`` steps, guidance 1."""
+        return {"sampler": "consistency", "steps": steps, "spacing": "karras", "guidance": 1.0}
+
+    def global_batch(self, step: int) -> DiffusionBatch:
+        """The plain batch with each example's time replaced by the upper level t_{n+1} of a drawn pair."""
+        batch = DiffusionObjective.global_batch(self, step)
+        gen = torch.Generator().manual_seed(sample_seed(self.train_config.seed, step) ^ 0xC0C0)
+        n = torch.randint(len(self.grid) - 1, (len(batch.t),), generator=gen)
+        return batch._replace(t=self.grid[n].to(batch.t.dtype))
+
+    def loss(self, network: nn.Module, batch: DiffusionBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        x0, t, eps, cond = batch
+        process = self.model.process
+        index = (self.grid[None, :-1] - t.double()[:, None]).abs().argmin(1)
+        t_lo = self.grid[index + 1].to(t.dtype)
+        a, s = _coefs(process, t, x0)
+        x_hi = a * x0 + s * eps
+        student = Denoiser(network, process, self.model.parameterisation)
+        with torch.no_grad():
+            x_lo = self._ddim(x_hi, t, t_lo, cond)
+            was = network.training
+            network.eval()  # the target without dropout, as the model samples
+            target = student(x_lo, t_lo, cond).x0
+            network.train(was)
+            if self.clip:
+                target = target.clamp(-1, 1)
+        online = student(x_hi, t, cond).x0
+        distance = pseudo_huber(online, target)
+        weight = self.weights[index].to(distance.dtype)
+        return (weight * distance).mean() / weight.mean(), {"consistency_distance": distance.mean().detach()}
+
+
 def halvings(teacher_steps: int, student_steps: int) -> list[int]:
     """The student step counts of the rounds from ``teacher_steps`` down to ``student_steps``, halving each time."""
     if student_steps < 1 or teacher_steps <= student_steps:
@@ -188,3 +257,26 @@ def distill_progressively(
         Trainer(config, folder, progress=progress).train()
         source, base = folder, Pipeline.load(folder).config
     return out
+
+
+def distill_consistency(
+    teacher: str | Path,
+    out: str | Path,
+    student_steps: int,
+    *,
+    scales: int = 40,
+    guidance: float | None = None,
+    train: dict[str, Any] | None = None,
+    progress: bool = False,
+) -> Path:
+    """Distil the model folder ``teacher`` into ``out`` by consistency distillation, one resumable training run
+    of ``train``'s settings; the student samples in ``student_steps`` consistency steps."""
+    from .trainer import Trainer
+
+    base = Pipeline.load(teacher).config
+    w = base.sample.guidance if guidance is None else guidance
+    spec = DistillConfig(method="consistency", teacher=str(teacher), student_steps=student_steps, guidance=w,
+                         scales=scales)  # fmt: skip
+    settings = {"label_dropout": 0.1 if base.network.num_classes else 0.0, **(train or {}), "distill": spec}
+    Trainer(base.model_copy(update={"train": base.train.model_copy(update=settings)}), out, progress=progress).train()
+    return Path(out)

@@ -152,11 +152,15 @@ def objective_for(config: ModelConfig | AutoencoderConfig) -> Callable[..., Obje
     autoencoder's for an ``AutoencoderConfig``, a distillation's for ``train.distill``, else a diffusion model's
     (the one place that picks)."""
     from .autoencoder import AutoencoderObjective  # here: training.autoencoder imports this module
-    from .distill import DistillationObjective
+    from .distill import ConsistencyObjective, DistillationObjective
 
     if isinstance(config, AutoencoderConfig):
         return AutoencoderObjective.prepare
-    return DistillationObjective.prepare if config.train.distill is not None else DiffusionObjective.prepare
+    if config.train.distill is not None:
+        return {"progressive": DistillationObjective, "consistency": ConsistencyObjective}[
+            config.train.distill.method
+        ].prepare
+    return DiffusionObjective.prepare
 
 
 def _check_batch_split(tc: TrainConfig, world: int) -> None:
