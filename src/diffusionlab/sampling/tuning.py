@@ -6,9 +6,9 @@ In the spirit of Align Your Steps (Sabour et al. 2024) and GITS (Chen et al. 202
 few time points for one model; here the objective is the one the bench reports, the RMS error of the solver's
 result against a fine reference solve from the same noise, and it is minimised directly by Nelder-Mead (Nelder &
 Mead 1965, scipy) over the shares of the span in log sigma~ (sigma~ = sigma / alpha, the VE noise level) that the
-steps take, a softmax of free weights, so every trial grid is decreasing, from the best of the standard grids
-(karras, log_snr, uniform). The first point (t_max), the last noise level (t_min) and the final 0 stay where the
-process puts them; a grid that does not beat its start is not kept.
+steps take, a softmax of free weights, so every trial grid is decreasing, once from each standard grid (karras,
+log_snr, uniform: their basins differ). The first point (t_max), the last noise level (t_min) and the final 0 stay
+where the process puts them; a grid that does not beat the best standard one is not kept.
 """
 
 from __future__ import annotations
@@ -71,8 +71,9 @@ def tune_grid(
     evaluations: int | None = None,
 ) -> TunedGrid:
     """Tune the ``steps``-step grid of ``solve`` (grid -> result from the calibration noise ``x``) towards
-    ``reference`` (the converged result from the same noise), starting from the best of ``start_spacing``'s
-    grids; at most ``evaluations`` solves (default 40 per free point)."""
+    ``reference`` (the converged result from the same noise): a local search from each of ``start_spacing``'s
+    grids, ``evaluations`` solves in all (default 40 per free point and start), the best grid kept (a standard
+    one when no search beats it); ``error_before`` is the best standard grid's."""
     process: GaussianProcess = denoiser.process
     solves = [0]
 
@@ -84,14 +85,26 @@ def tune_grid(
 
     names = [start_spacing] if isinstance(start_spacing, str) else list(start_spacing)
     tried = {name: error(time_grid(process, steps, name)) for name in names}
-    start_spacing = min(tried, key=tried.get)
-    start, before = time_grid(process, steps, start_spacing), tried[start_spacing]
+    best_name = min(tried, key=tried.get)
+    best = TunedGrid(time_grid(process, steps, best_name).tolist(), tried[best_name], tried[best_name], best_name, 0)
+    budget = max(1, (evaluations or 40 * max(1, steps - 2) * len(names)) // len(names))
+    for name in names:  # a local search from each standard grid: their basins differ
+        found = _search(process, time_grid(process, steps, name), steps, error, budget)
+        if found is not None and found[1] < best.error_after:
+            best = TunedGrid(found[0].tolist(), tried[best_name], found[1], name, 0)
+    return TunedGrid(best.times, best.error_before, best.error_after, best.start_spacing, solves[0])
+
+
+def _search(
+    process: GaussianProcess, start: Tensor, steps: int, error: Callable[[Tensor], float], budget: int
+) -> tuple[Tensor, float] | None:
+    """Nelder-Mead from ``start`` over the shares of the span in log sigma~ the free steps take; the best grid
+    and its error, or None when no point is free to move."""
     v = _log_ve(process, start[:-1])  # log sigma~ of t_max .. t_min (t_max may be +inf: alpha = 0)
     first = 1 if not math.isfinite(float(v[0])) else 0  # the first finite point stays, as does t_min
     top, bottom = float(v[first]), float(v[steps - 1])
-    gaps = len(v) - 1 - first
-    if gaps < 2:  # nothing between the fixed points to move
-        return TunedGrid(start.tolist(), before, before, start_spacing, solves[0])
+    if len(v) - 1 - first < 2:
+        return None
 
     def grid(w: np.ndarray) -> Tensor:
         share = np.exp(w - w.max())
@@ -102,13 +115,9 @@ def tune_grid(
 
     w0 = np.log(np.maximum(np.diff(v[first:].numpy()) / (bottom - top), 1e-9))
     fit = minimize(
-        lambda w: error(grid(w)),
-        w0,
-        method="Nelder-Mead",
-        options={"maxfev": evaluations or 40 * gaps, "xatol": 1e-3, "fatol": 1e-7},
+        lambda w: error(grid(w)), w0, method="Nelder-Mead", options={"maxfev": budget, "xatol": 1e-3, "fatol": 1e-7}
     )
-    best, ts = (float(fit.fun), grid(fit.x)) if fit.fun < before else (before, start)
-    return TunedGrid(ts.tolist(), before, best, start_spacing, solves[0])
+    return grid(fit.x), float(fit.fun)
 
 
 def solver(
