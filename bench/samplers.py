@@ -8,8 +8,8 @@ For every ODE sampler (ddim, euler, heun, dpm_2s, dpmpp_2m, dpmpp_3m, unipc with
 variant, ipndm, deis), every grid (uniform, karras, log_snr, and "tuned": the grid ``sampling.tuning.tune_grid``
 fits to that sampler and budget on a separate calibration batch, seed + 1, so the score is on noise the grid never
 saw; tuned at NFE 5-10 only) and NFE budgets 5 / 6 / 8 / 10 / 20 (steps chosen so that ``nfe(sampler, steps)``
-is the largest count within the budget: Heun and DPM-Solver-2 spend 2 steps - 1), it runs the sampler from fixed initial noise and prints the
-RMSE of the result against a converged reference, on
+is the largest count within the budget: Heun and DPM-Solver-2 spend 2 steps - 1), it runs the sampler from fixed
+initial noise and prints the RMSE of the result against a converged reference, on
 
 (a) the exact denoiser of a 16-D mixture of 8 isotropic Gaussians (means N(0, 2^2 I) of seed 0, std 0.3, equal
     weights) under EDM (sigma 0.002 to 80); the reference is the exact flow, integrated with scipy (DOP853,
