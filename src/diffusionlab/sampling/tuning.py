@@ -28,7 +28,8 @@ from .grids import time_grid
 
 __all__ = ["TunedGrid", "tune_grid", "TUNABLE_SAMPLERS", "START_SPACINGS", "grid_key"]
 
-START_SPACINGS = ("karras", "log_snr", "uniform")  # the standard grids a search may start from (the best of them)
+START_SPACINGS = ("karras", "log_snr", "uniform")
+MIN_SHARE = 1e-4  # the least share of the span in log sigma~ one step may take  # the standard grids a search may start from (the best of them)
 
 # deterministic solvers of the probability-flow ODE (stochastic ones have no single answer to tune towards)
 TUNABLE_SAMPLERS = ("ddim", "euler", "heun", "dpm_2s", "dpmpp_2m", "dpmpp_3m", "unipc", "ipndm", "deis")
@@ -79,9 +80,13 @@ def tune_grid(
 
     def error(ts: Tensor) -> float:
         solves[0] += 1
-        with torch.no_grad():
-            out = solve(ts)
-        return float((out.double() - reference.double()).pow(2).mean().sqrt())
+        try:
+            with torch.no_grad():
+                out = solve(ts)
+        except (ZeroDivisionError, ValueError):  # a degenerate trial grid: the worst score, never a crash
+            return math.inf
+        value = float((out.double() - reference.double()).pow(2).mean().sqrt())
+        return value if math.isfinite(value) else math.inf
 
     names = [start_spacing] if isinstance(start_spacing, str) else list(start_spacing)
     tried = {name: error(time_grid(process, steps, name)) for name in names}
@@ -107,7 +112,8 @@ def _search(
         return None
 
     def grid(w: np.ndarray) -> Tensor:
-        share = np.exp(w - w.max())
+        share = np.exp(np.clip(w - w.max(), -30.0, 0.0))
+        share = np.maximum(share / share.sum(), MIN_SHARE)  # no step shrinks to nothing (two equal times)
         inner = top + (bottom - top) * np.cumsum(share / share.sum())[:-1]
         ts = start.clone()
         ts[first + 1 : steps - 1] = _times_at(process, torch.tensor(inner, dtype=torch.float64))
