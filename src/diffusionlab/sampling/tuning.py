@@ -28,8 +28,8 @@ from .grids import time_grid
 
 __all__ = ["TunedGrid", "tune_grid", "TUNABLE_SAMPLERS", "START_SPACINGS", "grid_key"]
 
-START_SPACINGS = ("karras", "log_snr", "uniform")
-MIN_SHARE = 1e-4  # the least share of the span in log sigma~ one step may take  # the standard grids a search may start from (the best of them)
+START_SPACINGS = ("karras", "log_snr", "uniform")  # the standard grids a search starts from, one search each
+MIN_SHARE = 1e-4  # the least share of the span in log sigma~ one step may take
 
 # deterministic solvers of the probability-flow ODE (stochastic ones have no single answer to tune towards)
 TUNABLE_SAMPLERS = ("ddim", "euler", "heun", "dpm_2s", "dpmpp_2m", "dpmpp_3m", "unipc", "ipndm", "deis")
