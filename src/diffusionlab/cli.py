@@ -193,7 +193,8 @@ TRAIN_FIELDS = {
         opt.DATA_PANEL,
     ),
     DiffusionConfig: (("parameterisation",), opt.DIFFUSION_PANEL),
-    TrainConfig: (tuple(TrainConfig.model_fields), opt.TRAIN_PANEL),
+    # every training setting but distill, which the distill command sets (it names a teacher and a method)
+    TrainConfig: (tuple(n for n in TrainConfig.model_fields if n != "distill"), opt.TRAIN_PANEL),
 }
 AUTOENCODER_FIELDS = {
     DataConfig: (("dataset", "image_size", "channels"), opt.DATA_PANEL),
