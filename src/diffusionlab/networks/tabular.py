@@ -22,6 +22,23 @@ __all__ = ["TabularMLP", "TabularTransformer", "CATEGORY_EMBEDDING"]
 CATEGORY_EMBEDDING = 16  # width of a category's embedding
 
 
+def _columns(
+    net: nn.Module, num_numeric: int, cardinalities: list[int] | tuple[int, ...], num_classes: int | None
+) -> list[int]:
+    """Check a table's columns and give a network its column attributes and the category-embedding layout: each
+    column's categories and its MASK own rows of one embedding table (``offsets``), ``masks`` the MASK ids."""
+    cards = [int(k) for k in cardinalities]
+    if num_numeric < 0 or any(k < 1 for k in cards) or num_numeric + len(cards) == 0:
+        raise ValueError(
+            f"a table needs at least one column: num_numeric={num_numeric}, cardinalities={cards} (each >= 1)."
+        )
+    net.num_numeric, net.cardinalities, net.num_classes = num_numeric, cards, num_classes
+    starts = torch.tensor([0, *torch.tensor([k + 1 for k in cards]).cumsum(0).tolist()[:-1]] if cards else [])
+    net.register_buffer("offsets", starts.long(), persistent=False)
+    net.register_buffer("masks", torch.tensor(cards, dtype=torch.long), persistent=False)
+    return cards
+
+
 class TabularMLP(nn.Module):
     """``forward(x, c_noise, labels=None) -> (B, num_numeric + sum(cardinalities))`` for rows x (B, num_numeric +
     len(cardinalities)): the numeric columns (the network's input scaling applied), then each categorical column's
@@ -38,16 +55,7 @@ class TabularMLP(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        cards = [int(k) for k in cardinalities]
-        if num_numeric < 0 or any(k < 1 for k in cards) or num_numeric + len(cards) == 0:
-            raise ValueError(
-                f"a table needs at least one column: num_numeric={num_numeric}, cardinalities={cards} (each >= 1)."
-            )
-        self.num_numeric, self.cardinalities, self.num_classes = num_numeric, cards, num_classes
-        # each column's categories and its MASK get their own rows of one embedding table
-        starts = torch.tensor([0, *torch.tensor([k + 1 for k in cards]).cumsum(0).tolist()[:-1]] if cards else [])
-        self.register_buffer("offsets", starts.long(), persistent=False)
-        self.register_buffer("masks", torch.tensor(cards, dtype=torch.long), persistent=False)
+        cards = _columns(self, num_numeric, cardinalities, num_classes)
         self.categories = nn.Embedding(sum(k + 1 for k in cards), CATEGORY_EMBEDDING) if cards else None
         self.noise_embedding = NoiseLevelEmbedding(64, hidden=width)
         self.label_embedding = LabelEmbedding(num_classes, width) if num_classes else None
@@ -97,20 +105,12 @@ class TabularTransformer(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        cards = [int(k) for k in cardinalities]
-        if num_numeric < 0 or any(k < 1 for k in cards) or num_numeric + len(cards) == 0:
-            raise ValueError(
-                f"a table needs at least one column: num_numeric={num_numeric}, cardinalities={cards} (each >= 1)."
-            )
         if width % heads or (width // heads) % 2:
             raise ValueError(f"width={width} must split into heads={heads} heads of an even size.")
-        self.num_numeric, self.cardinalities, self.num_classes = num_numeric, cards, num_classes
+        cards = _columns(self, num_numeric, cardinalities, num_classes)
         columns = num_numeric + len(cards)
         self.numeric_weight = nn.Parameter(torch.randn(num_numeric, width) / width**0.5)
         self.numeric_bias = nn.Parameter(torch.zeros(num_numeric, width))
-        starts = torch.tensor([0, *torch.tensor([k + 1 for k in cards]).cumsum(0).tolist()[:-1]] if cards else [])
-        self.register_buffer("offsets", starts.long(), persistent=False)
-        self.register_buffer("masks", torch.tensor(cards, dtype=torch.long), persistent=False)
         self.categories = nn.Embedding(sum(k + 1 for k in cards), width) if cards else None
         self.column = nn.Parameter(torch.randn(columns, width) * 0.02)
         self.noise_embedding = NoiseLevelEmbedding(64, hidden=width)
