@@ -70,6 +70,26 @@ def test_parameter_count_formula() -> None:
         )
         assert sum(p.numel() for p in model.parameters()) == formula
     assert formula - 6 * 256 == 7_378_203  # the unconditional default for text8's 27 symbols + MASK
+    free = DiscreteTransformer(vocab_in=28, vocab_out=27, max_len=256, num_classes=5, time_conditioning=False)
+    prompted = DiscreteTransformer(vocab_in=28, vocab_out=27, max_len=256, num_classes=5, text_dim=384)
+    assert sum(p.numel() for p in free.parameters()) == formula - (TIME_FEATURES + 2) * w - w * w
+    assert sum(p.numel() for p in prompted.parameters()) == formula + (384 + 1) * w
+
+
+def test_a_time_free_network_ignores_t_and_a_prompted_one_reads_its_prompt() -> None:
+    x = tokens()
+    free = woken(time_conditioning=False)
+    assert torch.equal(free(x, torch.full((3,), 0.1)), free(x, torch.full((3,), 0.9)))
+    assert torch.equal(free(x, torch.full((3,), 0.1)), free(x, None))
+    model = woken(text_dim=8)
+    text, mask = torch.randn(3, 5, 8, generator=torch.Generator().manual_seed(2)), torch.ones(3, 5, dtype=torch.bool)
+    t = torch.full((3,), 0.5)
+    base = model(x, t, text=text, text_mask=mask)
+    assert not torch.allclose(base, model(x, t, text=text.flip(0), text_mask=mask))
+    padded = torch.cat([text, torch.randn(3, 2, 8)], 1), torch.cat([mask, torch.zeros(3, 2, dtype=torch.bool)], 1)
+    torch.testing.assert_close(model(x, t, text=padded[0], text_mask=padded[1]), base)  # padding is not read
+    with pytest.raises(ValueError, match="prompt-conditioned: give text"):
+        model(x, t)
 
 
 @pytest.mark.parametrize("causal", [False, True])

@@ -193,6 +193,7 @@ TRAIN_FIELDS = {
         opt.DATA_PANEL,
     ),
     DiffusionConfig: (("parameterisation",), opt.DIFFUSION_PANEL),
+    NetworkConfig: (("time_conditioning",), opt.NETWORK_PANEL),
     # every training setting but distill, which the distill command sets (it names a teacher and a method)
     TrainConfig: (tuple(n for n in TrainConfig.model_fields if n != "distill"), opt.TRAIN_PANEL),
 }
@@ -240,6 +241,7 @@ def _model_config(
     if schedule is not None and "schedule" in getattr(opt.PROCESS_CLASSES.get(process), "model_fields", {}):
         proc["schedule"] = schedule  # --schedule sets the processes that have one (ddpm, absorbing, uniform)
     preset = sizes[model_size.value] | ({"kind": network} if network is not None else {})
+    preset |= opt.config_values(NetworkConfig, fields)
     return ModelConfig(
         network=NetworkConfig(**preset, num_classes=0 if conditional else None),
         diffusion=DiffusionConfig(process=proc, **opt.config_values(DiffusionConfig, fields)),

@@ -112,6 +112,11 @@ class NetworkConfig(_Strict):
     dilation_cycle: int = Field(default=10, ge=1)  # diffwave: dilations 1, 2, ..., 2^(cycle-1), repeated
     num_numeric: int | None = Field(default=None, ge=0)  # tabular: numeric columns (fitted to the table)
     cardinalities: list[int] | None = None  # tabular: categories of each categorical column (fitted)
+    time_conditioning: bool = Field(
+        default=True,
+        description="transformer: whether the network sees the time; without it (MDLM's absorbing denoiser) the "
+        "sampler's skip-when-unchanged cache is exact and on by default.",
+    )
 
     @field_validator("channel_mults")
     @classmethod

@@ -196,15 +196,21 @@ class DiscreteFamily(Family):
         callback: Any = None,
     ) -> Tensor:
         """Ancestral sampling of samples ``indices`` of n; ``keep``/``given`` (n, L) fix tokens (infilling)."""
-        _refuse_gaussian_settings(request, "text")
+        net = pipe.config.network
+        _refuse_gaussian_settings(request, "text", prompts=bool(net.text_dim))
         g, c = request.guidance, request.conditioning
-        nc = network_conditioning(pipe.config, n, c, None, pipe.config.network.num_classes)
+        encoder = pipe.text_encoder if net.text_dim else None
+        nc = network_conditioning(pipe.config, n, c, encoder, net.num_classes)
         model = TokenModel(pipe.denoiser_network(request.use_ema))
         guidance = g.guidance if nc.guided else 1.0
+        uncond = {k: v.to(pipe.device) for k, v in nc.uncond.items()} or None
         out = []
         with precision(g.mixed_precision):
             for idx, cond in iter_batches(indices, batch_size, nc.cond or None, pipe.device):
-                out.append(self._batch(pipe, model, request, idx, cond, guidance, keep, given, progress, callback))
+                part = None if uncond is None else {k: v.expand(len(idx), *v.shape[1:]) for k, v in uncond.items()}
+                out.append(
+                    self._batch(pipe, model, request, idx, (cond, part), guidance, keep, given, progress, callback)
+                )
         return torch.cat(out)
 
     @staticmethod
@@ -213,21 +219,25 @@ class DiscreteFamily(Family):
         model: TokenModel,
         request: SampleRequest,
         idx: list[int],
-        cond: Any,
+        cond: tuple[Any, Any],
         guidance: float,
         keep: Tensor | None,
         given: Tensor | None,
         progress: bool,
         callback: Any,
     ) -> Tensor:
+        """One batch: ``cond`` is (the conditional inputs, the unconditional branch's text inputs or None)."""
         spec, rows = request.sampler, torch.as_tensor(idx)
+        # MDLM's cache is exact for a network that ignores t: then on unless asked otherwise
+        options = {"cache": not pipe.config.network.time_conditioning} | dict(spec.options)
         return sample_tokens(
             pipe.process,
             model,
             (len(idx), pipe.sample_shape[0]),
             spec.steps,
             seed=request.seed,
-            cond=cond,
+            cond=cond[0],
+            uncond=cond[1],
             guidance=guidance,
             keep=None if keep is None else keep[rows].to(pipe.device),
             given=None if given is None else given[rows].to(pipe.device),
@@ -235,7 +245,7 @@ class DiscreteFamily(Family):
             device=pipe.device,
             progress=progress,
             callback=callback,
-            **spec.options,
+            **options,
         ).cpu()
 
 
@@ -269,12 +279,12 @@ def column_logits(flat: Tensor, cardinalities: Sequence[int], classes: int) -> T
     return out
 
 
-def _refuse_gaussian_settings(request: SampleRequest, kind: str) -> None:
-    """One clear error for a setting only Gaussian models take (prompts, condition images, classifier guidance,
-    CFG rescale and interval, thresholding)."""
+def _refuse_gaussian_settings(request: SampleRequest, kind: str, prompts: bool = False) -> None:
+    """One clear error for a setting only Gaussian models take (prompts unless ``prompts``, condition images,
+    classifier guidance, CFG rescale and interval, thresholding)."""
     g, c = request.guidance, request.conditioning
-    if c.prompt is not None or c.negative_prompt is not None:
-        raise ValueError(f"a prompt was given, but {kind} models are conditioned on class labels only.")
+    if not prompts and (c.prompt is not None or c.negative_prompt is not None):
+        raise ValueError(f"a prompt was given, but this {kind} model was trained without prompts.")
     if c.cond_image is not None:
         raise ValueError(f"a condition image was given, but this model generates {kind}.")
     unsupported = {

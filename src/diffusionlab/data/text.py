@@ -16,8 +16,11 @@ Datasets (``load_text_dataset(spec, seq_len, split)``) cut the token stream into
 ``seq_len`` tokens (the tail is dropped):
 
 - "text:<file>" or "text:<folder of .txt files>"; a folder whose sub-folders hold .txt files is one class per
-  sub-folder (sorted names). Files are UTF-8 (a leading BOM is dropped, line ends become "\\n"), joined by "\\n" in
-  sorted path order. The default tokenizer is ``CharTokenizer.from_text`` of the whole corpus (both splits).
+  sub-folder (sorted names). "text:<file.jsonl>": prompted text, one JSON object per line,
+  ``{"text": "...", "prompt": "..." or ["...", ...]}``; each record's windows carry its prompt(s) as captions
+  for prompt-conditional training (a record is split by position like a class). Files are UTF-8 (a leading BOM
+  is dropped, line ends become "\\n"), joined by "\\n" in sorted path order. The default tokenizer is
+  ``CharTokenizer.from_text`` of the whole corpus (both splits).
 - "pydocs": the text of Python's own ``pydoc_data.topics`` (values joined by "\\n" in sorted key order) normalised
   by ``normalise_text8`` and pinned by ``PYDOCS_SHA256``; default tokenizer text8.
 - "markov:<order>:<vocab>:<seed>": sequences from ``MarkovSource(order, vocab, seed)``, a random order-k chain with
@@ -74,7 +77,12 @@ TEXT8_ALPHABET = "abcdefghijklmnopqrstuvwxyz "
 # SHA-256 of the normalised "pydocs" corpus (375 757 characters) as shipped with CPython 3.11.7.
 PYDOCS_SHA256 = "f14846aa5a5a7cc838c420bbb655c120c42279ee6bb4160de3d8664d9118ea7d"
 TEXT_SPLITS = ("train", "validation", "test", "all")
-TEXT_DATASET_FORMS = ("'text:<file or folder of .txt files>'", "'pydocs'", "'markov:<order>:<vocab>:<seed>'")
+TEXT_DATASET_FORMS = (
+    "'text:<file or folder of .txt files>'",
+    "'text:<file.jsonl>' (prompted)",
+    "'pydocs'",
+    "'markov:<order>:<vocab>:<seed>'",
+)
 MARKOV_SYMBOLS = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 MARKOV_TOKENS = {"train": 2**20, "validation": 2**17}
 TRAIN_NUMERATOR, TRAIN_DENOMINATOR = 9, 10
@@ -421,7 +429,8 @@ def pydocs_text(split: str = "all") -> str:
 
 
 class TextDataset(Dataset):
-    """Token sequences (N, L) int64 in memory, optional labels (N,) with class names, and their tokenizer.
+    """Token sequences (N, L) int64 in memory, optional labels (N,) with class names or captions (N lists of
+    prompts), and their tokenizer.
 
     ``ds[i] -> {"tokens": (L,), "label": ()}``; ``ds.tensors() -> (tokens, labels)``. ``num_classes`` counts label
     classes (None when unlabelled); the token alphabet size is ``vocab_size``. ``source`` is the generating
@@ -435,6 +444,7 @@ class TextDataset(Dataset):
         labels: Tensor | None = None,
         class_names: Sequence[str] | None = None,
         source: MarkovSource | None = None,
+        captions: Sequence[Sequence[str]] | None = None,
     ) -> None:
         if not isinstance(tokenizer, Tokenizer):
             raise DataError(f"tokenizer must be a Tokenizer, got {type(tokenizer).__name__}.")
@@ -463,8 +473,15 @@ class TextDataset(Dataset):
         self.labels: Tensor | None = labels
         self.class_names: list[str] | None = names if labels is not None else None
         self.num_classes: int | None = num_classes if labels is not None else None
+        if captions is not None:
+            captions = [[str(c) for c in caps] for caps in captions]
+            if len(captions) != tokens.shape[0] or any(not caps for caps in captions):
+                raise DataError(
+                    f"got {tokens.shape[0]} sequences but {len(captions)} caption lists; expected one each."
+                )
         self.tokenizer: Tokenizer = tokenizer
         self.source: MarkovSource | None = source
+        self.captions: list[list[str]] | None = captions
 
     @property
     def seq_len(self) -> int:
@@ -497,7 +514,8 @@ class TextDataset(Dataset):
         """A new dataset holding only the given indices (tokenizer, class names and source kept)."""
         idx = torch.as_tensor(indices, dtype=torch.long)
         labels = self.labels[idx] if self.labels is not None else None
-        return TextDataset(self.tokens[idx], self.tokenizer, labels, self.class_names, self.source)
+        captions = [self.captions[i] for i in idx.tolist()] if self.captions is not None else None
+        return TextDataset(self.tokens[idx], self.tokenizer, labels, self.class_names, self.source, captions)
 
     def __repr__(self) -> str:
         classes = f", num_classes={self.num_classes}" if self.num_classes is not None else ""
@@ -724,6 +742,54 @@ def _read_corpus(path_text: str) -> tuple[list[str], list[str] | None]:
     return ["\n".join(read_text_file(p) for p in files) for _, files in classes], [d.name for d, _ in classes]
 
 
+def _read_prompted(path: Path) -> list[tuple[str, list[str]]]:
+    """(text, prompts) of each record of a prompted-text JSON-lines file, or one DataError naming the line."""
+    records = []
+    for number, line in enumerate(read_text_file(path).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"'{path}' line {number} is not JSON ({err.msg}); expected one object per line.") from None
+        prompt = record.get("prompt") if isinstance(record, dict) else None
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        text = record.get("text") if isinstance(record, dict) else None
+        if (
+            not isinstance(text, str)
+            or not text
+            or not isinstance(prompts, list)
+            or not prompts
+            or not all(isinstance(p, str) and p.strip() for p in prompts)
+        ):
+            raise DataError(
+                f'\'{path}\' line {number}: expected {{"text": a non-empty string, "prompt": a non-empty string or '
+                f"list of them}}, got {line.strip()[:80]!r}."
+            )
+        records.append((text, prompts))
+    if not records:
+        raise DataError(f"'{path}' holds no records; expected one JSON object per line.")
+    return records
+
+
+def _prompted_dataset(path: Path, seq_len: int, split: str, tokenizer: Tokenizer | str | None) -> TextDataset:
+    """Windows of each record's ``split`` with that record's prompts as captions."""
+    records = _read_prompted(path)
+    chosen = _as_tokenizer(tokenizer, None) or CharTokenizer.from_text("\n".join(text for text, _ in records))
+    windows, captions = [], []
+    for text, prompts in records:
+        stream = chosen.encode_tensor(split_text(text, split))
+        n = stream.numel() // seq_len
+        windows.append(stream[: n * seq_len].view(n, seq_len))
+        captions.extend([prompts] * n)
+    if not captions:
+        raise DataError(
+            f"no record of '{path}' has seq_len={seq_len} tokens in its {split} split; expected longer texts or a "
+            "shorter seq_len."
+        )
+    return TextDataset(torch.cat(windows), chosen, captions=captions)
+
+
 def is_text_dataset(spec: object) -> bool:
     """Whether ``spec`` names a text dataset ("text:...", "pydocs", "markov:...") rather than an image one."""
     if not isinstance(spec, (str, os.PathLike)):
@@ -770,6 +836,8 @@ def load_text_dataset(
         counts = {s: MARKOV_TOKENS[s] // seq_len for s in parts}
         tokens = [source.sample(counts[s], seq_len, seed=3 * source.seed + offset[s]) for s in parts if counts[s]]
         return TextDataset(torch.cat(tokens), chosen, source=source)
+    if key == "text" and sep and rest.strip().lower().endswith(".jsonl"):
+        return _prompted_dataset(Path(rest.strip()).expanduser(), seq_len, split, tokenizer)
     if key == "text" and sep and rest.strip():
         texts, class_names = _read_corpus(rest)
         chosen = _as_tokenizer(tokenizer, None) or CharTokenizer.from_text("\n".join(texts))

@@ -96,8 +96,15 @@ class DiscreteTransformer(nn.Module):
     conditioning). ``padding_mask`` (B, L) is True on real tokens; padded positions are never attended to, their
     ids are not checked, and their logits are meaningless.
 
+    ``time_conditioning=False`` drops the time input (MDLM's absorbing denoiser, Sahoo et al. 2024 sec. 3.2.1:
+    x0_hat of a masked sequence does not depend on t), which makes the sampler's skip-when-unchanged cache exact.
+    ``text_dim`` adds prompt conditioning: the masked mean of a text encoder's token embeddings ``text`` (B, T,
+    text_dim) over ``text_mask`` (B, T), projected to the width and added to the conditioning vector (the pooled
+    text embedding of SDXL, Podell et al. 2023 sec. 2.1, here the only text input).
+
     Parameters for ``C = num_classes or -1``, ``W = width``: ``vocab_in*W + (TIME_FEATURES+2)*W + W^2 + (C+1)*W
-    + depth*(18*W^2 + 15*W) + 2*W^2 + 2*W + W*vocab_out + vocab_out``.
+    + depth*(18*W^2 + 15*W) + 2*W^2 + 2*W + W*vocab_out + vocab_out``; without time conditioning minus the time
+    MLP's ``(TIME_FEATURES+2)*W + W^2``; with text plus ``(text_dim+1)*W``.
     """
 
     def __init__(
@@ -111,6 +118,8 @@ class DiscreteTransformer(nn.Module):
         num_classes: int | None = None,
         dropout: float = 0.0,
         causal: bool = False,
+        time_conditioning: bool = True,
+        text_dim: int | None = None,
     ) -> None:
         super().__init__()
         for name, value in (("vocab_in", vocab_in), ("vocab_out", vocab_out), ("max_len", max_len)):
@@ -126,12 +135,16 @@ class DiscreteTransformer(nn.Module):
             raise ValueError(f"num_classes={num_classes} must be a positive integer or None (unconditional).")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout={dropout} must lie in [0, 1).")
+        if text_dim is not None and (isinstance(text_dim, bool) or not isinstance(text_dim, int) or text_dim < 1):
+            raise ValueError(f"text_dim={text_dim!r} must be a positive integer or None (no prompts).")
         self.vocab_in, self.vocab_out, self.max_len = vocab_in, vocab_out, max_len
         self.width, self.depth, self.heads = width, depth, heads
         self.num_classes, self.causal = num_classes, causal
+        self.time_conditioning, self.text_dim = time_conditioning, text_dim
 
         self.token_embedding = nn.Embedding(vocab_in, width)
-        self.time_embedding = NoiseLevelEmbedding(TIME_FEATURES, hidden=width)
+        self.time_embedding = NoiseLevelEmbedding(TIME_FEATURES, hidden=width) if time_conditioning else None
+        self.text_projection = nn.Linear(text_dim, width) if text_dim else None
         self.label_embedding = LabelEmbedding(num_classes, width) if num_classes else None
         self.layers = nn.ModuleList([TransformerBlock(width, heads, dropout) for _ in range(depth)])
         self.final_norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
@@ -152,7 +165,7 @@ class DiscreteTransformer(nn.Module):
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         if self.label_embedding is not None:
             nn.init.normal_(self.label_embedding.table.weight, std=0.02)
-        for layer in self.time_embedding.mlp:
+        for layer in self.time_embedding.mlp if self.time_embedding is not None else ():
             if isinstance(layer, nn.Linear):
                 nn.init.normal_(layer.weight, std=0.02)
         for linear in [block.modulation for block in self.layers] + [self.final_modulation, self.out]:
@@ -163,13 +176,29 @@ class DiscreteTransformer(nn.Module):
         """Hidden states (B, L, width) of token ids (B, L); positions enter later, through rotary attention."""
         return self.token_embedding(tokens)
 
-    def condition(self, t: Tensor | None, labels: Tensor | None, batch: int, device: torch.device) -> Tensor:
-        """The conditioning vector (B, width): time embedding (zero when t is None) plus the label embedding."""
-        if t is None:
+    def condition(
+        self,
+        t: Tensor | None,
+        labels: Tensor | None,
+        batch: int,
+        device: torch.device,
+        text: Tensor | None = None,
+        text_mask: Tensor | None = None,
+    ) -> Tensor:
+        """The conditioning vector (B, width): time embedding (zero when t is None or the network takes no time),
+        plus the label embedding, plus the projected mean of the prompt's token embeddings."""
+        if t is None or self.time_embedding is None:
             cond = torch.zeros(batch, self.width, device=device)
         else:
             cond = self.time_embedding(t.expand(batch) if t.ndim == 0 else t)
-        return add_label_embedding(cond, self.label_embedding, labels, "DiscreteTransformer")
+        cond = add_label_embedding(cond, self.label_embedding, labels, "DiscreteTransformer")
+        if self.text_projection is None:
+            return cond
+        if text is None:
+            raise ValueError("this transformer is prompt-conditioned: give text (B, T, text_dim) and text_mask (B, T).")
+        mask = torch.ones(text.shape[:2], device=text.device) if text_mask is None else text_mask.to(text.dtype)
+        pooled = (text * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+        return cond + self.text_projection(pooled.to(self.text_projection.weight.dtype)).expand(batch, -1)
 
     def blocks(
         self,
@@ -208,14 +237,17 @@ class DiscreteTransformer(nn.Module):
         t: Tensor | None = None,
         labels: Tensor | None = None,
         padding_mask: Tensor | None = None,
+        text: Tensor | None = None,
+        text_mask: Tensor | None = None,
     ) -> Tensor:
         """Logits (B, L, vocab_out) of token ids (B, L) at times t (B,) (None: no time; causal models only), with
-        optional labels (B,) (-1 = no label) and padding_mask (B, L) (True = real token)."""
+        optional labels (B,) (-1 = no label), padding_mask (B, L) (True = real token) and, for a prompt-conditioned
+        network, the prompt's token embeddings text (B or 1, T, text_dim) with text_mask (B or 1, T)."""
         self._check_inputs(tokens, t, labels, padding_mask)
         if padding_mask is not None:
             tokens = tokens.masked_fill(~padding_mask, 0)
         h = self.embed(tokens)
-        cond = self.condition(t, labels, tokens.shape[0], tokens.device).to(h.dtype)
+        cond = self.condition(t, labels, tokens.shape[0], tokens.device, text, text_mask).to(h.dtype)
         return self.head(self.blocks(h, cond, padding_mask), cond)
 
     def _check_inputs(
@@ -242,7 +274,7 @@ class DiscreteTransformer(nn.Module):
                 f"got ids from {int(real.min())} to {int(real.max())}."
             )
         if t is None:
-            if not self.causal:
+            if not self.causal and self.time_conditioning:
                 raise ValueError("t is required: only a causal (autoregressive) transformer runs without a time.")
         elif t.ndim > 1 or (t.ndim == 1 and t.shape[0] != b) or not t.dtype.is_floating_point:
             raise ValueError(f"t must be a float tensor of shape ({b},) or a scalar, got {t.dtype} {tuple(t.shape)}.")

@@ -78,6 +78,8 @@ def _transformer(cfg: NetworkConfig) -> nn.Module:
         heads=cfg.num_heads,
         num_classes=cfg.num_classes,
         dropout=cfg.dropout,
+        time_conditioning=cfg.time_conditioning,
+        text_dim=cfg.text_dim,
     )
 
 

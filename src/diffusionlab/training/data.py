@@ -60,7 +60,7 @@ def load_training_data(config: Any) -> TrainingData:
         return table_rows(frame, schema)
     if is_text_dataset(name):
         text = load_text_dataset(name, config.data.seq_len, split="train", tokenizer=config.data.tokenizer)
-        return TrainingData(text.tokens, text.labels, text.class_names, tokenizer=text.tokenizer.name)
+        return TrainingData(text.tokens, text.labels, text.class_names, text.captions, tokenizer=text.tokenizer.name)
     ds = load_dataset(name, image_size=config.data.image_size, channels=config.data.channels, split="train")
     if len(ds) == 0:
         raise DataError(f"dataset {name!r} has no examples.")
