@@ -1,7 +1,14 @@
-"""Progressive distillation of the digits model: students at 4, 2 and 1 DDIM steps against their teacher
-(issue 19).
+"""Few-step students of the digits model: progressive distillation (4, 2 and 1 DDIM steps), consistency
+distillation and consistency training (1 and 2 steps), and reflow of a flow-matching digits model (1 and 2 Euler
+steps), against their teachers (issue 19).
 
     python bench/distill.py --model runs/digits --out bench/out/distill --table bench/results/distill.md
+
+Consistency distillation and training (``distill_consistency``, ``--cm-iterations`` steps of batch ``--batch``,
+lr ``--cm-lr``, 40 levels; training's curriculum doubles from 10 to 80) start from the teacher's weights. Reflow
+needs a flow-matching teacher: the bench trains one with the README's recipe and ``--process flow
+--parameterisation velocity`` into ``--out/flow-teacher``, draws ``--pairs`` couplings from its ODE (32 dpmpp_2m
+steps) and retrains on them for ``--cm-iterations`` steps.
 
 Distils ``--model`` (the README's digits model) with ``diffusionlab.training.distill.distill_progressively``: from
 the teacher's 64 DDIM steps on the nested grid, halving each round down to 1 step (6 rounds of ``--iterations``
@@ -17,6 +24,7 @@ samples; and each round's training time. Aims (issue 19): the 2-step student's F
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,7 +36,12 @@ from main_job import cpu_name  # noqa: E402
 
 from diffusionlab.evaluation import evaluate_model  # noqa: E402
 from diffusionlab.pipeline import Pipeline  # noqa: E402
-from diffusionlab.training.distill import distill_progressively, halvings  # noqa: E402
+from diffusionlab.training.distill import (  # noqa: E402
+    distill_consistency,
+    distill_progressively,
+    distill_reflow,
+    halvings,
+)
 
 QUIET = {"log_with": [], "sample_every": 0, "checkpoint_every": 0, "log_every": 0, "final_eval": False}
 
@@ -45,6 +58,13 @@ def score(pipe: Pipeline, samples: int, **settings: object) -> dict[str, float]:
     }
 
 
+def train_flow_teacher(out: Path) -> None:
+    """The README's digits recipe as a flow-matching model (velocity prediction), for reflow."""
+    cli = Path(sys.executable).parent / "diffusionlab"
+    subprocess.run([str(cli), "train", "--process", "flow", "--parameterisation", "velocity", "--out", str(out),
+                    "--no-final-eval", "--no-progress"], check=True)  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=Path, default=Path("runs/digits"))
@@ -55,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--teacher-steps", type=int, default=64)
     p.add_argument("--samples", type=int, default=1000)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--cm-iterations", type=int, default=800)
+    p.add_argument("--cm-lr", type=float, default=1e-4)
+    p.add_argument("--pairs", type=int, default=4096)
     p.add_argument("--table", type=Path, default=None)
     args = p.parse_args(argv)
     if not (args.model / "config.json").is_file():
@@ -73,6 +96,31 @@ def main(argv: list[str] | None = None) -> int:
     for n in (4, 2, 1):
         folder = args.out if n == 1 else args.out / "rounds" / f"steps-{n}"
         rows.append((f"student, {n} step(s)", n, score(Pipeline.load(folder), args.samples, guidance=1.0)))
+    minutes = {"progressive": train_minutes}
+    cm = {"steps": args.cm_iterations, "batch_size": args.batch, "lr": args.cm_lr, "warmup_steps": 20, **QUIET}
+    for method, scales in (("consistency", 40), ("consistency_training", 80)):
+        folder = args.out / method
+        began = time.perf_counter()
+        if not (folder / "config.json").is_file():
+            distill_consistency(args.model, folder, 1, scales=scales, train=cm, training=method != "consistency")
+        minutes[method] = (time.perf_counter() - began) / 60
+        for n in (1, 2):
+            rows.append((f"{method} student, {n} step(s)", n, score(Pipeline.load(folder), args.samples, steps=n)))
+    flow, reflowed = args.out / "flow-teacher", args.out / "reflow"
+    began = time.perf_counter()
+    if not (flow / "config.json").is_file():
+        train_flow_teacher(flow)
+    minutes["flow teacher"] = (time.perf_counter() - began) / 60
+    began = time.perf_counter()
+    if not (reflowed / "config.json").is_file():
+        distill_reflow(flow, reflowed, 1, pairs=args.pairs, train=cm)
+    minutes["reflow"] = (time.perf_counter() - began) / 60
+    flow_teacher = Pipeline.load(flow)
+    for sampler, n in (("dpmpp_2m", 32), ("euler", 2), ("euler", 1)):
+        rows.append((f"flow teacher, {n} {sampler} steps", n, score(flow_teacher, args.samples, sampler=sampler,
+                                                                      steps=n)))  # fmt: skip
+    for n in (1, 2):
+        rows.append((f"reflow student, {n} Euler step(s)", n, score(Pipeline.load(reflowed), args.samples, steps=n)))
     lines = [
         f"Measured {time.strftime('%Y-%m-%d')} on {cpu_name()}, {args.threads} thread(s): "
         f"`python bench/distill.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
@@ -92,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     teacher50 = rows[0][2]["fid"]
     two, one = rows[3][2], rows[4][2]
+    lines += ["", "Training minutes: " + ", ".join(f"{k} {v:.1f}" for k, v in minutes.items()) + " (0: reused)."]
     lines += [
         "",
         f"Aim: the 2-step student's FID within 1.5x of the teacher at 50 steps: {two['fid']:.3f} vs "

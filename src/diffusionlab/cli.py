@@ -1091,46 +1091,60 @@ def anomaly(
 def distill(
     model: opt.ModelFolder,
     out: Annotated[Path, typer.Option(help="The student's model folder (each round's student in OUT/rounds/).")],
-    steps: Annotated[int, typer.Option(help="DDIM steps the student samples in (1, 2, 4, ...).")] = 4,
+    steps: Annotated[int, typer.Option(help="Steps the student samples in (1, 2, 4, ...).")] = 4,
     method: Annotated[
         str,
         typer.Option(
             help="progressive (Salimans & Ho 2022): rounds that halve the steps; consistency (Song et al. 2023): "
-            "one run, the student maps any point of the teacher's trajectories to its end."
+            "one run, the student maps any point of the teacher's trajectories to its end; consistency_training "
+            "(iCT): the same without the teacher's steps; reflow (Liu et al. 2023, flow-matching models): "
+            "retrain on the teacher's own (noise, sample) pairs."
         ),
     ] = "progressive",
-    teacher_steps: Annotated[int, typer.Option(help="The teacher's DDIM steps in the first round.")] = 64,
+    teacher_steps: Annotated[int, typer.Option(help="progressive: the teacher's DDIM steps in the first round.")] = 64,
     iterations: Annotated[int, typer.Option(help="Training steps of each round.")] = 1000,
     batch_size: Annotated[int, typer.Option(help="Batch of each training step.")] = 128,
     lr: Annotated[float, typer.Option(help="AdamW learning rate of the rounds.")] = 1e-4,
+    scales: Annotated[int, typer.Option(help="consistency: noise levels (consistency_training: the most).")] = 40,
+    from_scratch: Annotated[
+        bool, typer.Option(help="consistency_training: start from fresh weights, not the model's.")
+    ] = False,
+    pairs: Annotated[int, typer.Option(help="reflow: (noise, sample) pairs drawn from the teacher.")] = 2048,
+    pair_steps: Annotated[int, typer.Option(help="reflow: the teacher's dpmpp_2m steps for each pair.")] = 32,
     guidance: opt.Guidance = None,
     progress: opt.Progress = True,
 ) -> None:
     """Distil a model into one that samples in --steps steps (the teacher's guidance distilled in): progressive
-    rounds that halve the steps from --teacher-steps, or one run of consistency distillation."""
-    from .training.distill import distill_consistency, distill_progressively, halvings
+    rounds that halve the steps from --teacher-steps, one run of consistency distillation or training, or reflow."""
+    from .config import DistillConfig
+    from .training.distill import distill_consistency, distill_progressively, distill_reflow, halvings
 
     def run() -> None:
-        if method not in ("progressive", "consistency"):
-            _fail(f"--method={method!r} is not a distillation method; expected progressive or consistency.")
+        methods = DistillConfig.model_fields["method"].annotation.__args__  # type: ignore[union-attr]
+        if method not in methods:
+            _fail(f"--method={method!r} is not a distillation method; expected one of {', '.join(methods)}.")
         if method == "progressive":
             try:
                 halvings(teacher_steps, steps)
             except ValueError as err:
                 _fail(f"--teacher-steps / --steps: {err}")
-        elif steps < 1:
-            _fail(f"--steps={steps} must be a positive integer.")
-        for name, value in (("--iterations", iterations), ("--batch-size", batch_size)):
-            if value < 1:
-                _fail(f"{name}={value} must be a positive integer.")
+        for name, value, least in (("--steps", steps, 1), ("--iterations", iterations, 1),
+                                   ("--batch-size", batch_size, 1), ("--scales", scales, 2), ("--pairs", pairs, 1),
+                                   ("--pair-steps", pair_steps, 1)):  # fmt: skip
+            if value < least:
+                _fail(f"{name}={value} must be an integer >= {least}.")
         if not lr > 0:
             _fail(f"--lr={lr} must be positive.")
         train = {"steps": iterations, "batch_size": batch_size, "lr": lr, "warmup_steps": min(100, iterations // 10)}
+        common = {"guidance": guidance, "train": train, "progress": progress}
         if method == "progressive":
-            distill_progressively(model, out, steps, teacher_steps=teacher_steps, guidance=guidance, train=train,
-                                  progress=progress)  # fmt: skip
+            distill_progressively(model, out, steps, teacher_steps=teacher_steps, **common)
+        elif method == "reflow":
+            distill_reflow(model, out, steps, pairs=pairs, pair_steps=pair_steps, **common)
         else:
-            distill_consistency(model, out, steps, guidance=guidance, train=train, progress=progress)
+            training = method == "consistency_training"
+            distill_consistency(model, out, steps, scales=scales, training=training, from_scratch=from_scratch,
+                                **common)  # fmt: skip
         typer.echo(f"student written to {out}/: samples in {steps} step(s) (`diffusionlab sample {out}`)")
 
     _run(run, distill)

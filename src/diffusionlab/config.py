@@ -459,13 +459,21 @@ class DistillConfig(_Strict):
     samples at guidance 1). ``progressive`` (Salimans & Ho 2022): the student takes in one DDIM step what the
     teacher takes in two, on the nested grid of ``student_steps`` steps. ``consistency`` (Song et al. 2023): the
     student maps any point of the teacher's ODE trajectories, on a grid of ``scales`` noise levels, to its end;
-    it samples in ``student_steps`` steps of multistep consistency sampling."""
+    it samples in ``student_steps`` steps of multistep consistency sampling. ``consistency_training`` (iCT, Song &
+    Dhariwal 2024): the same student without a teacher's steps, pairs of noise levels from one noise draw, the
+    levels doubling up to ``scales``; it starts from the folder's weights (ECT's tuning, Geng et al. 2024) or,
+    ``from_scratch``, from fresh ones. ``reflow`` (Liu et al. 2023): ``pairs`` (noise, sample) couplings from the
+    flow-matching teacher's ODE in ``pair_steps`` steps, then flow matching on them; the student samples in
+    ``student_steps`` Euler steps."""
 
-    method: Literal["progressive", "consistency"] = "progressive"
+    method: Literal["progressive", "consistency", "consistency_training", "reflow"] = "progressive"
     teacher: str
     student_steps: int = Field(ge=1)
     guidance: float = Field(default=1.0, ge=0, allow_inf_nan=False)
     scales: int = Field(default=40, ge=2, description="consistency: noise levels of the discretised trajectories")
+    from_scratch: bool = Field(default=False, description="consistency_training: fresh weights, not the folder's")
+    pairs: int = Field(default=2048, ge=1, description="reflow: (noise, sample) pairs drawn from the teacher")
+    pair_steps: int = Field(default=32, ge=1, description="reflow: the teacher's dpmpp_2m steps for each pair")
 
 
 class TrainConfig(_Strict):

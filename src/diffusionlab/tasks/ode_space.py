@@ -90,17 +90,18 @@ def regenerate(
     from_t: float | None = None,
     request: SampleRequest | None = None,
     batch_size: int = 256,
+    decode: bool = True,
     **settings: Any,
 ) -> Tensor:
-    """Images in [0, 1] from model-space states ``x`` at ``from_t`` (what ``invert`` gave, or noise), down the
-    model's grid under the request's conditioning and solver."""
+    """Images in [0, 1] (``decode=False``: the model-space ends) from model-space states ``x`` at ``from_t``
+    (what ``invert`` gave, or noise), down the model's grid under the request's conditioning and solver."""
     _gaussian(pipe, "regeneration")
     run = TaskRun.start(pipe, len(x), task_request(pipe, request, settings, sampler="ddim"))
     grid = inversion_grid(run, from_t)
 
     def descend(idx: list[int], cond: dict[str, Tensor] | None) -> Tensor:
         out = run_solver(run.denoiser, x[idx].to(pipe.device), grid, run.spec, cond=cond, noise=run.noise(idx))
-        return pipe.decode(out).cpu()
+        return (pipe.decode(out) if decode else out).cpu()
 
     return run.map(descend, range(len(x)), batch_size)
 

@@ -1,5 +1,8 @@
-"""Progressive distillation (floor 5): a student that samples in n DDIM steps what its teacher samples in 2n
-(Salimans & Ho 2022, Algorithm 2), trained by the one training loop as an objective.
+"""Few-step students (floor 5), each an objective of the one training loop: progressive distillation, consistency
+distillation and training, and reflow.
+
+Progressive distillation: a student that samples in n DDIM steps what its teacher samples in 2n (Salimans & Ho
+2022, Algorithm 2).
 
 The grids are nested: the n-step grid is t_k = t_min + (1 - k / n)(t_max - t_min) for k < n, then 0, so the
 teacher's 2n-step grid holds it and a step t_k -> t_{k+1} of the student is two of the teacher's, t_k -> t_mid ->
@@ -16,6 +19,7 @@ tuned grid ``ddim:n``, ``spacing="tuned"``) at guidance 1, the teacher's guidanc
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +30,19 @@ from ..config import DistillConfig, ModelConfig
 from ..denoisers import Denoiser
 from ..pipeline import Pipeline
 from ..processes import GaussianProcess, broadcast_like
-from ..sampling import sample_seed, time_grid
+from ..sampling import NoiseSource, prior_std, sample_seed, time_grid
 from .data import TrainingData
 from .diffusion import DiffusionBatch, DiffusionObjective
 
 __all__ = [
     "DistillationObjective",
     "ConsistencyObjective",
+    "ConsistencyTrainingObjective",
+    "ReflowObjective",
+    "ct_scales",
+    "lognormal_pair_weights",
+    "reflow_pairs",
+    "distill_reflow",
     "nested_grid",
     "progressive_target",
     "pseudo_huber",
@@ -40,6 +50,18 @@ __all__ = [
     "distill_consistency",
     "halvings",
 ]
+
+
+def load_teacher(folder: str, method: str, device: torch.device) -> Pipeline:
+    """The teacher's pipeline, frozen; one clear error unless it is a Gaussian model."""
+    teacher = Pipeline.load(folder, device=device)
+    if teacher.family.name != "gaussian":
+        raise ValueError(f"{method} distillation needs a Gaussian model; {folder} is a {teacher.family.name} model.")
+    for p in teacher.network.parameters():
+        p.requires_grad_(False)
+    if teacher.ema is not None:
+        teacher.ema.requires_grad_(False)
+    return teacher
 
 
 def nested_grid(process: GaussianProcess, steps: int) -> Tensor:
@@ -80,17 +102,10 @@ class DistillationObjective(DiffusionObjective):
         """The student as a fresh run of the teacher's model (its weights, its data), or the checkpoint's."""
         spec = config.train.distill
         assert spec is not None
-        teacher = Pipeline.load(spec.teacher, device=device)
-        if teacher.family.name != "gaussian":
-            family = teacher.family.name
-            raise ValueError(f"progressive distillation needs a Gaussian model; {spec.teacher} is a {family} model.")
-        for p in teacher.network.parameters():
-            p.requires_grad_(False)
-        if teacher.ema is not None:
-            teacher.ema.requires_grad_(False)
+        teacher = load_teacher(spec.teacher, spec.method, device)
         base = DiffusionObjective.prepare(config, data, checkpoint, device)
         student = base.model
-        if checkpoint is None:  # a new student starts as the teacher (its EMA weights, where it has them)
+        if checkpoint is None and not spec.from_scratch:  # a new student starts as the teacher (its EMA weights)
             source = teacher.denoiser_network().state_dict()
             student.network.load_state_dict(source)
             student.ema = student.copy_for_ema()
@@ -191,6 +206,10 @@ class ConsistencyObjective(DistillationObjective):
         n = torch.randint(len(self.grid) - 1, (len(batch.t),), generator=gen)
         return batch._replace(t=self.grid[n].to(batch.t.dtype))
 
+    def lower_point(self, x_hi: Tensor, t: Tensor, t_lo: Tensor, x0: Tensor, eps: Tensor, cond: Any) -> Tensor:
+        """x^_{t_n}: one teacher DDIM step from x_{t_{n+1}} under its guidance."""
+        return self._ddim(x_hi, t, t_lo, cond)
+
     def loss(self, network: nn.Module, batch: DiffusionBatch) -> tuple[Tensor, dict[str, Tensor]]:
         x0, t, eps, cond = batch
         process = self.model.process
@@ -200,7 +219,7 @@ class ConsistencyObjective(DistillationObjective):
         x_hi = a * x0 + s * eps
         student = Denoiser(network, process, self.model.parameterisation)
         with torch.no_grad():
-            x_lo = self._ddim(x_hi, t, t_lo, cond)
+            x_lo = self.lower_point(x_hi, t, t_lo, x0, eps, cond)
             was = network.training
             network.eval()  # the target without dropout, as the model samples
             target = student(x_lo, t_lo, cond).x0
@@ -211,6 +230,119 @@ class ConsistencyObjective(DistillationObjective):
         distance = pseudo_huber(online, target)
         weight = self.weights[index].to(distance.dtype)
         return (weight * distance).mean() / weight.mean(), {"consistency_distance": distance.mean().detach()}
+
+
+def ct_scales(step: int, total: int, most: int, least: int = 10) -> int:
+    """iCT's discretisation curriculum (Song & Dhariwal 2024, eq. 7): N(k) = min(s0 2^floor(k / K'), s1) + 1 noise
+    levels at step k of K, K' = floor(K / (log2 floor(s1 / s0) + 1)), s0 = ``least``, s1 = ``most``."""
+    least = min(least, most)
+    stage = max(1, total // (int(math.log2(max(1, most // least))) + 1))
+    return min(least * 2 ** (step // stage), most) + 1
+
+
+def lognormal_pair_weights(sigmas: Tensor, mean: float = -1.1, std: float = 2.0) -> Tensor:
+    """iCT's probabilities of the pairs (sigma_n, sigma_{n+1}) of ascending ``sigmas`` (Song & Dhariwal 2024,
+    eq. 10): erf((ln sigma_{n+1} - P_mean) / (sqrt(2) P_std)) - erf((ln sigma_n - P_mean) / (sqrt(2) P_std))."""
+    cdf = torch.special.erf((sigmas.double().clamp_min(1e-12).log() - mean) / (math.sqrt(2) * std))
+    weights = (cdf[1:] - cdf[:-1]).clamp_min(0)
+    return weights / weights.sum()
+
+
+class ConsistencyTrainingObjective(ConsistencyObjective):
+    """Consistency training (Song et al. 2023, Algorithm 3, with iCT's improvements, Song & Dhariwal 2024): as
+    consistency distillation, but the lower point of a pair is the same noise at the lower level, x_{t_n} =
+    alpha_n x0 + sigma_n eps (the one-sample estimate of the teacher's step), so no network but the student runs.
+    The levels follow iCT's curriculum (``ct_scales``, doubling from 10 to ``scales``) on the Karras grid, the
+    pairs are drawn log-normally in sigma~ = sigma / alpha (``lognormal_pair_weights``) and weighted by
+    1 / (sigma~_{n+1} - sigma~_n); the distance is pseudo-Huber against the stop-gradient student."""
+
+    def levels(self, step: int) -> tuple[Tensor, Tensor, Tensor]:
+        """The grid of ``step`` (t_max .. t_min), its pairs' probabilities and weights (pair n: levels n, n + 1)."""
+        process = self.model.process
+        grid = time_grid(process, ct_scales(step, self.train_config.steps, self.spec.scales), "karras")[:-1]
+        ve = (process.sigma(grid).double() / process.alpha(grid).double().clamp_min(1e-12)).flip(0)  # ascending
+        probs = lognormal_pair_weights(ve).flip(0)
+        weights = (1.0 / (ve[1:] - ve[:-1]).clamp_min(1e-6)).flip(0).float()
+        return grid, probs, weights
+
+    def global_batch(self, step: int) -> DiffusionBatch:
+        """The plain batch with each example's time replaced by the upper level of a pair drawn by iCT's law."""
+        batch = DiffusionObjective.global_batch(self, step)
+        self.grid, probs, self.weights = self.levels(step)
+        gen = torch.Generator().manual_seed(sample_seed(self.train_config.seed, step) ^ 0xC7C7)
+        n = torch.multinomial(probs, len(batch.t), replacement=True, generator=gen)
+        return batch._replace(t=self.grid[n].to(batch.t.dtype))
+
+    def lower_point(self, x_hi: Tensor, t: Tensor, t_lo: Tensor, x0: Tensor, eps: Tensor, cond: Any) -> Tensor:
+        a, s = _coefs(self.model.process, t_lo, x0)
+        return a * x0 + s * eps
+
+
+def reflow_pairs(
+    teacher: Pipeline, count: int, steps: int, guidance: float, seed: int
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """``count`` couplings (noise z, the teacher's ODE end x from it, label) in the model's space (Liu et al. 2023,
+    Algorithm 1: X_1 ~ pi_0, X_0 = ODE(X_1)); a conditional teacher's labels cycle through its classes and its
+    guidance ``guidance`` is applied. Sample i's noise is ``Pipeline.sample``'s for seed ``seed``, index i."""
+    from ..tasks.ode_space import regenerate  # the same floor: tasks' ODE runs
+
+    indices = list(range(count))
+    t_max = torch.tensor(float(teacher.process.t_max), dtype=torch.float64)
+    z = (prior_std(teacher.process, t_max) * NoiseSource(seed, indices, teacher.device)(teacher.sample_shape)).cpu()
+    k = teacher.config.network.num_classes
+    labels = torch.arange(count) % k if k else None
+    x = regenerate(
+        teacher, z, labels=None if labels is None else labels.tolist(), sampler="dpmpp_2m", steps=steps,
+        guidance=guidance, decode=False, batch_size=512,
+    )  # fmt: skip
+    return z, x, labels
+
+
+class ReflowObjective(DiffusionObjective):
+    """Reflow (Liu et al. 2023, sec. 2.3): flow matching on the teacher's own couplings (z, x = ODE(z)), x_t =
+    (1 - t) x + t z and the velocity z - x, so the student's ODE straightens and few Euler steps suffice. The
+    student starts from the teacher's weights; the teacher's guidance is distilled into the pairs."""
+
+    def __init__(self, config: ModelConfig, pipeline: Pipeline, data: TrainingData, noises: Tensor) -> None:
+        super().__init__(config, pipeline, data)
+        self.noises = noises
+
+    @classmethod
+    def prepare(  # type: ignore[override]
+        cls, config: ModelConfig, data: TrainingData | None, checkpoint: Path | None, device: torch.device
+    ) -> ReflowObjective:
+        """The pairs from the teacher (drawn again, bit for bit, on resume), then the student as a run of them."""
+        spec = config.train.distill
+        assert spec is not None
+        teacher = load_teacher(spec.teacher, spec.method, device)
+        if teacher.config.diffusion.process.name != "flow":
+            raise ValueError(
+                f"reflow straightens a flow-matching model; {spec.teacher} has process "
+                f"{teacher.config.diffusion.process.name!r} (train one with --process flow)."
+            )
+        if teacher.space.name not in ("image", "points", "signal"):
+            raise ValueError(f"reflow takes pixel images, points or signals; {spec.teacher} is a {teacher.space.name} "
+                             "model.")  # fmt: skip
+        z, x, labels = reflow_pairs(teacher, spec.pairs, spec.pair_steps, spec.guidance, config.train.seed)
+        base = DiffusionObjective.prepare(config, data, checkpoint, device)
+        student = base.model
+        if checkpoint is None:
+            student.network.load_state_dict(teacher.denoiser_network().state_dict())
+            student.ema = student.copy_for_ema()
+        sample = {"sampler": "euler", "steps": spec.student_steps, "spacing": "uniform", "guidance": 1.0}
+        student.config = student.config.model_copy(update={"sample": student.config.sample.model_copy(update=sample)})
+        pairs = TrainingData(x, labels, base.data.class_names)
+        return cls(student.config, student, pairs, z)
+
+    def global_batch(self, step: int) -> DiffusionBatch:
+        """Pairs, times and their own noises: the coupling replaces independent noise (no label dropout: the
+        guidance is in the pairs)."""
+        tc = self.train_config
+        gen = torch.Generator().manual_seed(sample_seed(tc.seed, step))
+        idx = torch.randint(len(self.data.x), (tc.batch_size,), generator=gen)
+        t = self.model.family.times(self.model.process, len(idx), self.time_sampling, gen)
+        cond = {"labels": self.data.labels[idx]} if self.data.labels is not None else None
+        return DiffusionBatch(self.data.x[idx], t, self.noises[idx], cond)
 
 
 def halvings(teacher_steps: int, student_steps: int) -> list[int]:
@@ -259,6 +391,19 @@ def distill_progressively(
     return out
 
 
+def _one_run(
+    teacher: str | Path, out: str | Path, spec: DistillConfig, dropout: bool, train: Any, progress: bool
+) -> Path:
+    """One resumable training run of the teacher's config with ``spec`` and ``train``'s settings, into ``out``."""
+    from .trainer import Trainer
+
+    base = Pipeline.load(teacher).config
+    label_dropout = 0.1 if dropout and base.network.num_classes else 0.0
+    settings = {"label_dropout": label_dropout, **(train or {}), "distill": spec}
+    Trainer(base.model_copy(update={"train": base.train.model_copy(update=settings)}), out, progress=progress).train()
+    return Path(out)
+
+
 def distill_consistency(
     teacher: str | Path,
     out: str | Path,
@@ -268,15 +413,43 @@ def distill_consistency(
     guidance: float | None = None,
     train: dict[str, Any] | None = None,
     progress: bool = False,
+    training: bool = False,
+    from_scratch: bool = False,
 ) -> Path:
-    """Distil the model folder ``teacher`` into ``out`` by consistency distillation, one resumable training run
-    of ``train``'s settings; the student samples in ``student_steps`` consistency steps."""
-    from .trainer import Trainer
+    """Distil the model folder ``teacher`` into ``out`` by consistency distillation (``training``: consistency
+    training, no teacher steps; ``from_scratch``: from fresh weights), one resumable training run of ``train``'s
+    settings; the student samples in ``student_steps`` consistency steps."""
+    w = Pipeline.load(teacher).config.sample.guidance if guidance is None else guidance
+    method = "consistency_training" if training else "consistency"
+    spec = DistillConfig(method=method, teacher=str(teacher), student_steps=student_steps, guidance=w, scales=scales,
+                         from_scratch=from_scratch)  # fmt: skip
+    return _one_run(teacher, out, spec, True, train, progress)
 
-    base = Pipeline.load(teacher).config
-    w = base.sample.guidance if guidance is None else guidance
-    spec = DistillConfig(method="consistency", teacher=str(teacher), student_steps=student_steps, guidance=w,
-                         scales=scales)  # fmt: skip
-    settings = {"label_dropout": 0.1 if base.network.num_classes else 0.0, **(train or {}), "distill": spec}
-    Trainer(base.model_copy(update={"train": base.train.model_copy(update=settings)}), out, progress=progress).train()
-    return Path(out)
+
+def distill_reflow(
+    teacher: str | Path,
+    out: str | Path,
+    student_steps: int,
+    *,
+    pairs: int = 2048,
+    pair_steps: int = 32,
+    guidance: float | None = None,
+    train: dict[str, Any] | None = None,
+    progress: bool = False,
+) -> Path:
+    """Reflow the flow-matching model folder ``teacher`` into ``out`` (Liu et al. 2023): ``pairs`` couplings from
+    its ODE in ``pair_steps`` dpmpp_2m steps under its guidance, then one resumable training run on them; the
+    student samples in ``student_steps`` Euler steps."""
+    w = Pipeline.load(teacher).config.sample.guidance if guidance is None else guidance
+    spec = DistillConfig(method="reflow", teacher=str(teacher), student_steps=student_steps, guidance=w, pairs=pairs,
+                         pair_steps=pair_steps)  # fmt: skip
+    return _one_run(teacher, out, spec, False, train, progress)
+
+
+# the objective of each ``DistillConfig.method``
+DISTILLATIONS: dict[str, type[DiffusionObjective]] = {
+    "progressive": DistillationObjective,
+    "consistency": ConsistencyObjective,
+    "consistency_training": ConsistencyTrainingObjective,
+    "reflow": ReflowObjective,
+}

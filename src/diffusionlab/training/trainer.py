@@ -152,14 +152,12 @@ def objective_for(config: ModelConfig | AutoencoderConfig) -> Callable[..., Obje
     autoencoder's for an ``AutoencoderConfig``, a distillation's for ``train.distill``, else a diffusion model's
     (the one place that picks)."""
     from .autoencoder import AutoencoderObjective  # here: training.autoencoder imports this module
-    from .distill import ConsistencyObjective, DistillationObjective
+    from .distill import DISTILLATIONS
 
     if isinstance(config, AutoencoderConfig):
         return AutoencoderObjective.prepare
     if config.train.distill is not None:
-        return {"progressive": DistillationObjective, "consistency": ConsistencyObjective}[
-            config.train.distill.method
-        ].prepare
+        return DISTILLATIONS[config.train.distill.method].prepare
     return DiffusionObjective.prepare
 
 
