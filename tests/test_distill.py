@@ -82,7 +82,12 @@ def test_the_cli_distils_and_refuses_bad_settings(teacher_dir: Path, tmp_path: P
                "--batch-size", "32", "--no-progress")  # fmt: skip
     assert done.exit_code == 0, done.output
     assert Pipeline.load(out).sample(4, seed=0).shape == (4, 2)
-    assert_clear_error(run("distill", teacher_dir, "--out", tmp_path / "x", "--method", "reflow"), "consistency")
+    assert_clear_error(
+        run("distill", teacher_dir, "--out", tmp_path / "x", "--method", "bogus"), "consistency_training"
+    )
+    assert_clear_error(run("distill", teacher_dir, "--out", tmp_path / "x", "--method", "reflow"), "flow-matching")
+    assert_clear_error(run("distill", teacher_dir, "--out", tmp_path / "x", "--pairs", "0"), "--pairs=0")
+    assert not (tmp_path / "x").exists()
     assert_clear_error(run("distill", teacher_dir, "--out", tmp_path / "x", "--steps", "5", "--teacher-steps", "48"),
                        "power of two")  # fmt: skip
 
