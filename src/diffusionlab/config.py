@@ -16,6 +16,7 @@ from .processes import (
     EDMProcess,
     FlowProcess,
     GaussianProcess,
+    LearnedVPProcess,
     SubVPProcess,
     VEProcess,
     VPProcess,
@@ -30,6 +31,7 @@ __all__ = [
     "VEProcessConfig",
     "EDMProcessConfig",
     "FlowProcessConfig",
+    "VDMProcessConfig",
     "AbsorbingProcessConfig",
     "UniformProcessConfig",
     "MixedProcessConfig",
@@ -112,6 +114,7 @@ class NetworkConfig(_Strict):
     dilation_cycle: int = Field(default=10, ge=1)  # diffwave: dilations 1, 2, ..., 2^(cycle-1), repeated
     num_numeric: int | None = Field(default=None, ge=0)  # tabular: numeric columns (fitted to the table)
     cardinalities: list[int] | None = None  # tabular: categories of each categorical column (fitted)
+    learned_schedule: bool = False  # carries a learned log-SNR schedule (fitted: a vdm process's model)
     time_conditioning: bool = Field(
         default=True,
         description="transformer: whether the network sees the time; without it (MDLM's absorbing denoiser) the "
@@ -194,6 +197,7 @@ class _ProcessConfig(_Strict):
     (corruption of tokens); the pipeline picks how to train and sample from it."""
 
     family: ClassVar[str] = "gaussian"
+    learned: ClassVar[bool] = False  # whether its schedule is trained with the network (VDM)
 
     def build(self) -> GaussianProcess:
         """The process these options describe."""
@@ -265,6 +269,24 @@ class FlowProcessConfig(_ProcessConfig):
     t_min: float = 1e-4
 
 
+class VDMProcessConfig(_ProcessConfig):
+    """Variational diffusion's learned variance-preserving process (Kingma et al. 2021): gamma(t) = -log SNR(t) a
+    monotone network trained with the model on the continuous-time VLB, starting linear from ``gamma_min`` to
+    ``gamma_max`` (its endpoints learned too)."""
+
+    _process_class = LearnedVPProcess
+    learned: ClassVar[bool] = True
+    name: Literal["vdm"] = "vdm"
+    gamma_min: float = Field(default=-13.3, allow_inf_nan=False)
+    gamma_max: float = Field(default=5.0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _ends(self) -> VDMProcessConfig:
+        if not self.gamma_min < self.gamma_max:
+            raise ValueError(f"gamma_min={self.gamma_min} must be below gamma_max={self.gamma_max}")
+        return self
+
+
 class _DiscreteProcessConfig(_ProcessConfig):
     """A corruption process over the tokens of a vocabulary of ``K`` classes, kept with probability alpha(t)."""
 
@@ -302,7 +324,13 @@ class UniformProcessConfig(_DiscreteProcessConfig):
 
 
 GaussianProcessConfig = Annotated[
-    DDPMProcessConfig | VPProcessConfig | SubVPProcessConfig | VEProcessConfig | EDMProcessConfig | FlowProcessConfig,
+    DDPMProcessConfig
+    | VPProcessConfig
+    | SubVPProcessConfig
+    | VEProcessConfig
+    | EDMProcessConfig
+    | FlowProcessConfig
+    | VDMProcessConfig,
     Field(discriminator="name"),
 ]
 
@@ -336,6 +364,7 @@ ProcessConfig = Annotated[
     | VEProcessConfig
     | EDMProcessConfig
     | FlowProcessConfig
+    | VDMProcessConfig
     | AbsorbingProcessConfig
     | UniformProcessConfig
     | MixedProcessConfig,

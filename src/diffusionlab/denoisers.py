@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-from .processes import EDMProcess, GaussianProcess, broadcast_like
+from .processes import EDMProcess, GaussianProcess, MonotoneLogSNR, broadcast_like
 
 __all__ = [
     "PARAMETERISATIONS",
@@ -269,7 +269,7 @@ class Denoiser(nn.Module):
     ) -> None:
         super().__init__()
         self.network = network
-        self.process = process
+        self.process = process.for_network(network)  # a learned schedule (VDM): the network's own
         self.parameterisation = (
             parameterisation
             if isinstance(parameterisation, Parameterisation)
@@ -295,6 +295,24 @@ class Denoiser(nn.Module):
     def target_weight(self, t: Tensor, like: Tensor) -> Tensor:
         """(d target / d x0_hat)^2 at fixed x (see ``Parameterisation.target_weight``)."""
         return self.parameterisation.target_weight(Coefficients(self.process, t, like))
+
+
+class ScheduledNetwork(nn.Module):
+    """A network that carries its process's learned log-SNR schedule (VDM, Kingma et al. 2021): the schedule's
+    weights are trained, averaged (EMA), saved and loaded with the network's; calls go to the network."""
+
+    def __init__(self, network: nn.Module, schedule: MonotoneLogSNR) -> None:
+        super().__init__()
+        self.network, self.schedule = network, schedule
+
+    def forward(self, x: Tensor, c_noise: Tensor, **cond: Any) -> Tensor:
+        return self.network(x, c_noise, **cond)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["network"], name)  # the inner network's helpers (check_input_size, ...)
 
 
 class CallableDenoiser(nn.Module):

@@ -166,7 +166,7 @@ class Pipeline:
         self.autoencoder = autoencoder  # latent models only (config.latent); frozen
         if autoencoder is not None:
             autoencoder.network.requires_grad_(False)
-        self.process = build_process(config)
+        self._process = build_process(config)
         self.family: Family = FAMILIES[config.diffusion.process.family]  # how this kind of process trains and samples
         d = config.diffusion
         self.parameterisation = make_parameterisation(d.parameterisation, d.sigma_data)
@@ -218,6 +218,13 @@ class Pipeline:
             if module is not None:
                 module.to(device)
         return self
+
+    @property
+    def process(self) -> Any:
+        """The forward process; a learned schedule (VDM) is the sampling network's own (the EMA's, if any)."""
+        if isinstance(self._process, GaussianProcess):
+            return self._process.for_network(self.ema if self.ema is not None else self.network)
+        return self._process
 
     @property
     def device(self) -> torch.device:

@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 __all__ = [
     "GaussianProcess",
@@ -25,6 +25,8 @@ __all__ = [
     "VEProcess",
     "EDMProcess",
     "FlowProcess",
+    "MonotoneLogSNR",
+    "LearnedVPProcess",
     "PROCESSES",
     "make_process",
     "linear_betas",
@@ -110,6 +112,10 @@ class GaussianProcess(ABC):
         coef_x0 = a_s * var_ts / s_t**2
         var = var_ts * s_s**2 / s_t**2
         return coef_xt, coef_x0, var
+
+    def for_network(self, network: nn.Module) -> GaussianProcess:
+        """The process a denoiser of ``network`` runs: itself, unless its schedule is learned with the network."""
+        return self
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "name")
@@ -404,6 +410,106 @@ class FlowProcess(GaussianProcess):
         return torch.sigmoid(-0.5 * _as_tensor(log_snr))
 
 
+# ---------------------------------------------------------------------------------------------------------
+# VDM: a learned monotone log-SNR
+# ---------------------------------------------------------------------------------------------------------
+
+
+class MonotoneLogSNR(nn.Module):
+    """gamma_eta(t) = -log SNR(t), monotone increasing in t, learned (Kingma et al. 2021, VDM sec. 3.4 and appendix
+    H): gamma~(t) = l1(t) + l3(sigmoid(l2(l1(t)))) with positive weights (1 -> 1, 1 -> ``hidden``, ``hidden`` ->
+    1), normalised to the learned endpoints: gamma(t) = gamma_0 + (gamma_1 - gamma_0) (gamma~(t) - gamma~(0)) /
+    (gamma~(1) - gamma~(0)). At initialisation gamma is nearly linear from ``gamma_min`` to ``gamma_max``."""
+
+    def __init__(self, gamma_min: float = -13.3, gamma_max: float = 5.0, hidden: int = 1024) -> None:
+        super().__init__()
+        self.gamma_0 = nn.Parameter(torch.tensor(float(gamma_min)))
+        self.gamma_1 = nn.Parameter(torch.tensor(float(gamma_max)))
+        self.w1, self.b1 = nn.Parameter(torch.ones(1)), nn.Parameter(torch.zeros(1))
+        self.w2 = nn.Parameter(torch.randn(hidden, generator=torch.Generator().manual_seed(0)))
+        self.b2 = nn.Parameter(torch.zeros(hidden))
+        self.w3 = nn.Parameter(torch.full((hidden,), 1e-3))
+
+    def _raw(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """gamma~(t) and d gamma~ / dt (weights taken in absolute value: monotone)."""
+        dtype = torch.promote_types(t.dtype, torch.float32)
+        w1, b1 = self.w1.abs().to(dtype), self.b1.to(dtype)
+        w2, b2, w3 = self.w2.abs().to(dtype), self.b2.to(dtype), self.w3.abs().to(dtype)
+        l1 = w1 * t.to(dtype)
+        h = torch.sigmoid(l1[..., None] * w2 + b2)
+        raw = l1 + b1 + (h * w3).sum(-1)
+        slope = w1 + ((h * (1 - h)) * w2 * w3).sum(-1) * w1
+        return raw, slope
+
+    def forward(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """gamma(t) and gamma'(t), in t's precision (at least float32)."""
+        ends, _ = self._raw(torch.tensor([0.0, 1.0], dtype=t.dtype, device=t.device))
+        raw, slope = self._raw(t)
+        g0, g1 = self.gamma_0.to(raw.dtype), self.gamma_1.to(raw.dtype)
+        scale = (g1 - g0) / (ends[1] - ends[0])
+        return g0 + scale * (raw - ends[0]), scale * slope
+
+
+class LearnedVPProcess(GaussianProcess):
+    """A variance-preserving process whose log-SNR is learned with the network (VDM, Kingma et al. 2021, eq. 3-4):
+    alpha^2 = sigmoid(-gamma(t)), sigma^2 = sigmoid(gamma(t)). The schedule's weights live in the network (a
+    module with a ``schedule`` attribute); ``for_network`` binds the process to one network's schedule, so the
+    EMA network samples with its own. Unbound, it is the initial (untrained) schedule."""
+
+    name = "vdm"
+    default_spacing = "uniform"
+
+    def __init__(self, gamma_min: float = -13.3, gamma_max: float = 5.0, schedule: MonotoneLogSNR | None = None):
+        self.gamma_min, self.gamma_max = float(gamma_min), float(gamma_max)
+        self.schedule = schedule if schedule is not None else MonotoneLogSNR(gamma_min, gamma_max).requires_grad_(False)
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "gamma_min": self.gamma_min, "gamma_max": self.gamma_max}
+
+    def for_network(self, network: nn.Module) -> LearnedVPProcess:
+        inner = getattr(network, "module", network)  # DDP
+        inner = getattr(inner, "_orig_mod", inner)  # torch.compile
+        schedule = getattr(inner, "schedule", None)
+        if not isinstance(schedule, MonotoneLogSNR):
+            raise ValueError("a vdm process needs a network with its learned schedule (network.learned_schedule).")
+        return LearnedVPProcess(self.gamma_min, self.gamma_max, schedule)
+
+    def gamma(self, t: Tensor | float) -> tuple[Tensor, Tensor]:
+        """gamma(t) = -log SNR(t) and its time derivative."""
+        t = _as_tensor(t)
+        return self.schedule(t.to(next(self.schedule.parameters()).device))
+
+    def alpha(self, t: Tensor | float) -> Tensor:
+        return torch.sigmoid(-self.gamma(t)[0]).sqrt()
+
+    def sigma(self, t: Tensor | float) -> Tensor:
+        return torch.sigmoid(self.gamma(t)[0]).sqrt()
+
+    def log_snr(self, t: Tensor | float) -> Tensor:
+        return -self.gamma(t)[0]
+
+    def d_alpha(self, t: Tensor | float) -> Tensor:
+        """d alpha / dt = -alpha sigma^2 gamma' / 2."""
+        g, dg = self.gamma(t)
+        return -0.5 * torch.sigmoid(-g).sqrt() * torch.sigmoid(g) * dg
+
+    def d_sigma(self, t: Tensor | float) -> Tensor:
+        """d sigma / dt = sigma alpha^2 gamma' / 2."""
+        g, dg = self.gamma(t)
+        return 0.5 * torch.sigmoid(g).sqrt() * torch.sigmoid(-g) * dg
+
+    @torch.no_grad()
+    def t_from_log_snr(self, log_snr: Tensor | float) -> Tensor:
+        """The inverse of the monotone gamma by bisection (60 halvings of [0, 1]), clamped to the ends."""
+        target = -_as_tensor(log_snr).to(torch.float64)
+        lo, hi = torch.zeros_like(target), torch.ones_like(target)
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            below = self.gamma(mid)[0].to(torch.float64).cpu() < target.cpu()
+            lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+        return (lo + hi) / 2
+
+
 PROCESSES: dict[str, type[GaussianProcess]] = {
     "ddpm": DiscreteVPProcess,
     "vp": VPProcess,
@@ -411,6 +517,7 @@ PROCESSES: dict[str, type[GaussianProcess]] = {
     "ve": VEProcess,
     "edm": EDMProcess,
     "flow": FlowProcess,
+    "vdm": LearnedVPProcess,
 }
 
 

@@ -20,11 +20,13 @@ from torch import Tensor, nn
 from ..config import ModelConfig, NetworkConfig
 from ..data import DataError, Tokenizer, condition_channels, make_image_condition, make_tokenizer
 from ..data.table import TableTensors, decode_table, table_layout, write_csv_table
+from ..denoisers import ScheduledNetwork
 from ..images import save_grid, save_scatter
 from ..io import atomic_write_text
 from ..networks import MLP, DiscreteTransformer, TabularMLP, UNet2D
 from ..networks.autoencoder import Autoencoder, latent_scaling_factor
 from ..networks.size import affine_parameters, build_within_limit
+from ..processes import MonotoneLogSNR
 from ..signal_outputs import plot_signals, write_signal_files
 
 __all__ = [
@@ -150,7 +152,8 @@ _SIZED_BY = {
 def build_network(cfg: NetworkConfig) -> nn.Module:
     """The network a ``NetworkConfig`` describes, freshly initialised; one with more parameters than
     ``limits().max_parameters`` is refused (naming the count and the limit) before its weights are allocated."""
-    return build_within_limit(lambda: NETWORKS[cfg.kind](cfg), lambda: network_parameters(cfg), _describe(cfg))
+    network = build_within_limit(lambda: NETWORKS[cfg.kind](cfg), lambda: network_parameters(cfg), _describe(cfg))
+    return ScheduledNetwork(network, MonotoneLogSNR()) if cfg.learned_schedule else network
 
 
 def network_parameters(cfg: NetworkConfig) -> int | None:

@@ -130,6 +130,8 @@ def fit_diffusion_config(
     the tokenizer of text, then the model space's shapes, network kind and (latent models, with their
     ``autoencoder``) scaling factor. The result shares nothing with ``config``."""
     config = fit_signal(fit_table(fit_tokenizer(fit_labels(fit_text(config, text_dim), data), data), data), data)
+    learned = config.diffusion.process.learned  # a VDM network carries its schedule
+    config = config.model_copy(update={"network": config.network.model_copy(update={"learned_schedule": learned})})
     return space_for_data(config, data.x).fit_config(config, data.x, autoencoder).model_copy(deep=True)
 
 

@@ -158,6 +158,10 @@ def objective_for(config: ModelConfig | AutoencoderConfig) -> Callable[..., Obje
         return AutoencoderObjective.prepare
     if config.train.distill is not None:
         return DISTILLATIONS[config.train.distill.method].prepare
+    if config.diffusion.process.learned:
+        from .vdm import VLBObjective
+
+        return VLBObjective.prepare
     return DiffusionObjective.prepare
 
 
