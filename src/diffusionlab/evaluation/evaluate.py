@@ -82,6 +82,7 @@ _METRICS_OF_SPACE = {
     "points": POINT_METRICS,
     "tokens": TEXT_METRICS,
     "table": TABLE_METRICS,
+    "video": (),  # bench/video.py measures clips (per-frame accuracy, motion, Frechet distance, prediction PSNR)
 }
 NELBO_DRAWS = 4  # stratified time draws per held-out sequence of bits_per_token
 _HELD_OUT_SEED_OFFSET = 7919  # toy test points: a seed other than the training seed (first points would coincide)
