@@ -18,6 +18,7 @@ from diffusionlab.data.clips import bounce, load_clip_folder, moving_digits, rea
 from diffusionlab.images import save_animation
 from diffusionlab.networks.spacetime import SpaceTimeUNet, TemporalAttention
 from diffusionlab.pipeline import Pipeline
+from diffusionlab.spaces import build_network, network_parameters
 from diffusionlab.tasks import fill_frames, parse_frames
 from diffusionlab.training import Trainer
 
@@ -164,6 +165,8 @@ def test_the_space_time_unet_takes_any_frame_count_and_mixes_frames() -> None:
     assert torch.equal(net(x2, c, torch.tensor([0, 2]))[:, 0], y_frames[:, 0])  # without it, frames are apart
     with pytest.raises(ValueError, match=r"clips \(B, F, C, H, W\)"):
         net(x[:, 0], c)
+    cfg = NetworkConfig(kind="spacetime_unet", **MODEL_SIZES["small"], num_classes=10)
+    assert network_parameters(cfg) == sum(p.numel() for p in build_network(cfg).parameters())
 
 
 @pytest.fixture(scope="module")

@@ -612,7 +612,7 @@ class LatentConfig(_Strict):
 
 
 # the model spaces (diffusionlab.spaces), one per kind of sample
-SPACES = ("image", "latent_image", "points", "tokens", "table", "signal")
+SPACES = ("image", "latent_image", "points", "tokens", "table", "signal", "video")
 FORMAT_VERSION = 2
 
 
