@@ -55,6 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sampler", default="ddim")
     p.add_argument("--predict", type=int, default=50, help="Real test clips for 4 -> 4 prediction.")
     p.add_argument("--predict-method", default="replace", choices=("replace", "repaint"))
+    p.add_argument("--reconstruction-guidance", type=float, default=0.0, help="replace: Ho et al.'s w_r.")
+    p.add_argument("--only-prediction", action="store_true", help="Skip the sampled clips; only the prediction rows.")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -163,6 +165,9 @@ def main(argv: list[str] | None = None) -> None:
     labels = torch.arange(10).repeat_interleave(args.per_class)
     n = len(labels)
 
+    if args.only_prediction:
+        prediction(args, pipe, real_clips, frames)
+        return
     start = time.perf_counter()
     gen = pipe.sample(labels=labels.tolist(), steps=args.steps, sampler=args.sampler, seed=args.seed)
     sample_s = time.perf_counter() - start
@@ -186,10 +191,26 @@ def main(argv: list[str] | None = None) -> None:
         distance = fd(clip_net, clips, real_clips) if name != "real (test digits)" else fd(clip_net, other, real_clips)
         table.append((name, frame_accuracy(clips, lab), float(rms.mean()), float(speed.mean()), distance))
 
+    print(f"model: {args.model}  ({sum(p.numel() for p in pipe.network.parameters()):,} parameters)")
+    print(f"sampling: {n} clips of {frames} frames, {args.sampler} {args.steps} steps, guidance "
+          f"{pipe.config.sample.guidance}: {sample_s:.0f} s ({sample_s / n:.2f} s a clip)")  # fmt: skip
+    print(f"feature net: digit accuracy {digit_acc:.3f}, velocity-sign accuracy {motion_acc:.3f} on real test clips\n")
+    print("| clips | per-frame digit accuracy | motion RMS residual (px) | fitted speed (px/frame) | FD |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, acc, rms, speed, distance in table:
+        print(f"| {name} | {acc:.3f} | {rms:.2f} | {speed:.2f} | {distance:.1f} |")
+    scores = prediction(args, pipe, real_clips, frames)
+    plot(scores, motion, frames)
+
+
+def prediction(args: argparse.Namespace, pipe: Pipeline, real_clips: Tensor, frames: int) -> dict[str, Tensor]:
+    """4 -> 4 prediction of real clips by the model, copying the last frame and linear extrapolation: PSNR (N, 4)
+    per clip and frame ahead, printed as a table."""
     known = list(range(4))
     given = real_clips[: args.predict].clone()
     start = time.perf_counter()
-    kw = {"sampler": "ddim"} if args.predict_method == "replace" else {"jump_length": 5, "jump_n_sample": 2}
+    kw = {"sampler": "ddim", "reconstruction_guidance": args.reconstruction_guidance}
+    kw = kw if args.predict_method == "replace" else {"jump_length": 5, "jump_n_sample": 2}
     pred = fill_frames(pipe, given, known, method=args.predict_method, steps=args.steps, seed=args.seed, **kw)
     predict_s = time.perf_counter() - start
     truth = given[:, 4:]
@@ -200,21 +221,18 @@ def main(argv: list[str] | None = None) -> None:
               psnr(linear, truth)}  # fmt: skip
     assert torch.equal(pred[:, :4], given[:, :4])
 
-    print(f"model: {args.model}  ({sum(p.numel() for p in pipe.network.parameters()):,} parameters)")
-    print(f"sampling: {n} clips of {frames} frames, {args.sampler} {args.steps} steps, guidance "
-          f"{pipe.config.sample.guidance}: {sample_s:.0f} s ({sample_s / n:.2f} s a clip)")  # fmt: skip
-    print(f"feature net: digit accuracy {digit_acc:.3f}, velocity-sign accuracy {motion_acc:.3f} on real test clips\n")
-    print("| clips | per-frame digit accuracy | motion RMS residual (px) | fitted speed (px/frame) | FD |")
-    print("| --- | --- | --- | --- | --- |")
-    for name, acc, rms, speed, distance in table:
-        print(f"| {name} | {acc:.3f} | {rms:.2f} | {speed:.2f} | {distance:.1f} |")
-    print(f"\nprediction 4 -> 4 on {args.predict} real test clips ({args.predict_method}, {args.steps} steps, "
+    method = args.predict_method + (f", w_r {args.reconstruction_guidance:g}" if args.reconstruction_guidance else "")
+    print(f"\nprediction 4 -> 4 on {args.predict} real test clips ({method}, {args.steps} steps, "
           f"{predict_s:.0f} s); PSNR (dB) by frames ahead:\n")  # fmt: skip
     print("| method | mean | " + " | ".join(f"+{k}" for k in range(1, frames - 3)) + " |")
     print("| --- | --- | " + " | ".join("---" for _ in range(frames - 4)) + " |")
     for name, s in scores.items():
         print(f"| {name} | {float(s.mean()):.2f} | " + " | ".join(f"{float(v):.2f}" for v in s.mean(0)) + " |")
+    return scores
 
+
+def plot(scores: dict[str, Tensor], motion: dict[str, Tensor], frames: int) -> None:
+    """bench/results/video.png: PSNR by frames ahead, and the motion residuals of each row."""
     import matplotlib
 
     matplotlib.use("Agg")
