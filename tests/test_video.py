@@ -237,3 +237,21 @@ def test_prediction_and_interpolation_keep_the_known_frames_bit_for_bit(
     assert float((out[:, unknown] - clips[:, unknown]).abs().max()) > 1e-2  # drawn, not copied
     one = fill_frames(pipe, clips, known, steps=4, seed=1, labels=real.labels.tolist(), batch_size=1, **kw)
     torch.testing.assert_close(one, out, atol=1e-5, rtol=0)  # clip i: the noise of (seed, i) at any batch size
+
+
+def test_fill_frames_on_the_command_line_predicts_and_keeps_the_given_frames(
+    video_model: tuple[Path, list[float]], tmp_path: Path
+) -> None:
+    clip = quantised((moving_digits(n=1, frames=4, seed=11, split="test").clips[0] + 1) / 2)
+    save_animation(clip, tmp_path / "given.gif", scale=1)
+    out = tmp_path / "next.gif"
+    common = ["--steps", "3", "--jump-length", "1", "--jump-n-sample", "1", "--no-progress"]
+    result = run("fill-frames", video_model[0], "--clip", tmp_path / "given.gif", "--frames", 6, "--out", out, *common)
+    assert result.exit_code == 0, result.output
+    back = read_clip(out)
+    assert back.shape == (6, 1, 32, 32) and torch.equal(back[:4], clip)  # 8-bit in, 8-bit out: bit for bit
+    assert (tmp_path / "next-frames.png").is_file()
+    given = ["fill-frames", video_model[0], "--clip", tmp_path / "given.gif"]
+    assert_clear_error(run(*given, "--known-frames", "0-3", "--out", out), "--known-frames", "nothing to fill")
+    assert_clear_error(run(*given, "--known-frames", "5", "--frames", 6, "--out", out), "--known-frames='5'")
+    assert_clear_error(run(*given, "--frames", 6, "--out", tmp_path / "x.png"), "--out", ".gif or .webp")

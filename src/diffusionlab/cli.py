@@ -866,6 +866,7 @@ def fill_frames(
 ) -> None:
     """Predict or interpolate the frames of a clip with a video model; the known frames are kept exactly."""
     from .data.clips import read_clip
+    from .images import make_grid, save_animation, save_png
     from .pipeline import Pipeline
     from .tasks import check_clips, parse_frames
     from .tasks import fill_frames as fill_clip_frames
@@ -895,8 +896,10 @@ def fill_frames(
             **_given(sampler=sampler),
         )
         meta = text_metadata(model=model, task="fill-frames", known_frames=",".join(map(str, known)), seed=seed)
-        pipe.space.save(result, out, nrow=1, metadata=meta)
-        typer.echo(f"wrote {out} and {pipe.space.strip_path(out)}")
+        save_animation(result[0], out, scale=1)  # the clip at its own size: an input to fill-frames again
+        strip = pipe.space.strip_path(out)
+        save_png(make_grid(result[0], len(result[0]), scale=2), strip, meta)
+        typer.echo(f"wrote {out} and {strip}")
 
     _run(run, fill_frames)
 
