@@ -181,6 +181,7 @@ def video_model(tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> t
     trainer = Trainer(config, folder, progress=False, track=False)
     losses = [trainer.train_step(s)[0] for s in range(40)]
     trainer.objective.save(folder)  # the model folder without the 80-clip preview of a finished run
+    assert not trainer.objective.evaluates  # no final evaluation: `evaluate` has no video metrics
     return folder, losses
 
 
@@ -255,3 +256,4 @@ def test_fill_frames_on_the_command_line_predicts_and_keeps_the_given_frames(
     assert_clear_error(run(*given, "--known-frames", "0-3", "--out", out), "--known-frames", "nothing to fill")
     assert_clear_error(run(*given, "--known-frames", "5", "--frames", 6, "--out", out), "--known-frames='5'")
     assert_clear_error(run(*given, "--frames", 6, "--out", tmp_path / "x.png"), "--out", ".gif or .webp")
+    assert_clear_error(run("evaluate", video_model[0], "--num-samples", 10), "video model has no metrics")

@@ -393,6 +393,10 @@ def evaluate_model(
     """
     opts = EvaluationOptions.of(options, settings)
     names = parse_metrics(metrics, model.config, opts.features)
+    if not names:
+        raise ValueError(
+            f"a {model.config.space} model has no metrics here; bench/{model.config.space}.py measures it."
+        )
     run = _Evaluation(model, names, opts, progress, log or (lambda _msg: None))
     request = run.request()
     resolved = request.resolve(model.config.sample)
