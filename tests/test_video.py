@@ -21,6 +21,7 @@ from diffusionlab.pipeline import Pipeline
 from diffusionlab.spaces import build_network, network_parameters
 from diffusionlab.tasks import fill_frames, parse_frames
 from diffusionlab.training import Trainer
+from diffusionlab.training.data import load_training_data
 
 QUIET = {"log_with": [], "sample_every": 0, "checkpoint_every": 0, "log_every": 0, "final_eval": False}
 
@@ -92,6 +93,10 @@ def test_a_clip_folder_of_gifs_and_frame_folders_loads_with_class_labels(tmp_pat
     assert data.labels.tolist() == [0, 0, 1] and data.class_names == ["a", "b"]
     torch.testing.assert_close(data.clips[2], clips[2, :5] * 2 - 1, atol=1e-6, rtol=0)
     assert load_clip_folder(tmp_path, image_size=16).clips.shape == (3, 5, 1, 16, 16)
+    spec = ModelConfig(data=DataConfig(dataset=f"clips:{tmp_path}", image_size=16, frames=4, channels=3))
+    loaded = load_training_data(spec)  # the dataset spec of `train --dataset clips:<folder>`
+    assert loaded.x.shape == (3, 4, 3, 16, 16) and loaded.class_names == ["a", "b"]
+    torch.testing.assert_close(loaded.x[:, :, :1], loaded.x[:, :, 2:])  # gray clips in three equal channels
     with pytest.raises(DataError, match="has only 5"):
         load_clip_folder(tmp_path, image_size=32, frames=6)
     (tmp_path / "loose.gif").write_bytes((tmp_path / "a" / "one.gif").read_bytes())
