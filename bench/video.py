@@ -57,6 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--predict-method", default="replace", choices=("replace", "repaint"))
     p.add_argument("--reconstruction-guidance", type=float, default=0.0, help="replace: Ho et al.'s w_r.")
     p.add_argument("--only-prediction", action="store_true", help="Skip the sampled clips; only the prediction rows.")
+    p.add_argument(
+        "--interpolate", action="store_true", help="With --only-prediction: frames 0, 1, 6, 7 given, 2-5 drawn."
+    )
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -166,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     n = len(labels)
 
     if args.only_prediction:
-        prediction(args, pipe, real_clips, frames)
+        (interpolation if args.interpolate else prediction)(args, pipe, real_clips, frames)
         return
     start = time.perf_counter()
     gen = pipe.sample(labels=labels.tolist(), steps=args.steps, sampler=args.sampler, seed=args.seed)
@@ -225,6 +228,32 @@ def prediction(args: argparse.Namespace, pipe: Pipeline, real_clips: Tensor, fra
     print(f"\nprediction 4 -> 4 on {args.predict} real test clips ({method}, {args.steps} steps, "
           f"{predict_s:.0f} s); PSNR (dB) by frames ahead:\n")  # fmt: skip
     print("| method | mean | " + " | ".join(f"+{k}" for k in range(1, frames - 3)) + " |")
+    print("| --- | --- | " + " | ".join("---" for _ in range(frames - 4)) + " |")
+    for name, s in scores.items():
+        print(f"| {name} | {float(s.mean()):.2f} | " + " | ".join(f"{float(v):.2f}" for v in s.mean(0)) + " |")
+    return scores
+
+
+def interpolation(args: argparse.Namespace, pipe: Pipeline, real_clips: Tensor, frames: int) -> dict[str, Tensor]:
+    """Interpolation of real clips: frames 0, 1, F-2, F-1 given, the middle drawn by the model, against the nearer
+    known frame and a linear cross-fade from frame 1 to frame F-2: PSNR (N, F-4), printed as a table."""
+    known = [0, 1, frames - 2, frames - 1]
+    given = real_clips[: args.predict].clone()
+    start = time.perf_counter()
+    kw = {"sampler": "ddim", "reconstruction_guidance": args.reconstruction_guidance}
+    kw = kw if args.predict_method == "replace" else {"jump_length": 5, "jump_n_sample": 2}
+    pred = fill_frames(pipe, given, known, method=args.predict_method, steps=args.steps, seed=args.seed, **kw)
+    seconds = time.perf_counter() - start
+    assert torch.equal(pred[:, known], given[:, known])
+    truth, a, b = given[:, 2 : frames - 2], given[:, 1:2], given[:, frames - 2 : frames - 1]
+    w = (torch.arange(2, frames - 2, dtype=torch.float32) - 1)[None, :, None, None, None] / (frames - 3)
+    nearer = torch.where(w <= 0.5, a, b)
+    scores = {"model": psnr(pred[:, 2 : frames - 2], truth), "nearer known frame": psnr(nearer, truth),
+              "linear cross-fade": psnr((1 - w) * a + w * b, truth)}  # fmt: skip
+    method = args.predict_method + (f", w_r {args.reconstruction_guidance:g}" if args.reconstruction_guidance else "")
+    print(f"\ninterpolation of frames 2-{frames - 3} on {args.predict} real test clips ({method}, {args.steps} steps, "
+          f"{seconds:.0f} s); PSNR (dB) by frame:\n")  # fmt: skip
+    print("| method | mean | " + " | ".join(str(k) for k in range(2, frames - 2)) + " |")
     print("| --- | --- | " + " | ".join("---" for _ in range(frames - 4)) + " |")
     for name, s in scores.items():
         print(f"| {name} | {float(s.mean()):.2f} | " + " | ".join(f"{float(v):.2f}" for v in s.mean(0)) + " |")
