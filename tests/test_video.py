@@ -72,7 +72,7 @@ def test_a_clip_round_trips_through_gif_and_webp_exactly(tmp_path: Path) -> None
         save_animation(clip, tmp_path / f"c{suffix}", scale=1)
         back = read_clip(tmp_path / f"c{suffix}")
         assert back.shape == clip.shape and torch.equal(back, clip), suffix
-    colour = quantised(torch.rand(5, 3, 8, 8))  # 320 colours at most: within a GIF palette
+    colour = quantised(torch.rand(5, 3, 8, 8))  # any 8-bit RGB: lossless WebP keeps it (a GIF palette would not)
     colour[:, :, :, :4] = colour[:, :1, :, :4]  # some gray pixels, some not
     save_animation(colour, tmp_path / "rgb.webp", scale=1)
     assert torch.equal(read_clip(tmp_path / "rgb.webp"), colour)
