@@ -189,7 +189,7 @@ def _read_task_image(pipe: Any, path: Path, what: str = "--image") -> Any:
 TRAIN_FIELDS = {
     DataConfig: (
         ("dataset", "image_size", "channels", "image_condition", "superres_factor", "seq_len", "tokenizer")
-        + ("target_column", "schema_file", "sample_rate", "clip_seconds", "window", "id_column"),
+        + ("target_column", "schema_file", "sample_rate", "clip_seconds", "window", "id_column", "frames"),
         opt.DATA_PANEL,
     ),
     DiffusionConfig: (("parameterisation",), opt.DIFFUSION_PANEL),
@@ -839,6 +839,71 @@ def inpaint(
         typer.echo(f"wrote {out}")
 
     _run(run, inpaint)
+
+
+@app.command("fill-frames")
+def fill_frames(
+    model: opt.ModelFolder,
+    clip: Annotated[Path, typer.Option(help="The input clip: a GIF / WebP file or a folder of frame PNGs.")],
+    known_frames: Annotated[
+        str | None,
+        typer.Option(help="Frames to keep, e.g. 0-3 (prediction) or 0,7 (interpolation); default: the clip's own."),
+    ] = None,
+    frames: Annotated[
+        int | None, typer.Option(help="Frames of the result (default: the clip's); frames past the clip are drawn.")
+    ] = None,
+    out: Annotated[
+        Path, typer.Option(help="Where to write the clip: a .gif or .webp (and a -frames.png strip).")
+    ] = Path("filled.gif"),
+    method: opt.InpaintMethod = "repaint",
+    label: opt.Label = None,
+    guidance: opt.Guidance = None,
+    steps: opt.Steps = None,
+    jump_length: opt.JumpLength = 10,
+    jump_n_sample: opt.JumpNSample = 10,
+    sampler: opt.Sampler = None,
+    reconstruction_guidance: opt.ReconstructionGuidance = 0.0,
+    seed: opt.Seed = 0,
+    progress: opt.Progress = True,
+) -> None:
+    """Predict or interpolate the frames of a clip with a video model; the known frames are kept exactly."""
+    from .data.clips import read_clip
+    from .images import make_grid, save_animation, save_png
+    from .pipeline import Pipeline
+    from .tasks import check_clips, parse_frames
+    from .tasks import fill_frames as fill_clip_frames
+
+    def run() -> None:
+        _check_out_file(out, ".gif")
+        if out.suffix.lower() not in (".gif", ".webp"):
+            _fail(f"--out={out}: a clip is written as a .gif or .webp file.")
+        pipe = Pipeline.load(model)
+        given = read_clip(clip, pipe.config.data.channels)
+        total = len(given) if frames is None else frames
+        if total < len(given) or total < 2:
+            _fail(f"--frames={total} must be at least the clip's {len(given)} frames (and at least 2).")
+        padded = given.new_zeros(total, *given.shape[1:])  # frames past the clip: unknown, drawn
+        padded[: len(given)] = given
+        known = parse_frames(known_frames, len(given)) if known_frames is not None else list(range(len(given)))
+        clips = check_clips(pipe, padded[None])
+        result = fill_clip_frames(
+            pipe,
+            clips,
+            known,
+            **dict(method=method, labels=labels_for(label, 1), guidance=guidance, steps=steps, seed=seed),
+            **dict(
+                jump_length=jump_length, jump_n_sample=jump_n_sample, reconstruction_guidance=reconstruction_guidance
+            ),
+            progress=progress,
+            **_given(sampler=sampler),
+        )
+        meta = text_metadata(model=model, task="fill-frames", known_frames=",".join(map(str, known)), seed=seed)
+        save_animation(result[0], out, scale=1)  # the clip at its own size: an input to fill-frames again
+        strip = pipe.space.strip_path(out)
+        save_png(make_grid(result[0], len(result[0]), scale=2), strip, meta)
+        typer.echo(f"wrote {out} and {strip}")
+
+    _run(run, fill_frames)
 
 
 @app.command()

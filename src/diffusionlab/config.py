@@ -91,9 +91,11 @@ class NetworkConfig(_Strict):
     ``'transformer'`` for token sequences (``width``, ``depth``, ``num_heads``; vocabularies fitted to the data),
     ``'tabular'`` (an MLP) or ``'tabular_transformer'`` (``num_heads`` too) for table rows, ``'unet1d'`` (the
     UNet's settings) or ``'diffwave'`` (``width`` residual channels, ``depth`` layers, ``dilation_cycle``) for
-    signals."""
+    signals, ``'spacetime_unet'`` (the UNet's settings) for video clips."""
 
-    kind: Literal["unet", "mlp", "transformer", "tabular", "tabular_transformer", "unet1d", "diffwave"] = "unet"
+    kind: Literal[
+        "unet", "mlp", "transformer", "tabular", "tabular_transformer", "unet1d", "diffwave", "spacetime_unet"
+    ] = "unet"
     in_channels: int = Field(default=1, ge=1)
     base_channels: int = Field(default=16, ge=1)  # the "compact" preset: docs/training.md says why
     channel_mults: list[int] = Field(default_factory=lambda: [1, 2, 2])
@@ -422,7 +424,7 @@ class DataConfig(_Strict):
     dataset: str = Field(
         default="digits",
         description="'digits' (embedded), 'captioned-digits' (with prompts), 'mnist:<folder>', 'cifar10:<folder>', "
-        "'toy:<name>', or an image folder.",
+        "'toy:<name>', an image folder, or video clips: 'moving_digits' (embedded), 'clips:<folder>'.",
     )
     image_size: int = Field(default=16, ge=1, description="Train at this square size (digits: 8x8 upsampled).")
     channels: int | None = Field(default=None, ge=1, description="1 grayscale or 3 RGB; default: the dataset's own.")
@@ -458,6 +460,9 @@ class DataConfig(_Strict):
         default=None, description="Series: a column naming the series of each row (long format); default: wide."
     )
     signal: SignalInfo | None = None  # audio and series: what one signal is (fitted to the data)
+    frames: int | None = Field(
+        default=None, ge=2, description="Video: frames per clip (moving_digits: 8; a clip folder: its shortest clip's)."
+    )
 
     @field_validator("image_size")
     @classmethod
@@ -649,7 +654,7 @@ class LatentConfig(_Strict):
 
 
 # the model spaces (diffusionlab.spaces), one per kind of sample
-SPACES = ("image", "latent_image", "points", "tokens", "table", "signal")
+SPACES = ("image", "latent_image", "points", "tokens", "table", "signal", "video")
 FORMAT_VERSION = 2
 
 
@@ -671,7 +676,7 @@ class ModelConfig(_Strict):
 
     format_version: Literal[2] = FORMAT_VERSION
     # what one sample is (see diffusionlab.spaces); None: inferred as format 1 did, from the network and `latent`
-    space: Literal["image", "latent_image", "points", "tokens", "table", "signal"] | None = None
+    space: Literal["image", "latent_image", "points", "tokens", "table", "signal", "video"] | None = None
     network: NetworkConfig = Field(default_factory=NetworkConfig)
     diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
     data: DataConfig = Field(default_factory=DataConfig)

@@ -91,15 +91,22 @@ def save_png(image: Image.Image, path: str | os.PathLike[str], metadata: Mapping
 
 
 def save_animation(images: Tensor, path: str | os.PathLike[str], frame_ms: int = 150, scale: int = 4) -> None:
-    """(N, C, H, W) images in [0, 1] as an animated GIF or WebP (by the suffix), each frame scaled up ``scale`` times
-    with nearest-neighbour pixels, looping, written atomically."""
+    """(N, C, H, W) images in [0, 1] as an animated GIF or lossless WebP (by the suffix), each frame scaled up
+    ``scale`` times with nearest-neighbour pixels, looping, written atomically."""
     suffix = Path(path).suffix.lower()
     if suffix not in (".gif", ".webp"):
         raise ValueError(f"{path}: an animation is written as .gif or .webp, not {suffix or 'no suffix'!r}.")
     frames = [to_pil(im).resize((im.shape[-1] * scale, im.shape[-2] * scale), Image.NEAREST) for im in images]
+    lossless = {"lossless": True} if suffix == ".webp" else {}  # GIF is exact for 8-bit gray and <= 256 colours
     with atomic_path(path) as tmp:
         frames[0].save(
-            tmp, format=suffix[1:].upper(), save_all=True, append_images=frames[1:], duration=frame_ms, loop=0
+            tmp,
+            format=suffix[1:].upper(),
+            save_all=True,
+            append_images=frames[1:],
+            duration=frame_ms,
+            loop=0,
+            **lossless,
         )
 
 

@@ -82,6 +82,7 @@ _METRICS_OF_SPACE = {
     "points": POINT_METRICS,
     "tokens": TEXT_METRICS,
     "table": TABLE_METRICS,
+    "video": (),  # bench/video.py measures clips (per-frame accuracy, motion, Frechet distance, prediction PSNR)
 }
 NELBO_DRAWS = 4  # stratified time draws per held-out sequence of bits_per_token
 _HELD_OUT_SEED_OFFSET = 7919  # toy test points: a seed other than the training seed (first points would coincide)
@@ -392,6 +393,10 @@ def evaluate_model(
     """
     opts = EvaluationOptions.of(options, settings)
     names = parse_metrics(metrics, model.config, opts.features)
+    if not names:
+        raise ValueError(
+            f"a {model.config.space} model has no metrics here; bench/{model.config.space}.py measures it."
+        )
     run = _Evaluation(model, names, opts, progress, log or (lambda _msg: None))
     request = run.request()
     resolved = request.resolve(model.config.sample)

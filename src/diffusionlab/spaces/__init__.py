@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -21,7 +22,7 @@ from ..config import ModelConfig, NetworkConfig
 from ..data import DataError, Tokenizer, condition_channels, make_image_condition, make_tokenizer
 from ..data.table import TableTensors, decode_table, table_layout, write_csv_table
 from ..denoisers import ScheduledNetwork
-from ..images import save_grid, save_scatter
+from ..images import make_grid, save_animation, save_grid, save_png, save_scatter
 from ..io import atomic_write_text
 from ..networks import MLP, DiscreteTransformer, TabularMLP, UNet2D
 from ..networks.autoencoder import Autoencoder, latent_scaling_factor
@@ -37,6 +38,7 @@ __all__ = [
     "TokenSpace",
     "TableSpace",
     "SignalSpace",
+    "VideoSpace",
     "SPACES",
     "NETWORKS",
     "build_network",
@@ -128,6 +130,21 @@ def _diffwave(cfg: NetworkConfig) -> nn.Module:
     )
 
 
+def _spacetime_unet(cfg: NetworkConfig) -> nn.Module:
+    from ..networks.spacetime import SpaceTimeUNet
+
+    return SpaceTimeUNet(
+        in_channels=cfg.in_channels,
+        base_channels=cfg.base_channels,
+        channel_mults=tuple(cfg.channel_mults),
+        num_res_blocks=cfg.num_res_blocks,
+        attention_levels=tuple(cfg.attention_levels),
+        num_heads=cfg.num_heads,
+        dropout=cfg.dropout,
+        num_classes=cfg.num_classes,
+    )
+
+
 NETWORKS = {
     "unet": _unet,
     "mlp": _mlp,
@@ -136,6 +153,7 @@ NETWORKS = {
     "tabular_transformer": _tabular_transformer,
     "unet1d": _unet1d,
     "diffwave": _diffwave,
+    "spacetime_unet": _spacetime_unet,
 }
 # the settings that size each network, the one its parameter count is affine in last
 _SIZED_BY = {
@@ -146,6 +164,7 @@ _SIZED_BY = {
     "tabular_transformer": ("width", "num_heads", "depth"),
     "unet1d": ("base_channels", "channel_mults", "num_res_blocks"),
     "diffwave": ("width", "dilation_cycle", "depth"),
+    "spacetime_unet": ("base_channels", "channel_mults", "num_res_blocks"),
 }
 
 
@@ -582,8 +601,81 @@ class SignalSpace(ModelSpace):
         return config.model_copy(update={"network": net, "space": cls.name, "sample": sample})
 
 
+VIDEO_SAMPLE_STEPS = 25  # a video model's default sampler steps: a clip costs F images an evaluation
+
+
+class VideoSpace(ModelSpace):
+    """Video clips (F, C, H, W): users' pixels in [0, 1], the model's in [-1, 1]; x0 may be clipped. A batch is
+    written as an animated GIF of the clips side by side and, beside it, a PNG strip of every clip's frames."""
+
+    name = "video"
+    suffix = ".gif"
+    clip_x0 = True
+    network_kind = "spacetime_unet"
+
+    def __init__(self, config: ModelConfig, autoencoder: Autoencoder | None = None) -> None:
+        self.frames, self.channels, self.size = config.data.frames, config.data.channels, config.data.image_size
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return (self.frames, self.channels, self.size, self.size)
+
+    def encode(self, data: Tensor) -> Tensor:
+        return data * 2 - 1
+
+    def decode(self, x: Tensor) -> Tensor:
+        return ((x + 1) / 2).clamp(0, 1)
+
+    @staticmethod
+    def strip_path(path: str | os.PathLike[str]) -> Path:
+        """The frame strip written beside an animation: ``samples.gif`` -> ``samples-frames.png``."""
+        p = Path(path)
+        return p.with_name(p.stem + "-frames.png")
+
+    def save(self, samples, path, *, nrow=8, row_labels=None, metadata=None, reference=None):  # type: ignore[no-untyped-def]
+        """The GIF (or WebP, by the suffix): frame f is the grid of every clip's frame f (``nrow`` clips a row, rows
+        labelled); the strip PNG (``strip_path``): one row per clip, its frames left to right, with the metadata."""
+        n, frames = samples.shape[:2]
+        grids = [make_grid(samples[:, f], min(nrow, n), scale=2, row_labels=row_labels) for f in range(frames)]
+        save_animation(
+            torch.stack([torch.from_numpy(np.array(g)).permute(2, 0, 1) / 255 for g in grids]), path, scale=1
+        )
+        per_row = max(1, n // len(row_labels)) if row_labels else None
+        labels = [row_labels[min(i // per_row, len(row_labels) - 1)] for i in range(n)] if per_row else None
+        strip = make_grid(samples.flatten(0, 1), frames, scale=2, row_labels=labels)
+        save_png(strip, self.strip_path(path), metadata)
+
+    def check_fits(self, config: ModelConfig) -> None:
+        net = config.network
+        if net.kind != self.network_kind:
+            raise ValueError(f"a video model's network is a {self.network_kind}, not network.kind={net.kind!r}")
+        if self.channels is not None and net.in_channels != self.channels:
+            raise ValueError(
+                f"the clips have {self.channels} channels (data.channels) but the network takes "
+                f"network.in_channels={net.in_channels}"
+            )
+
+    @classmethod
+    def fit_config(cls, config: ModelConfig, data: Tensor, autoencoder: Autoencoder | None = None) -> ModelConfig:
+        """The network's kind and channels, the clips' frames, channels and square size (checked against the
+        network's down-sampling), and ``VIDEO_SAMPLE_STEPS`` sampler steps."""
+        if data.ndim != 5:
+            raise DataError(f"a video model needs clips (N, F, C, H, W); got data of shape {tuple(data.shape)}.")
+        n, f, c, h, w = data.shape
+        if h != w:
+            raise DataError(f"training clips must have square frames, got {h}x{w}.")
+        if config.latent is not None or config.data.image_condition is not None:
+            raise DataError("video models are pixel models without an image condition; drop --autoencoder.")
+        net = config.network.model_copy(update={"kind": cls.network_kind, "in_channels": c})
+        build_network(net).check_input_size(h, w)
+        data_cfg = config.data.model_copy(update={"channels": c, "image_size": h, "frames": f})
+        sample = config.sample.model_copy(update={"steps": VIDEO_SAMPLE_STEPS})
+        return config.model_copy(update={"network": net, "data": data_cfg, "space": cls.name, "sample": sample})
+
+
 SPACES: dict[str, type[ModelSpace]] = {
-    cls.name: cls for cls in (PixelImageSpace, LatentImageSpace, PointSpace, TokenSpace, TableSpace, SignalSpace)
+    cls.name: cls
+    for cls in (PixelImageSpace, LatentImageSpace, PointSpace, TokenSpace, TableSpace, SignalSpace, VideoSpace)
 }
 
 
@@ -594,14 +686,16 @@ def make_space(config: ModelConfig, autoencoder: Autoencoder | None = None) -> M
 
 def space_for_data(config: ModelConfig, data: Tensor) -> type[ModelSpace]:
     """The space of a fresh model on training data (N, ...): tokens for integer (N, L) data, points for (N, D)
-    real data, latent images when ``config.latent`` asks for an autoencoder, else pixel images; one clear error
-    when the config's process is of another family than the data takes."""
+    real data, video for clips (N, F, C, H, W), latent images when ``config.latent`` asks for an autoencoder, else
+    pixel images; one clear error when the config's process is of another family than the data takes."""
     if config.data.table is not None:
         space: type[ModelSpace] = TableSpace
     elif config.data.signal is not None:
         space = SignalSpace
     elif data.ndim == 2:
         space = PointSpace if data.is_floating_point() else TokenSpace
+    elif data.ndim == 5:
+        space = VideoSpace
     else:
         space = LatentImageSpace if config.latent is not None else PixelImageSpace
     process = config.diffusion.process

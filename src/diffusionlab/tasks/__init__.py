@@ -1,6 +1,6 @@
-"""Applications of a trained model: inpainting and outpainting, image-to-image, denoising, anomaly detection and
-data augmentation (floor 5: imports pipeline, sampling, processes, denoisers, data and images; never training or
-the faces).
+"""Applications of a trained model: inpainting and outpainting, image-to-image, denoising, anomaly detection,
+data augmentation, and frame prediction and interpolation of clips (floor 5: imports pipeline, sampling,
+processes, denoisers, data and images; never training or the faces).
 
 Every task takes and returns images in [0, 1] (N, C, H, W) and reaches the model only through ``pipe.encode``,
 ``pipe.decode``, ``pipe.sample_shape`` and ``pipe.guided_denoiser``, so latent models work too.
@@ -49,8 +49,12 @@ from .inpaint import (
 from .ode_space import INVERTIBLE, interpolate, invert, regenerate, variations
 from .series import SeriesSamples, forecast, impute_series, window_starts
 from .tune import save_tuned_grid, tune_model_grid
+from .video import check_clips, fill_frames, parse_frames
 
 __all__ = [
+    "check_clips",
+    "fill_frames",
+    "parse_frames",
     "INVERTIBLE",
     "invert",
     "regenerate",

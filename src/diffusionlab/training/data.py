@@ -10,6 +10,7 @@ from torch import Tensor
 
 from ..config import SignalInfo, TableSchema
 from ..data import DataError, is_text_dataset, load_dataset, load_text_dataset, load_toy_dataset, toy_name
+from ..data.clips import is_clip_dataset, load_clip_dataset
 from ..data.table import encode_table, is_table_dataset, load_table_dataset
 
 
@@ -42,7 +43,8 @@ class TrainingData:
 
 def load_training_data(config: Any) -> TrainingData:
     """Load the dataset a config names: ``toy:<name>`` for 2-D toys, text ("pydocs", "text:<path>", "markov:...")
-    as token windows of ``data.seq_len``, else anything ``data.load_dataset`` takes.
+    as token windows of ``data.seq_len``, video clips ("moving_digits", "clips:<folder>"), else anything
+    ``data.load_dataset`` takes.
 
     ``config`` is any config with ``data`` and ``train.seed`` (a ``ModelConfig`` or an ``AutoencoderConfig``).
     """
@@ -55,6 +57,9 @@ def load_training_data(config: Any) -> TrainingData:
 
         signals = load_signal_dataset(name, config.data)
         return TrainingData(signals.x.float(), signals.labels, signals.class_names, signal=signals.info)
+    if is_clip_dataset(name):
+        clips = load_clip_dataset(name, config.data.image_size, config.data.frames, config.data.channels)
+        return TrainingData(clips.clips.float(), clips.labels, clips.class_names)
     if is_table_dataset(name):
         frame, schema = load_table_dataset(name, target=config.data.target_column, schema_file=config.data.schema_file)
         return table_rows(frame, schema)

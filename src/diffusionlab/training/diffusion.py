@@ -157,8 +157,6 @@ def _check_resumable(fitted: ModelConfig, saved: ModelConfig, checkpoint: Path) 
 class DiffusionObjective(Objective):
     """Train a ``Pipeline``: the denoising loss of ``losses.denoising_loss`` in the network's target space."""
 
-    evaluates = True
-
     def __init__(
         self, config: ModelConfig, pipeline: Pipeline, data: TrainingData, captions: Captions | None = None
     ) -> None:
@@ -261,6 +259,13 @@ class DiffusionObjective(Objective):
             if len(out) == count:
                 break
         return out
+
+    @property
+    def evaluates(self) -> bool:  # type: ignore[override]
+        """Whether ``evaluate`` measures anything: not for a model space without metrics (video)."""
+        from ..evaluation import parse_metrics
+
+        return bool(parse_metrics(self.train_config.eval_metrics, self.config, self.train_config.eval_features))
 
     def check_evaluation(self) -> None:
         from ..evaluation import parse_metrics
