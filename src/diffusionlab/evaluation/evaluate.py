@@ -82,6 +82,7 @@ _METRICS_OF_SPACE = {
     "points": POINT_METRICS,
     "tokens": TEXT_METRICS,
     "table": TABLE_METRICS,
+    "signal": (),  # bench/series.py and bench/audio.py measure signals (CRPS, coverage, recognised digits, FD)
     "video": (),  # bench/video.py measures clips (per-frame accuracy, motion, Frechet distance, prediction PSNR)
 }
 NELBO_DRAWS = 4  # stratified time draws per held-out sequence of bits_per_token
