@@ -69,6 +69,7 @@ def _load_ema(pipe: Pipeline, folder: Path) -> None:
     if (folder / EMA_NAME).exists() or (folder / EMA_NAME).is_symlink():
         pipe.ema = build_network(pipe.config.network)
         _load_weights(pipe.ema, folder / EMA_NAME)
+        pipe.ema.requires_grad_(False)  # a moving average, never trained (as copy_for_ema makes it)
     elif pipe.config.train.ema_decay > 0:
         warnings.warn(f"{folder} has no {EMA_NAME}; sampling uses the raw weights.", FallbackWarning, stacklevel=3)
 

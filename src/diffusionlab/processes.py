@@ -458,6 +458,7 @@ class LearnedVPProcess(GaussianProcess):
 
     name = "vdm"
     default_spacing = "uniform"
+    t_min = 1e-5  # gamma(0) is finite (sigma_0 > 0): the ODE and the grids may start next to it
 
     def __init__(self, gamma_min: float = -13.3, gamma_max: float = 5.0, schedule: MonotoneLogSNR | None = None):
         self.gamma_min, self.gamma_max = float(gamma_min), float(gamma_max)
