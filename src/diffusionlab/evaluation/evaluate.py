@@ -25,7 +25,6 @@ import torch
 from pydantic import Field, field_validator
 from torch import Tensor
 
-from diffusionlab.config import DDPMProcessConfig
 from diffusionlab.data import (
     eight_gaussians_params,
     is_text_dataset,
@@ -43,7 +42,7 @@ from diffusionlab.sampling.request import FrozenSettings, SampleRequest
 
 from . import features as feats
 from .classifier import predict
-from .likelihood import LikelihoodOptions, bits_per_dim, ddpm_vlb, ode_log_likelihood
+from .likelihood import LikelihoodOptions, bits_per_dim, continuous_vlb, ddpm_vlb, ode_log_likelihood
 from .metrics import density_coverage, fid_from_features, kernel_inception_distance, precision_recall
 from .tabular import plot_table_report, table_report
 from .toy import gaussian_mixture_log_prob, mmd_rbf, sliced_wasserstein
@@ -85,6 +84,7 @@ _METRICS_OF_SPACE = {
     "signal": (),  # bench/series.py and bench/audio.py measure signals (CRPS, coverage, recognised digits, FD)
     "video": (),  # bench/video.py measures clips (per-frame accuracy, motion, Frechet distance, prediction PSNR)
 }
+VLB_DRAWS = 64  # stratified times per image of a continuous-time model's vlb
 NELBO_DRAWS = 4  # stratified time draws per held-out sequence of bits_per_token
 _HELD_OUT_SEED_OFFSET = 7919  # toy test points: a seed other than the training seed (first points would coincide)
 MIN_SAMPLES = 10
@@ -264,11 +264,6 @@ def parse_metrics(metrics: str | Sequence[str] | None, config: Any, features: st
         why = _unavailable(name, config, features)
         if why is not None:
             raise ValueError(why)
-    if "vlb" in names and not isinstance(config.diffusion.process, DDPMProcessConfig):
-        raise ValueError(
-            f"metric 'vlb' (DDPM's variational bound) needs a discrete-time process (ddpm); this model's is "
-            f"{config.diffusion.process.name!r}. Use 'bpd'."
-        )
     return tuple(dict.fromkeys(names))
 
 
@@ -587,16 +582,18 @@ class _Evaluation:
         self.values["bpd_sem"] = _sem(res.bpd)
 
     def variational_bound(self, real: Tensor) -> None:
-        """DDPM's variational bound (bits/dim) of the first ``bpd_images`` real images."""
+        """The variational bound (bits/dim) of the first ``bpd_images`` real images: DDPM's for a discrete-time
+        model, the continuous-time VLB (VDM eq. 17, ``VLB_DRAWS`` times per image) for any other."""
         x = _model_space(self.model, _to_8bit(real[: self.opts.bpd_images]))
         denoiser, cond = _likelihood_denoiser(self.model, len(x))
-        if not isinstance(denoiser.process, DiscreteVPProcess):
-            raise ValueError("metric 'vlb' needs a discrete-time (ddpm) process; use 'bpd'.")
-        self.say(f"DDPM variational bound of {len(x)} real images ({denoiser.process.num_steps} steps) ...")
+        common = {"seed": self.opts.seed, "batch_size": self.opts.bpd_batch_size, "progress": self.progress}
         with self.timed("vlb"):
-            vlb = ddpm_vlb(
-                denoiser, x, cond, seed=self.opts.seed, batch_size=self.opts.bpd_batch_size, progress=self.progress
-            )
+            if isinstance(denoiser.process, DiscreteVPProcess):
+                self.say(f"DDPM variational bound of {len(x)} real images ({denoiser.process.num_steps} steps) ...")
+                vlb = ddpm_vlb(denoiser, x, cond, **common)
+            else:
+                self.say(f"continuous-time variational bound of {len(x)} real images ({VLB_DRAWS} times each) ...")
+                vlb = continuous_vlb(denoiser, x, cond, draws=VLB_DRAWS, **common)
         self.values.update({"vlb": vlb.bpd.mean().item(), "vlb_images": len(x), "vlb_sem": _sem(vlb.bpd)})
         self.values.update({"vlb_prior": vlb.prior.mean().item(), "vlb_decoder": vlb.decoder.mean().item()})
 
@@ -664,7 +661,7 @@ _LABELS = {
     "density": ("density", "~1 when equal (k=5)"),
     "coverage": ("coverage", "~1 when equal (k=5)"),
     "bpd": ("bits/dim (ODE)", "NLL of real data; lower is better"),
-    "vlb": ("bits/dim (DDPM VLB)", "upper bound on the NLL"),
+    "vlb": ("bits/dim (VLB: DDPM's, or continuous-time)", "upper bound on the NLL"),
     "accuracy": ("class accuracy", "share of samples the domain classifier assigns to their label"),
     "fid_real": ("FID of real images", "real training images vs the same reference: FID's floor at this count"),
     "swd": ("sliced Wasserstein", "~0 when equal"),
