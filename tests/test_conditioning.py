@@ -408,3 +408,29 @@ def test_colourisation_model_on_an_rgb_folder(tmp_path: Path) -> None:
     assert out.shape == (2, 3, 16, 16)
     with pytest.raises(ValueError, match="image_condition=.colourise. needs RGB"):
         _train(tmp_path / "gray", "digits", image_condition="colourise")
+
+
+def test_interpolating_between_two_prompts_keeps_the_seed_and_ends_at_each_prompt(
+    text_model: Path, tmp_path: Path
+) -> None:
+    """Frames from one noise under mixed prompt embeddings: the ends are the two prompts' own samples."""
+    from diffusionlab.tasks import interpolate
+
+    pipe = Pipeline.load(text_model)
+    frames = interpolate(pipe, 5, prompts=("a thick seven", "the digit 1"), seed=3, guidance=2.0)
+    first = pipe.sample(1, prompt="a thick seven", seed=3, guidance=2.0)
+    last = pipe.sample(1, prompt="the digit 1", seed=3, guidance=2.0)
+    assert frames.shape == (5, 1, 16, 16)
+    torch.testing.assert_close(frames[0], first[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(frames[-1], last[0], atol=1e-5, rtol=0)
+    steps = (frames[1:] - frames[:-1]).flatten(1).norm(dim=1)
+    assert float(steps.min()) > 0  # every frame moves
+    with pytest.raises(ValueError, match="one of them"):
+        interpolate(pipe, 5, prompts=("a", "b"), seeds=(0, 1))
+    with pytest.raises(ValueError, match="two non-empty prompts"):
+        interpolate(pipe, 5, prompts=("a", " "))
+    from cli_helpers import run
+
+    done = run("interpolate", text_model, "--prompts", "a thick seven", "the digit 1", "--frames", "3", "--out",
+               tmp_path / "strip.png")  # fmt: skip
+    assert done.exit_code == 0 and (tmp_path / "strip.png").is_file(), done.output

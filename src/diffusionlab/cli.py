@@ -954,11 +954,16 @@ def interpolate(
     gif: Annotated[Path | None, typer.Option(help="Also write the frames as an animation (.gif or .webp).")] = None,
     label: opt.Label = None,
     prompt: opt.Prompt = None,
+    prompts: Annotated[
+        tuple[str, str] | None,
+        typer.Option(help="Instead: two prompts whose embeddings are mixed, from the first seed's noise."),
+    ] = None,
     guidance: opt.Guidance = None,
     sampler: opt.Sampler = None,
     steps: opt.Steps = None,
 ) -> None:
-    """Samples along the great circle between two seeds' noises: a strip of --frames images (and an animation)."""
+    """Samples along the great circle between two seeds' noises, or (--prompts) from one noise between two prompts:
+    a strip of --frames images (and an animation)."""
     from .images import save_animation, save_grid
     from .pipeline import Pipeline
     from .tasks import interpolate as along
@@ -971,8 +976,12 @@ def interpolate(
             _fail(f"--gif={gif} must end in .gif or .webp.")
         pipe = Pipeline.load(model)
         settings = dict(labels=label, guidance=guidance, sampler=sampler, steps=steps)
-        images = along(pipe, frames, seeds=seeds, **settings, **_given(prompt=prompt))
-        meta = text_metadata(model=model, task="interpolate", seeds=list(seeds), frames=frames, label=label)
+        if prompts is not None:
+            images = along(pipe, frames, prompts=prompts, seed=seeds[0], **settings, **_given(prompt=prompt))
+        else:
+            images = along(pipe, frames, seeds=seeds, **settings, **_given(prompt=prompt))
+        meta = text_metadata(model=model, task="interpolate", seeds=list(seeds), frames=frames, label=label,
+                             prompts=list(prompts) if prompts else None)  # fmt: skip
         save_grid(images, out, nrow=frames, scale=2, metadata=meta)
         if gif is not None:
             save_animation(images, gif)

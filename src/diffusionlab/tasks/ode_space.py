@@ -13,6 +13,7 @@ Diffusion web UIs), per sample from its own stream, so every result is seed-stab
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -135,16 +136,20 @@ def interpolate(
     *,
     seeds: tuple[int, int] | None = None,
     noises: tuple[Tensor, Tensor] | None = None,
+    prompts: tuple[str, str] | None = None,
     request: SampleRequest | None = None,
     **settings: Any,
 ) -> Tensor:
-    """``frames`` images along the great circle between two starting noises: sample 0 of ``seeds[0]`` and of
-    ``seeds[1]`` (the first and last frames are those samples, for a deterministic solver), or two states
-    ``noises`` at the top of the inversion grid (e.g. two inverted images); every frame under the same conditioning
-    and solver."""
+    """``frames`` images along one path, both ends included: the great circle between two starting noises (sample 0
+    of ``seeds[0]`` and of ``seeds[1]``, or two states ``noises`` at the top of the inversion grid, e.g. two inverted
+    images) under one conditioning; or, with ``prompts``, one starting noise (sample 0 of ``seed``) under the
+    prompts' token embeddings mixed linearly from the first to the second (the mission's "pin down the seed and
+    journey through the prompts")."""
     _gaussian(pipe, "interpolation")
-    if (seeds is None) == (noises is None):
-        raise ValueError("give seeds=(a, b) or noises=(x_a, x_b), one of them.")
+    if sum(v is not None for v in (seeds, noises, prompts)) != 1:
+        raise ValueError("give seeds=(a, b), noises=(x_a, x_b) or prompts=(p, q), one of them.")
+    if prompts is not None:
+        return _along_prompts(pipe, frames, prompts, request, settings)
     run = TaskRun.start(pipe, frames, task_request(pipe, request, _per_sample(settings, frames)))
     if seeds is not None:
         t_max = run.spec.grid(pipe.process)[0]
@@ -152,6 +157,25 @@ def interpolate(
         return _sample_from(pipe, run, slerp_path(a, b, frames))
     a, b = (n.to(pipe.device) for n in noises)  # type: ignore[union-attr]
     return regenerate(pipe, slerp_path(a, b, frames), request=run.request)
+
+
+def _along_prompts(
+    pipe: Pipeline, frames: int, prompts: tuple[str, str], request: SampleRequest | None, settings: dict[str, Any]
+) -> Tensor:
+    """Frames from one noise under token embeddings (1 - w) e_p + w e_q, w = 0 .. 1 (masks joined)."""
+    if len(prompts) != 2 or not all(isinstance(p, str) and p.strip() for p in prompts):
+        raise ValueError(f"prompts={prompts!r}: expected two non-empty prompts.")
+    if settings.get("prompt") is not None:
+        raise ValueError("give prompts=(p, q) or prompt=..., not both.")
+    run = TaskRun.start(pipe, frames, task_request(pipe, request, {**settings, "prompt": prompts[0]}))
+    emb = pipe.encode_prompts(list(prompts))
+    w = torch.linspace(0, 1, frames, dtype=emb.tokens.dtype, device=emb.tokens.device).reshape(-1, 1, 1)
+    text = ((1 - w) * emb.tokens[0] + w * emb.tokens[1]).cpu()
+    mask = (emb.mask[0] | emb.mask[1]).expand(frames, -1).cpu()
+    run = replace(run, cond={**(run.cond or {}), "text": text, "text_mask": mask})
+    t_max = run.spec.grid(pipe.process)[0]
+    start = _seed_noise(pipe, run.request.seed, [0], t_max)[0]
+    return _sample_from(pipe, run, start.expand(frames, *start.shape).clone())
 
 
 def variations(
