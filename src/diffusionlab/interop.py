@@ -33,8 +33,8 @@ from .config import (
     SampleConfig,
     TextEncoderConfig,
 )
-from .denoisers import Conditioning, Denoiser, Prediction, _times
 from .denoisers import Coefficients as _Coefficients
+from .denoisers import Conditioning, Denoiser, Prediction, _times
 from .io import CheckpointError, load_json, make_dir_readable, save_json
 from .networks.autoencoder import Autoencoder, DiffusersAutoencoder
 from .networks.text import TextEmbedding
@@ -390,15 +390,17 @@ def _size(sample_size: Any) -> int:
 def _load_stable_diffusion(folder: Path, name: str, image_size: int | None) -> DiffusersPipeline:
     for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
         if not (folder / part).is_dir():
-            raise CheckpointError(f"{folder} has no {part}/; a Stable Diffusion folder needs unet, vae, "
-                                  "text_encoder, tokenizer and scheduler.")
+            raise CheckpointError(
+                f"{folder} has no {part}/; a Stable Diffusion folder needs unet, vae, "
+                "text_encoder, tokenizer and scheduler."
+            )
     unet_cfg = _json(folder / "unet" / "config.json", "a diffusers UNet config")
     _check_unet(unet_cfg, folder / "unet")
     vae_cfg = _json(folder / "vae" / "config.json", "a diffusers AutoencoderKL config")
     if vae_cfg.get("shift_factor") is not None:
         raise CheckpointError(f"{folder}/vae has a shift_factor; expected an SD 1.x/2.x VAE (scaling only).")
     scheduler = _json(folder / "scheduler" / SCHEDULER_CONFIG, "a diffusers scheduler config")
-    diffusion = _diffusion(scheduler)
+    _diffusion(scheduler)  # an unsupported scheduler is refused before any weights load
     diffusers = _import_diffusers()
     from transformers import CLIPTextModel, CLIPTokenizer
 
