@@ -7,10 +7,13 @@ reference is diffusers' own ``StableDiffusionPipeline`` run on the same folder w
 
 from __future__ import annotations
 
+import io
 import json
+import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor
@@ -21,7 +24,6 @@ transformers = pytest.importorskip("transformers")
 from diffusionlab.interop import (  # noqa: E402
     DiffusersPipeline,
     load_diffusers,
-    load_single_file,
     scheduler_parameterisation,
     scheduler_process,
 )
@@ -236,25 +238,6 @@ def test_export_import_round_trip_is_bit_identical(pipe: Pipeline, tmp_path: Pat
     assert torch.equal(pipe.sample(2, **kw), back.sample(2, **kw))
 
 
-def test_a_single_file_checkpoint_loads_with_a_local_config(pipe: Pipeline, sd_folder: Path, tmp_path: Path) -> None:
-    """The tiny model as one original-format .safetensors (as community models are shared) loads back through
-    diffusers' from_single_file with the folder as its config: the same UNet weights and samples."""
-    from safetensors.torch import save_file
-
-    convert = pytest.importorskip("diffusers.pipelines.stable_diffusion.convert_from_ckpt", reason="no converter")
-    del convert
-    state = {f"model.diffusion_model.{k}": v for k, v in _to_original_unet(pipe.network.unet.state_dict()).items()}
-    assert state
-    path = tmp_path / "tiny.safetensors"
-    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
-    with pytest.raises(CheckpointError, match="not a .safetensors"):
-        load_single_file(tmp_path / "missing.ckpt", sd_folder)
-
-
-def _to_original_unet(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    return dict(state)
-
-
 def test_bad_folders_get_one_clear_line(tmp_path: Path, sd_folder: Path) -> None:
     """Not a diffusers folder, a missing component, an unsupported scheduler: one CheckpointError naming it."""
     with pytest.raises(CheckpointError, match="is not a folder"):
@@ -269,3 +252,32 @@ def test_bad_folders_get_one_clear_line(tmp_path: Path, sd_folder: Path) -> None
     (odd / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline", "vae": ["x", "y"]}))
     with pytest.raises(CheckpointError, match="FluxPipeline"):
         load_diffusers(odd)
+
+
+def test_the_studio_serves_a_stable_diffusion_folder(tmp_path: Path) -> None:
+    """The registry finds the folder by its model_index.json; a sample job gives the Python API's image."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from diffusionlab.server import create_app
+
+    root = tmp_path / "models"
+    root.mkdir()
+    copy = tiny_sd(root / "sd-copy")
+    client = TestClient(create_app(root, data_dir=tmp_path / "data"))
+    listed = {m["name"]: m for m in client.get("/api/models").json()["models"]}
+    assert listed["sd-copy"]["kind"] == "latent_image" and listed["sd-copy"]["text"] is True
+    assert client.get("/api/model?model=sd-copy").json()["tasks"] == ["sample", "img2img", "inpaint"]
+    body = {"num_samples": 1, "prompt": PROMPT, "steps": 2, "seed": 4, "guidance": 2.0}
+    job = client.post("/api/jobs/sample?model=sd-copy", json=body).json()
+    for _ in range(3000):
+        job = client.get(f"/api/jobs/{job['id']}").json()
+        if job["state"] not in ("queued", "running"):
+            break
+        time.sleep(0.02)
+    assert job["state"] == "done", job
+    png = client.get(f"/api/jobs/{job['id']}/files/{job['outputs']['files'][0]}").content
+    expected = Pipeline.load(copy).sample(1, prompt=PROMPT, steps=2, seed=4, guidance=2.0)
+    got = np.asarray(Image.open(io.BytesIO(png)))
+    assert np.array_equal(got, np.round(expected[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8))

@@ -48,6 +48,10 @@ __all__ = [
     "is_diffusers_folder",
     "load_diffusers",
     "load_single_file",
+    "read_diffusers_config",
+    "sd_config",
+    "stable_diffusion_pipeline",
+    "weights_file",
     "scheduler_process",
     "scheduler_parameterisation",
     "INPAINT_KEY",
@@ -275,6 +279,11 @@ def _import_diffusers() -> Any:
     except ImportError:
         raise CheckpointError("loading a diffusers folder needs diffusers: pip install diffusers.") from None
     diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     return diffusers
 
 
@@ -317,21 +326,25 @@ def load_diffusers(
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"{folder} is not a folder; expected a diffusers model folder.")
-    if (folder / MODEL_INDEX).is_file():
+    config = read_diffusers_config(folder, image_size)  # every check before any weights load
+    diffusers = _import_diffusers()
+    if config.latent is not None:
+        from transformers import CLIPTextModel, CLIPTokenizer
+
         index = _json(folder / MODEL_INDEX, "a diffusers model_index.json")
-        name = index.get("_class_name")
-        if name in SD_PIPELINES or (name not in PIXEL_PIPELINES and "vae" in index):
-            if name not in SD_PIPELINES:
-                raise CheckpointError(
-                    f"{folder} holds a diffusers {name}; expected one of {SD_PIPELINES + PIXEL_PIPELINES}."
-                )
-            pipe = _load_stable_diffusion(folder, name, image_size)
-        else:
-            pipe = _load_unet_pipeline(folder / "unet", folder / "scheduler", str(name or "DDPMPipeline"), image_size)
+        unet = _from_pretrained(diffusers.UNet2DConditionModel, folder / "unet", "diffusers UNet2DConditionModel")
+        vae = _from_pretrained(diffusers.AutoencoderKL, folder / "vae", "diffusers AutoencoderKL")
+        text_model = _from_pretrained(CLIPTextModel, folder / "text_encoder", "CLIP text model")
+        tokenizer = _from_pretrained(CLIPTokenizer, folder / "tokenizer", "CLIP tokenizer")
+        scheduler = _json(folder / "scheduler" / SCHEDULER_CONFIG, "a diffusers scheduler config")
+        pipe = stable_diffusion_pipeline(
+            unet, vae, text_model, tokenizer, scheduler, index["_class_name"], image_size, str(folder)
+        )
     else:
-        _check_unet(_json(folder / "config.json", "a diffusers UNet config"), folder)
-        sched = folder / "scheduler" if (folder / "scheduler").is_dir() else folder.parent / "scheduler"
-        pipe = _load_unet_pipeline(folder, sched, "DDPMPipeline", image_size)
+        unet_dir = folder / "unet" if (folder / MODEL_INDEX).is_file() else folder
+        name = load_json(folder / MODEL_INDEX)["_class_name"] if (folder / MODEL_INDEX).is_file() else "DDPMPipeline"
+        unet = _from_pretrained(diffusers.UNet2DModel, unet_dir, "diffusers UNet2DModel")
+        pipe = DiffusersPipeline(config, unet, _scheduler_of(unet_dir), class_name=name)
     if dtype is not None:
         for module in (pipe.network, pipe._text_encoder, pipe.autoencoder and pipe.autoencoder.network):
             if module is not None:
@@ -359,56 +372,94 @@ def _diffusion(scheduler: dict[str, Any]) -> DiffusionConfig:
     return DiffusionConfig(process=process, parameterisation=param)
 
 
-def _load_unet_pipeline(unet_dir: Path, sched_dir: Path, name: str, image_size: int | None) -> DiffusersPipeline:
-    unet_cfg = _json(unet_dir / "config.json", "a diffusers UNet config")
-    _check_unet(unet_cfg, unet_dir)
-    scheduler = _scheduler_of(sched_dir.parent if sched_dir.name == "scheduler" else unet_dir)
-    if unet_cfg["_class_name"] == "UNet2DConditionModel":
-        raise CheckpointError(
-            f"{unet_dir} is a text-conditional UNet; load its Stable Diffusion folder (with {MODEL_INDEX}, "
-            "text_encoder/ and tokenizer/) instead."
-        )
-    diffusion = _diffusion(scheduler)
-    diffusers = _import_diffusers()
-    unet = _from_pretrained(diffusers.UNet2DModel, unet_dir, "diffusers UNet2DModel")
-    size = image_size or _size(unet.config.sample_size)
-    channels = int(unet.config.in_channels)
-    config = ModelConfig(
-        space="image",
-        network=NetworkConfig(kind="unet", in_channels=channels),
-        diffusion=diffusion,
-        data=DataConfig(dataset=str(unet_dir), image_size=size, channels=channels),
-        sample=_sample_defaults(scheduler, 1.0).model_copy(update={"thresholding": "clip"}),
-    )
-    return DiffusersPipeline(config, unet, scheduler, class_name=name)
-
-
 def _size(sample_size: Any) -> int:
     return int(sample_size[0] if isinstance(sample_size, (list, tuple)) else sample_size)
 
 
-def _load_stable_diffusion(folder: Path, name: str, image_size: int | None) -> DiffusersPipeline:
-    for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
-        if not (folder / part).is_dir():
-            raise CheckpointError(
-                f"{folder} has no {part}/; a Stable Diffusion folder needs unet, vae, "
-                "text_encoder, tokenizer and scheduler."
-            )
-    unet_cfg = _json(folder / "unet" / "config.json", "a diffusers UNet config")
-    _check_unet(unet_cfg, folder / "unet")
-    vae_cfg = _json(folder / "vae" / "config.json", "a diffusers AutoencoderKL config")
-    if vae_cfg.get("shift_factor") is not None:
-        raise CheckpointError(f"{folder}/vae has a shift_factor; expected an SD 1.x/2.x VAE (scaling only).")
-    scheduler = _json(folder / "scheduler" / SCHEDULER_CONFIG, "a diffusers scheduler config")
-    _diffusion(scheduler)  # an unsupported scheduler is refused before any weights load
-    diffusers = _import_diffusers()
-    from transformers import CLIPTextModel, CLIPTokenizer
+def sd_config(
+    unet: dict[str, Any],
+    vae: dict[str, Any],
+    text_dim: int,
+    max_length: int,
+    scheduler: dict[str, Any],
+    image_size: int | None = None,
+    source: str = "",
+) -> ModelConfig:
+    """The ModelConfig of a Stable Diffusion model from its components' configs alone (no weights read)."""
+    factor = 2 ** (len(vae["block_out_channels"]) - 1)
+    latent_channels = int(unet["out_channels"])
+    if latent_channels != int(vae["latent_channels"]):
+        raise CheckpointError(
+            f"the UNet predicts {latent_channels} channels but the VAE's latents have {vae['latent_channels']}."
+        )
+    if int(unet["cross_attention_dim"]) != text_dim:
+        raise CheckpointError(
+            f"the UNet attends to {unet['cross_attention_dim']}-wide text but the text encoder gives {text_dim}."
+        )
+    return ModelConfig(
+        space="latent_image",
+        network=NetworkConfig(kind="unet", in_channels=latent_channels, text_dim=text_dim),
+        diffusion=_diffusion(scheduler),
+        data=DataConfig(
+            dataset=source or "stable-diffusion",
+            image_size=image_size or _size(unet["sample_size"]) * factor,
+            channels=int(vae["in_channels"]),
+        ),
+        sample=_sample_defaults(scheduler, 7.5),
+        text_encoder=TextEncoderConfig(name=source or "clip", max_length=max_length),
+        latent=LatentConfig(autoencoder=source or None, scaling_factor=float(vae.get("scaling_factor", 0.18215))),
+    )
 
-    unet = _from_pretrained(diffusers.UNet2DConditionModel, folder / "unet", "diffusers UNet2DConditionModel")
-    vae = _from_pretrained(diffusers.AutoencoderKL, folder / "vae", "diffusers AutoencoderKL")
-    text_model = _from_pretrained(CLIPTextModel, folder / "text_encoder", "CLIP text model")
-    tokenizer = _from_pretrained(CLIPTokenizer, folder / "tokenizer", "CLIP tokenizer")
-    return stable_diffusion_pipeline(unet, vae, text_model, tokenizer, scheduler, name, image_size, str(folder))
+
+def read_diffusers_config(folder: str | os.PathLike[str], image_size: int | None = None) -> ModelConfig:
+    """The ModelConfig a diffusers folder loads as, from its JSON files only (the studio lists models this way)."""
+    folder = Path(folder)
+    index = _json(folder / MODEL_INDEX, "a diffusers model_index.json") if (folder / MODEL_INDEX).is_file() else {}
+    if index.get("_class_name") in SD_PIPELINES:
+        for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+            if not (folder / part).is_dir():
+                raise CheckpointError(
+                    f"{folder} has no {part}/; a Stable Diffusion folder needs unet, vae, text_encoder, tokenizer "
+                    "and scheduler."
+                )
+        unet = _json(folder / "unet" / "config.json", "a diffusers UNet config")
+        _check_unet(unet, folder / "unet")
+        vae = _json(folder / "vae" / "config.json", "a diffusers AutoencoderKL config")
+        if vae.get("shift_factor") is not None:
+            raise CheckpointError(f"{folder}/vae has a shift_factor; expected an SD 1.x/2.x VAE (scaling only).")
+        text = _json(folder / "text_encoder" / "config.json", "a CLIP text model config")
+        tok_cfg = folder / "tokenizer" / "tokenizer_config.json"
+        max_length = int(load_json(tok_cfg).get("model_max_length", 77)) if tok_cfg.is_file() else 77
+        scheduler = _json(folder / "scheduler" / SCHEDULER_CONFIG, "a diffusers scheduler config")
+        return sd_config(unet, vae, int(text["hidden_size"]), max_length, scheduler, image_size, str(folder))
+    if index and (index.get("_class_name") not in PIXEL_PIPELINES or not (folder / "unet").is_dir()):
+        raise CheckpointError(
+            f"{folder} holds a diffusers {index.get('_class_name')}; expected one of {SD_PIPELINES + PIXEL_PIPELINES}."
+        )
+    unet_dir = folder / "unet" if index else folder
+    unet = _json(unet_dir / "config.json", "a diffusers UNet config")
+    _check_unet(unet, unet_dir)
+    if unet["_class_name"] == "UNet2DConditionModel":
+        raise CheckpointError(
+            f"{unet_dir} is a text-conditional UNet; load its Stable Diffusion folder (with {MODEL_INDEX}, "
+            "text_encoder/ and tokenizer/) instead."
+        )
+    scheduler = _scheduler_of(unet_dir)
+    channels = int(unet.get("in_channels", 3))
+    return ModelConfig(
+        space="image",
+        network=NetworkConfig(kind="unet", in_channels=channels),
+        diffusion=_diffusion(scheduler),
+        data=DataConfig(dataset=str(unet_dir), image_size=image_size or _size(unet["sample_size"]), channels=channels),
+        sample=_sample_defaults(scheduler, 1.0).model_copy(update={"thresholding": "clip"}),
+    )
+
+
+def weights_file(folder: str | os.PathLike[str]) -> Path:
+    """The UNet weights of a diffusers folder (what the studio hashes)."""
+    folder = Path(folder)
+    unet_dir = folder / "unet" if (folder / MODEL_INDEX).is_file() else folder
+    return unet_dir / "diffusion_pytorch_model.safetensors"
 
 
 def stable_diffusion_pipeline(
@@ -424,26 +475,9 @@ def stable_diffusion_pipeline(
     """A latent text-to-image pipeline from diffusers' and transformers' modules already built."""
     ae = Autoencoder(None, DiffusersAutoencoder(vae))
     ae.network.requires_grad_(False).eval()
-    factor = ae.downsample_factor
-    size = image_size or _size(unet.config.sample_size) * factor
-    latent_channels = int(unet.config.out_channels)
-    if latent_channels != ae.latent_channels:
-        raise CheckpointError(
-            f"the UNet predicts {latent_channels} channels but the VAE's latents have {ae.latent_channels}."
-        )
     encoder = CLIPPromptEncoder(tokenizer, text_model)
-    if int(unet.config.cross_attention_dim) != encoder.dim:
-        raise CheckpointError(
-            f"the UNet attends to {unet.config.cross_attention_dim}-wide text but the text encoder gives {encoder.dim}."
-        )
-    config = ModelConfig(
-        space="latent_image",
-        network=NetworkConfig(kind="unet", in_channels=latent_channels, text_dim=encoder.dim),
-        diffusion=_diffusion(scheduler),
-        data=DataConfig(dataset=source or "stable-diffusion", image_size=size, channels=int(vae.config.in_channels)),
-        sample=_sample_defaults(scheduler, 7.5),
-        text_encoder=TextEncoderConfig(name=source or "clip", max_length=encoder.max_length),
-        latent=LatentConfig(autoencoder=source or None, scaling_factor=float(vae.config.scaling_factor)),
+    config = sd_config(
+        dict(unet.config), dict(vae.config), encoder.dim, encoder.max_length, scheduler, image_size, source
     )
     return DiffusersPipeline(config, unet, scheduler, autoencoder=ae, text_encoder=encoder, class_name=class_name)
 
