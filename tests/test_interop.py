@@ -281,3 +281,31 @@ def test_the_studio_serves_a_stable_diffusion_folder(tmp_path: Path) -> None:
     expected = Pipeline.load(copy).sample(1, prompt=PROMPT, steps=2, seed=4, guidance=2.0)
     got = np.asarray(Image.open(io.BytesIO(png)))
     assert np.array_equal(got, np.round(expected[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8))
+
+
+def test_a_single_file_checkpoint_imports_bit_for_bit(pipe: Pipeline, sd_folder: Path, tmp_path: Path) -> None:
+    """The tiny model as one original-layout .safetensors (as community models are shared), imported by
+    `diffusionlab import` with the folder as its config through diffusers' from_single_file: the same weights bit
+    for bit and the same samples; a file that is not a .safetensors is one line."""
+    from cli_helpers import assert_clear_error, run
+    from ldm_checkpoint import clip_to_ldm, unet_to_ldm, vae_to_ldm
+    from safetensors.torch import save_file
+
+    state = {
+        **unet_to_ldm(pipe.network.unet.state_dict(), layers_per_block=1),
+        **vae_to_ldm(pipe.autoencoder.network.vae.state_dict(), levels=2),
+        **clip_to_ldm(pipe.text_encoder.model.state_dict()),
+    }
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "tiny.safetensors"))
+    result = run("import", tmp_path / "tiny.safetensors", "--config", sd_folder, "--out", tmp_path / "imported")
+    assert result.exit_code == 0, result.output
+    back = Pipeline.load(tmp_path / "imported")
+    pairs = [(pipe.network, back.network), (pipe.autoencoder.network, back.autoencoder.network)]
+    for a, b in [*pairs, (pipe.text_encoder.model, back.text_encoder.model)]:
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    kw = {"prompt": PROMPT, "steps": 2, "seed": 5, "mixed_precision": "no"}
+    assert torch.equal(pipe.sample(1, **kw), back.sample(1, **kw))
+    (tmp_path / "model.ckpt").write_bytes(b"x")
+    bad = run("import", tmp_path / "model.ckpt", "--config", sd_folder, "--out", tmp_path / "no")
+    assert_clear_error(bad, "model.ckpt is not a .safetensors file")

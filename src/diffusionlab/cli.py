@@ -1134,6 +1134,29 @@ def distill(
     _run(run, distill)
 
 
+@app.command("import")
+def import_model(
+    checkpoint: Annotated[Path, typer.Argument(help="A single-file Stable Diffusion checkpoint (.safetensors).")],
+    config: Annotated[
+        Path,
+        typer.Option(
+            help="A local diffusers Stable Diffusion folder of the same architecture (model_index.json, the "
+            "components' configs, tokenizer/, scheduler/): the shapes and tokenizer the checkpoint's weights go into."
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="The diffusers model folder to write.")],
+) -> None:
+    """Turn a single-file Stable Diffusion checkpoint (as community models are shared) into a diffusers model folder
+    that every command and the studio take. diffusers folders need no import: pass them as the model."""
+    from .interop import load_single_file
+
+    def run() -> None:
+        load_single_file(checkpoint, config).save(out)
+        typer.echo(f"model written to {out}/ (`diffusionlab sample {out} --prompt ...`)")
+
+    _run(run, import_model)
+
+
 @app.command("tune-grid")
 def tune_grid(
     model: opt.ModelFolder,
