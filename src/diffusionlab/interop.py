@@ -127,11 +127,14 @@ class DiffusersUNet(nn.Module):
             if inpaint_latents is None:
                 raise ValueError("this UNet is an inpainting UNet: use it through the inpaint task (it needs a mask).")
             x = torch.cat([x, inpaint_latents.to(x.dtype)], dim=1)
+        dtype = self.unet.dtype  # fp16 / bf16 weights take inputs of their own dtype; the solver stays in fp32
         if self.conditional:
             if text is None:
                 raise ValueError("this UNet is conditioned on text embeddings; none were given.")
-            return self.unet(x, timestep, encoder_hidden_states=text.to(x.dtype), return_dict=False)[0]
-        return self.unet(x, timestep, return_dict=False)[0]
+            out = self.unet(x.to(dtype), timestep, encoder_hidden_states=text.to(dtype), return_dict=False)[0]
+        else:
+            out = self.unet(x.to(dtype), timestep, return_dict=False)[0]
+        return out.to(x.dtype)
 
 
 class CLIPPromptEncoder(nn.Module):
