@@ -119,10 +119,14 @@ REFERENCE = {
 }
 
 
-def _diffusers_images(folder: Path, sampler: str, steps: int, n: int, seed: int, **kw: Any) -> Tensor:
-    """diffusers' StableDiffusionPipeline on the same folder, from our initial noise of (seed, i)."""
+def _diffusers_images(folder: Path | Any, sampler: str, steps: int, n: int, seed: int, **kw: Any) -> Tensor:
+    """diffusers' StableDiffusionPipeline on the same folder (or that pipeline), from our initial noise of (seed, i)."""
     name, options = REFERENCE[sampler]
-    sd = diffusers.StableDiffusionPipeline.from_pretrained(str(folder), local_files_only=True)
+    sd = (
+        diffusers.StableDiffusionPipeline.from_pretrained(str(folder), local_files_only=True)
+        if isinstance(folder, Path)
+        else folder
+    )
     sd.scheduler = getattr(diffusers, name).from_config(sd.scheduler.config, timestep_spacing="trailing", **options)
     sd.set_progress_bar_config(disable=True)
     sd.scheduler.set_timesteps(steps)
@@ -309,3 +313,37 @@ def test_a_single_file_checkpoint_imports_bit_for_bit(pipe: Pipeline, sd_folder:
     (tmp_path / "model.ckpt").write_bytes(b"x")
     bad = run("import", tmp_path / "model.ckpt", "--config", sd_folder, "--out", tmp_path / "no")
     assert_clear_error(bad, "model.ckpt is not a .safetensors file")
+
+
+def test_lora_weights_fuse_as_diffusers_fuses_them(sd_folder: Path, tmp_path: Path) -> None:
+    """A tiny LoRA (rank 4 on the UNet's attention, made with peft, saved by diffusers) fused by `diffusionlab
+    import --lora` samples what diffusers' pipeline samples with the same LoRA fused at the same scale."""
+    from cli_helpers import assert_clear_error, run
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    sd = diffusers.StableDiffusionPipeline.from_pretrained(str(sd_folder), local_files_only=True)
+    torch.manual_seed(0)
+    lora = LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=["to_q", "to_k", "to_v"])
+    sd.unet.add_adapter(lora)
+    for name, p in sd.unet.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(name)))
+    layers = get_peft_model_state_dict(sd.unet)
+    diffusers.StableDiffusionPipeline.save_lora_weights(str(tmp_path), unet_lora_layers=layers)
+    weights = tmp_path / "pytorch_lora_weights.safetensors"
+    result = run("import", sd_folder, "--out", tmp_path / "fused", "--lora", weights, "--lora-scale", "0.8")
+    assert result.exit_code == 0, result.output
+    ours = Pipeline.load(tmp_path / "fused")
+    # 4 steps: diffusers' DDIM steps k -> k - T // N, off the "trailing" grid unless N divides T (diffusers #11347)
+    kw = {"sampler": "ddim", "steps": 4, "spacing": "trailing", "guidance": 3.0, "mixed_precision": "no"}
+    images = ours.sample(1, prompt=PROMPT, negative_prompt=NEGATIVE, seed=2, **kw)
+    ref = diffusers.StableDiffusionPipeline.from_pretrained(str(sd_folder), local_files_only=True)
+    ref.load_lora_weights(str(tmp_path), weight_name=weights.name)
+    ref.fuse_lora(lora_scale=0.8)
+    ref.unload_lora_weights()  # the fused weights stay
+    theirs = _diffusers_images(ref, "ddim", 4, 1, 2, guidance_scale=3.0)
+    plain = Pipeline.load(sd_folder).sample(1, prompt=PROMPT, negative_prompt=NEGATIVE, seed=2, **kw)
+    assert float((images - theirs).abs().max()) < 1e-4
+    assert float((images - plain).abs().max()) > 1e-2  # the LoRA changed the model
+    assert_clear_error(run("import", tmp_path / "x.safetensors", "--out", tmp_path / "no"), "--config")

@@ -214,6 +214,33 @@ class DiffusersPipeline(Pipeline):
         mask = torch.nn.functional.interpolate(fill, size=tuple(masked.shape[-2:]))
         return {INPAINT_KEY: torch.cat([mask, masked], dim=1)}
 
+    def load_lora(self, path: str | os.PathLike[str], scale: float = 1.0) -> None:
+        """Fuse LoRA weights (a diffusers / kohya ``.safetensors``, as shared for SD) into the UNet and the text
+        encoder at ``scale``, through diffusers' loaders and peft; ``save`` then writes the fused model."""
+        path = Path(path)
+        if path.suffix != ".safetensors" or not path.is_file():
+            raise CheckpointError(f"{path} is not a .safetensors file; expected LoRA weights.")
+        if self._text_encoder is None:
+            raise ValueError("LoRA weights are loaded into Stable Diffusion models (a UNet with a text encoder).")
+        diffusers = _import_diffusers()
+        try:
+            import peft  # noqa: F401
+        except ImportError:
+            raise CheckpointError("loading LoRA weights needs peft: pip install peft.") from None
+        enc = self._text_encoder
+        sd = diffusers.StableDiffusionPipeline(
+            vae=self.autoencoder.network.vae, text_encoder=enc.model, tokenizer=enc.tokenizer, unet=self.unet,
+            scheduler=diffusers.DDIMScheduler(), safety_checker=None, feature_extractor=None,
+            requires_safety_checker=False,
+        )  # fmt: skip
+        try:
+            sd.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name="lora")
+        except (OSError, ValueError, RuntimeError, KeyError) as err:
+            reason = str(err).splitlines()[0]
+            raise CheckpointError(f"{path} holds no LoRA weights for this model ({reason}).") from None
+        sd.fuse_lora(lora_scale=float(scale), adapter_names=["lora"])
+        sd.unload_lora_weights()  # the fused weights stay; peft's layers go
+
     def save(self, folder: str | os.PathLike[str]) -> None:
         """Write a diffusers folder that ``load_diffusers`` (and diffusers) read back, weights bit for bit; the
         files go to a temporary folder first, ``model_index.json`` last."""
