@@ -347,3 +347,46 @@ def test_lora_weights_fuse_as_diffusers_fuses_them(sd_folder: Path, tmp_path: Pa
     assert float((images - theirs).abs().max()) < 1e-4
     assert float((images - plain).abs().max()) > 1e-2  # the LoRA changed the model
     assert_clear_error(run("import", tmp_path / "x.safetensors", "--out", tmp_path / "no"), "--config")
+
+
+def test_export_refuses_a_network_trained_here(tmp_path: Path, pipe: Pipeline) -> None:
+    """Our UNet takes c_noise, diffusers' takes the timestep: one line, nothing written; an imported one exports."""
+    from diffusionlab.config import DataConfig, ModelConfig
+    from diffusionlab.interop import export_diffusers
+
+    ours = Pipeline(ModelConfig(data=DataConfig(image_size=8, channels=1)))
+    with pytest.raises(ValueError, match="unet network trained here does not map to diffusers"):
+        export_diffusers(ours, tmp_path / "no")
+    assert not (tmp_path / "no").exists()
+    export_diffusers(pipe, tmp_path / "yes")
+    assert json.loads((tmp_path / "yes" / "model_index.json").read_text())["_class_name"] == "StableDiffusionPipeline"
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_a_pixel_unet_folder_samples_what_diffusers_ddim_pipeline_samples(tmp_path: Path, prediction: str) -> None:
+    """A UNet2DModel with its scheduler (DDPMPipeline folder; the bare unet/ folder with scheduler/ beside it too):
+    our DDIM equals diffusers' DDIMPipeline from the same per-sample noise, for eps and v prediction."""
+    from diffusionlab.sampling.noise import sample_seed
+
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(
+        sample_size=8, in_channels=3, out_channels=3, block_out_channels=(16, 32), layers_per_block=1,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
+    )  # fmt: skip
+    sched = diffusers.DDIMScheduler(
+        beta_schedule="linear", clip_sample=False, set_alpha_to_one=True, prediction_type=prediction,
+        timestep_spacing="trailing",
+    )  # fmt: skip
+    diffusers.DDPMPipeline(unet=unet, scheduler=sched).save_pretrained(str(tmp_path / "ddpm"))
+    for folder in (tmp_path / "ddpm", tmp_path / "ddpm" / "unet"):
+        pipe = Pipeline.load(folder)
+        assert pipe.config.diffusion.parameterisation == {"epsilon": "eps", "v_prediction": "v"}[prediction]
+        ours = pipe.sample(3, sampler="ddim", steps=4, spacing="trailing", thresholding="none", seed=5)
+        ref = diffusers.DDIMPipeline(unet=unet, scheduler=sched)
+        ref.set_progress_bar_config(disable=True)
+        gens = [torch.Generator().manual_seed(sample_seed(5, i)) for i in range(3)]
+        out = ref(batch_size=3, generator=gens, num_inference_steps=4, eta=0.0, output_type="np").images
+        theirs = torch.from_numpy(np.asarray(out))
+        assert float((ours - theirs.permute(0, 3, 1, 2)).abs().max()) < 1e-4

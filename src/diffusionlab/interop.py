@@ -48,6 +48,7 @@ __all__ = [
     "is_diffusers_folder",
     "load_diffusers",
     "load_single_file",
+    "export_diffusers",
     "read_diffusers_config",
     "sd_config",
     "stable_diffusion_pipeline",
@@ -272,6 +273,18 @@ class DiffusersPipeline(Pipeline):
             save_json(index, folder / MODEL_INDEX)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def export_diffusers(pipe: Pipeline, folder: str | os.PathLike[str]) -> None:
+    """Write a pipeline as a diffusers folder: imported models (weights bit for bit); a network trained here is
+    refused with one line, since none of ours maps onto a diffusers UNet (see the message)."""
+    if not isinstance(pipe, DiffusersPipeline):
+        raise ValueError(
+            f"a {pipe.config.network.kind} network trained here does not map to diffusers: it takes the noise level "
+            "c_noise = -log-SNR / 8 where diffusers' UNets take the timestep k, and its blocks are not diffusers'; "
+            "only models imported from diffusers folders or single files are exported."
+        )
+    pipe.save(folder)
 
 
 def _diffusers_version() -> str:
