@@ -33,8 +33,7 @@ from .config import (
     SampleConfig,
     TextEncoderConfig,
 )
-from .denoisers import Coefficients as _Coefficients
-from .denoisers import Conditioning, Denoiser, Prediction, _times
+from .denoisers import Coefficients, Conditioning, Denoiser, Prediction, _times
 from .io import CheckpointError, load_json, make_dir_readable, save_json
 from .networks.autoencoder import Autoencoder, DiffusersAutoencoder
 from .networks.text import TextEmbedding
@@ -171,7 +170,7 @@ class TimestepDenoiser(Denoiser):
 
     def forward_raw(self, x: Tensor, t: Tensor | float, cond: Conditioning = None) -> tuple[Tensor, Prediction]:
         t = _times(t, x)
-        c = _Coefficients(self.process, t, x)
+        c = Coefficients(self.process, t, x)
         timestep = self.process.timestep(t).to(torch.float32)
         out = self.network(self.parameterisation.network_input(x, c), timestep, **dict(cond or {}))
         x0, eps = self.parameterisation.prediction(out, x, c)
