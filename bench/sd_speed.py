@@ -115,8 +115,16 @@ def main() -> None:
                         a = ours.sample(1, prompt=PROMPT, negative_prompt=NEGATIVE, mixed_precision="no", **kw)
                     else:
                         x = NoiseSource(0, [0], args.device)(latent).to(dtype)
-                        b = theirs(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=steps, guidance_scale=7.5,
-                                   latents=x, height=args.size, width=args.size, output_type="pt").images
+                        b = theirs(
+                            PROMPT,
+                            negative_prompt=NEGATIVE,
+                            num_inference_steps=steps,
+                            guidance_scale=7.5,
+                            latents=x,
+                            height=args.size,
+                            width=args.size,
+                            output_type="pt",
+                        ).images
                 if args.device.startswith("cuda"):
                     torch.cuda.synchronize()
                 times[side] = min(times[side], time.perf_counter() - t)  # best of the repeats
