@@ -42,6 +42,7 @@ from .pipeline import Pipeline
 __all__ = [
     "DiffusersUNet",
     "CLIPPromptEncoder",
+    "SDXLPromptEncoder",
     "TimestepDenoiser",
     "DiffusersPipeline",
     "is_diffusers_folder",
@@ -64,6 +65,11 @@ SD_PIPELINES = (
     "StableDiffusionPipeline",
     "StableDiffusionImg2ImgPipeline",
     "StableDiffusionInpaintPipeline",
+)
+SDXL_PIPELINES = (
+    "StableDiffusionXLPipeline",
+    "StableDiffusionXLImg2ImgPipeline",
+    "StableDiffusionXLInpaintPipeline",
 )
 PIXEL_PIPELINES = ("DDPMPipeline", "DDIMPipeline")
 # diffusers' beta_schedule -> our DDPM schedule (squaredcos_cap_v2 is Nichol & Dhariwal's cosine, max_beta 0.999)
@@ -114,6 +120,16 @@ class DiffusersUNet(nn.Module):
         self.out_channels = int(cfg.out_channels)
         self.conditional = type(unet).__name__ == "UNet2DConditionModel"
         self.inpaint_channels = self.in_channels - self.out_channels  # 5 for SD inpainting UNets, else 0
+        # SDXL: the pooled text embedding rides as the last row of ``text`` (see SDXLPromptEncoder), the size and
+        # crop conditioning (original size, crop top-left, target size) is fixed by the image size
+        self.sdxl = cfg.get("addition_embed_type") == "text_time"
+        self.pooled_dim = 0
+        self.register_buffer("time_ids", torch.zeros(6), persistent=False)
+
+    def set_image_size(self, size: int, pooled_dim: int) -> None:
+        """SDXL's added conditioning for square images of ``size``: time ids (size, size, 0, 0, size, size)."""
+        self.pooled_dim = pooled_dim
+        self.time_ids = torch.tensor([size, size, 0, 0, size, size], dtype=torch.float32, device=self.time_ids.device)
 
     def forward(
         self,
@@ -131,7 +147,13 @@ class DiffusersUNet(nn.Module):
         if self.conditional:
             if text is None:
                 raise ValueError("this UNet is conditioned on text embeddings; none were given.")
-            out = self.unet(x.to(dtype), timestep, encoder_hidden_states=text.to(dtype), return_dict=False)[0]
+            added = None
+            if self.sdxl:
+                pooled, text = text[:, -1, : self.pooled_dim], text[:, :-1]
+                added = {"text_embeds": pooled.to(dtype), "time_ids": self.time_ids.expand(x.shape[0], -1).to(dtype)}
+            out = self.unet(
+                x.to(dtype), timestep, encoder_hidden_states=text.to(dtype), added_cond_kwargs=added, return_dict=False
+            )[0]
         else:
             out = self.unet(x.to(dtype), timestep, return_dict=False)[0]
         return out.to(x.dtype)
@@ -164,6 +186,48 @@ class CLIPPromptEncoder(nn.Module):
         return TextEmbedding(hidden.float(), torch.ones(ids.shape, dtype=torch.bool, device=self.device))
 
 
+class SDXLPromptEncoder(nn.Module):
+    """SDXL's prompt encoding (diffusers' ``StableDiffusionXLPipeline.encode_prompt``): both CLIP encoders' penultimate
+    hidden states side by side, and the second encoder's pooled projection, carried as one extra last row of the
+    tokens (zero-padded) so guidance swaps it with the text; the empty prompt is all zeros when the model says
+    ``force_zeros_for_empty_prompt`` (diffusers zeroes an absent negative prompt so)."""
+
+    def __init__(self, tokenizers: Sequence[Any], models: Sequence[nn.Module], force_zeros: bool = True) -> None:
+        super().__init__()
+        self.tokenizers = list(tokenizers)
+        self.models = nn.ModuleList(m.eval().requires_grad_(False) for m in models)
+        self.force_zeros = force_zeros
+        self.max_length = int(self.tokenizers[0].model_max_length)
+        self.pooled_dim = int(self.models[1].config.projection_dim)
+        self.dim = sum(int(m.config.hidden_size) for m in self.models)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.models.parameters()).device
+
+    @torch.no_grad()
+    def forward(self, prompts: Sequence[str] | str) -> TextEmbedding:
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        hidden, pooled = [], None
+        for tokenizer, model in zip(self.tokenizers, self.models, strict=True):
+            ids = tokenizer(
+                prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                return_tensors="pt",
+            ).input_ids.to(self.device)  # fmt: skip
+            out = model(ids, output_hidden_states=True)
+            hidden.append(out.hidden_states[-2])
+            if out[0].ndim == 2:
+                pooled = out[0]
+        tokens = torch.cat(hidden, dim=-1).float()
+        assert pooled is not None
+        last = torch.nn.functional.pad(pooled.float(), (0, tokens.shape[-1] - pooled.shape[-1]))[:, None]
+        tokens = torch.cat([tokens, last], dim=1)
+        if self.force_zeros:
+            empty = torch.tensor([p == "" for p in prompts], device=tokens.device)
+            tokens = torch.where(empty[:, None, None], torch.zeros_like(tokens), tokens)
+        return TextEmbedding(tokens, torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device))
+
+
 class TimestepDenoiser(Denoiser):
     """A denoiser whose network takes diffusers' timestep k = t T - 1 (float, exact on the training steps)
     instead of our c_noise; the rest is ``Denoiser``'s."""
@@ -188,7 +252,7 @@ class DiffusersPipeline(Pipeline):
         unet: nn.Module,
         scheduler: dict[str, Any],
         autoencoder: Autoencoder | None = None,
-        text_encoder: CLIPPromptEncoder | None = None,
+        text_encoder: CLIPPromptEncoder | SDXLPromptEncoder | None = None,
         class_name: str = "DDPMPipeline",
     ) -> None:
         super().__init__(config, DiffusersUNet(unet), autoencoder=autoencoder)
@@ -220,8 +284,8 @@ class DiffusersPipeline(Pipeline):
         path = Path(path)
         if path.suffix != ".safetensors" or not path.is_file():
             raise CheckpointError(f"{path} is not a .safetensors file; expected LoRA weights.")
-        if self._text_encoder is None:
-            raise ValueError("LoRA weights are loaded into Stable Diffusion models (a UNet with a text encoder).")
+        if not isinstance(self._text_encoder, CLIPPromptEncoder):
+            raise ValueError("LoRA weights are loaded into Stable Diffusion 1.x / 2.x models (not SDXL yet).")
         diffusers = _import_diffusers()
         try:
             import peft  # noqa: F401
@@ -258,7 +322,16 @@ class DiffusersPipeline(Pipeline):
             if self.autoencoder is not None:
                 self.autoencoder.network.vae.save_pretrained(str(tmp / "vae"), safe_serialization=True)
                 index["vae"] = ["diffusers", "AutoencoderKL"]
-            if self._text_encoder is not None:
+            if isinstance(self._text_encoder, SDXLPromptEncoder):
+                enc2 = self._text_encoder
+                for i, (model, tok) in enumerate(zip(enc2.models, enc2.tokenizers, strict=True)):
+                    suffix = "" if i == 0 else "_2"
+                    model.save_pretrained(str(tmp / f"text_encoder{suffix}"), safe_serialization=True)
+                    tok.save_pretrained(str(tmp / f"tokenizer{suffix}"))
+                    index[f"text_encoder{suffix}"] = ["transformers", type(model).__name__]
+                    index[f"tokenizer{suffix}"] = ["transformers", "CLIPTokenizer"]
+                index["force_zeros_for_empty_prompt"] = enc2.force_zeros
+            elif self._text_encoder is not None:
                 enc = self._text_encoder
                 enc.model.save_pretrained(str(tmp / "text_encoder"), safe_serialization=True)
                 enc.tokenizer.save_pretrained(str(tmp / "tokenizer"))
@@ -345,13 +418,19 @@ def _scheduler_of(folder: Path) -> dict[str, Any]:
     )
 
 
-def _check_unet(config: dict[str, Any], folder: Path) -> None:
+def _check_unet(config: dict[str, Any], folder: Path, sdxl: bool = False) -> None:
     name = config.get("_class_name")
     if name not in UNET_CLASSES:
         raise CheckpointError(f"{folder} holds a diffusers {name}; expected one of {UNET_CLASSES}.")
-    if config.get("num_class_embeds") or config.get("class_embed_type") or config.get("addition_embed_type"):
+    added = config.get("addition_embed_type")
+    if (
+        config.get("num_class_embeds")
+        or config.get("class_embed_type")
+        or (added and not (sdxl and added == "text_time"))
+    ):
         raise CheckpointError(
-            f"{folder}: UNets with class or added embeddings (SDXL, class-conditional) are not supported yet."
+            f"{folder}: UNets with class or added embeddings other than SDXL's (class-conditional, {added!r}) are "
+            "not supported yet."
         )
 
 
@@ -379,9 +458,22 @@ def load_diffusers(
         text_model = _from_pretrained(CLIPTextModel, folder / "text_encoder", "CLIP text model")
         tokenizer = _from_pretrained(CLIPTokenizer, folder / "tokenizer", "CLIP tokenizer")
         scheduler = _json(folder / "scheduler" / SCHEDULER_CONFIG, "a diffusers scheduler config")
-        pipe = stable_diffusion_pipeline(
-            unet, vae, text_model, tokenizer, scheduler, index["_class_name"], image_size, str(folder)
-        )
+        if index["_class_name"] in SDXL_PIPELINES:
+            from transformers import CLIPTextModelWithProjection
+
+            text_2 = _from_pretrained(CLIPTextModelWithProjection, folder / "text_encoder_2", "CLIP text model")
+            tokenizer_2 = _from_pretrained(CLIPTokenizer, folder / "tokenizer_2", "CLIP tokenizer")
+            encoder = SDXLPromptEncoder(
+                [tokenizer, tokenizer_2], [text_model, text_2], bool(index.get("force_zeros_for_empty_prompt", True))
+            )
+            ae = Autoencoder(None, DiffusersAutoencoder(vae))
+            ae.network.requires_grad_(False).eval()
+            pipe = DiffusersPipeline(config, unet, scheduler, ae, encoder, index["_class_name"])
+            pipe.network.set_image_size(config.data.image_size, encoder.pooled_dim)
+        else:
+            pipe = stable_diffusion_pipeline(
+                unet, vae, text_model, tokenizer, scheduler, index["_class_name"], image_size, str(folder)
+            )
     else:
         unet_dir = folder / "unet" if (folder / MODEL_INDEX).is_file() else folder
         name = load_json(folder / MODEL_INDEX)["_class_name"] if (folder / MODEL_INDEX).is_file() else "DDPMPipeline"
@@ -457,26 +549,32 @@ def read_diffusers_config(folder: str | os.PathLike[str], image_size: int | None
     """The ModelConfig a diffusers folder loads as, from its JSON files only (the studio lists models this way)."""
     folder = Path(folder)
     index = _json(folder / MODEL_INDEX, "a diffusers model_index.json") if (folder / MODEL_INDEX).is_file() else {}
-    if index.get("_class_name") in SD_PIPELINES:
-        for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+    sdxl = index.get("_class_name") in SDXL_PIPELINES
+    if index.get("_class_name") in SD_PIPELINES or sdxl:
+        parts = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+        for part in (*parts, "text_encoder_2", "tokenizer_2") if sdxl else parts:
             if not (folder / part).is_dir():
                 raise CheckpointError(
                     f"{folder} has no {part}/; a Stable Diffusion folder needs unet, vae, text_encoder, tokenizer "
                     "and scheduler."
                 )
         unet = _json(folder / "unet" / "config.json", "a diffusers UNet config")
-        _check_unet(unet, folder / "unet")
+        _check_unet(unet, folder / "unet", sdxl)
         vae = _json(folder / "vae" / "config.json", "a diffusers AutoencoderKL config")
         if vae.get("shift_factor") is not None:
             raise CheckpointError(f"{folder}/vae has a shift_factor; expected an SD 1.x/2.x VAE (scaling only).")
         text = _json(folder / "text_encoder" / "config.json", "a CLIP text model config")
+        width = int(text["hidden_size"])
+        if sdxl:
+            width += int(_json(folder / "text_encoder_2" / "config.json", "a CLIP text model config")["hidden_size"])
         tok_cfg = folder / "tokenizer" / "tokenizer_config.json"
         max_length = int(load_json(tok_cfg).get("model_max_length", 77)) if tok_cfg.is_file() else 77
         scheduler = _json(folder / "scheduler" / SCHEDULER_CONFIG, "a diffusers scheduler config")
-        return sd_config(unet, vae, int(text["hidden_size"]), max_length, scheduler, image_size, str(folder))
+        return sd_config(unet, vae, width, max_length + int(sdxl), scheduler, image_size, str(folder))
     if index and (index.get("_class_name") not in PIXEL_PIPELINES or not (folder / "unet").is_dir()):
         raise CheckpointError(
-            f"{folder} holds a diffusers {index.get('_class_name')}; expected one of {SD_PIPELINES + PIXEL_PIPELINES}."
+            f"{folder} holds a diffusers {index.get('_class_name')}; expected one of "
+            f"{SD_PIPELINES + SDXL_PIPELINES + PIXEL_PIPELINES}."
         )
     unet_dir = folder / "unet" if index else folder
     unet = _json(unet_dir / "config.json", "a diffusers UNet config")
