@@ -144,9 +144,6 @@ def main() -> None:
     print("| steps | ours (s) | diffusers (s) | diffusers / ours | max abs diff |\n|---|---|---|---|---|")
     for steps, o, d, diff in rows:
         print(f"| {steps} | {o:.2f} | {d:.2f} | {d / o:.3f} | {diff:.1e} |")
-    print("\nCPU time of the process (s):\n\n| steps | ours | diffusers | diffusers / ours |\n|---|---|---|---|")
-    for steps, o, d in cpu_rows:
-        print(f"| {steps} | {o:.2f} | {d:.2f} | {d / o:.3f} |")
     if len(rows) >= 2:
         (s1, o1, d1, _), (s2, o2, d2, _) = rows[0], rows[-1]
         po, pd = (o2 - o1) / (s2 - s1), (d2 - d1) / (s2 - s1)
@@ -154,6 +151,10 @@ def main() -> None:
         print(f"| 20 (est.) | {fo + 20 * po:.1f} | {fd + 20 * pd:.1f} | {(fd + 20 * pd) / (fo + 20 * po):.3f} | |")
         print(f"\nper step: ours {po:.2f} s ({1 / po:.3f} it/s), diffusers {pd:.2f} s ({1 / pd:.3f} it/s); "
               f"fixed cost (prompts + VAE decode): ours {fo:.2f} s, diffusers {fd:.2f} s")  # fmt: skip
+
+    print("\nCPU time of the process (s):\n\n| steps | ours | diffusers | diffusers / ours |\n|---|---|---|---|")
+    for steps, o, d in cpu_rows:
+        print(f"| {steps} | {o:.2f} | {d:.2f} | {d / o:.3f} |")
 
 
 if __name__ == "__main__":
