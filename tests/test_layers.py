@@ -33,6 +33,7 @@ FLOORS = {
     "conditioning": 4,
     "families": 4,
     "pipeline": 4,
+    "interop": 4,
     "training": 5,
     "tasks": 5,
     "cli": 6,

@@ -1224,6 +1224,43 @@ def distill(
     _run(run, distill)
 
 
+@app.command("import")
+def import_model(
+    checkpoint: Annotated[
+        Path, typer.Argument(help="A single-file Stable Diffusion checkpoint (.safetensors) or a diffusers folder.")
+    ],
+    out: Annotated[Path, typer.Option(help="The diffusers model folder to write.")],
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="For a single file: a local diffusers Stable Diffusion folder of the same architecture "
+            "(model_index.json, the components' configs, tokenizer/, scheduler/) whose shapes and tokenizer the "
+            "checkpoint's weights go into."
+        ),
+    ] = None,
+    lora: Annotated[Path | None, typer.Option(help="LoRA weights (.safetensors) to fuse into the model.")] = None,
+    lora_scale: Annotated[float, typer.Option(help="The LoRA's strength when fused.")] = 1.0,
+) -> None:
+    """Turn a single-file Stable Diffusion checkpoint (as community models are shared), optionally with a LoRA fused
+    in, into a diffusers model folder that every command and the studio take. diffusers folders need no import
+    (pass them as the model) unless a LoRA is to be fused."""
+    from .interop import load_diffusers, load_single_file
+
+    def run() -> None:
+        if checkpoint.is_dir():
+            pipe = load_diffusers(checkpoint)
+        elif config is None:
+            _fail(f"{checkpoint} is a single file: give --config, a diffusers folder of the same architecture.")
+        else:
+            pipe = load_single_file(checkpoint, config)
+        if lora is not None:
+            pipe.load_lora(lora, lora_scale)
+        pipe.save(out)
+        typer.echo(f"model written to {out}/ (`diffusionlab sample {out} --prompt ...`)")
+
+    _run(run, import_model)
+
+
 @app.command("tune-grid")
 def tune_grid(
     model: opt.ModelFolder,

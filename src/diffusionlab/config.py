@@ -215,12 +215,12 @@ class DDPMProcessConfig(_ProcessConfig):
 
     _process_class = DiscreteVPProcess
     name: Literal["ddpm"] = "ddpm"
-    schedule: Literal["linear", "cosine", "geometric"] = Field(
+    schedule: Literal["linear", "cosine", "geometric", "scaled_linear"] = Field(
         default="linear", description="Beta schedule of the ddpm process."
     )
     num_steps: int = Field(default=1000, ge=1)
-    beta_start: float | None = None  # linear; None: the schedule's default
-    beta_end: float | None = None  # linear
+    beta_start: float | None = None  # linear, scaled_linear; None: the schedule's default
+    beta_end: float | None = None  # linear, scaled_linear
     s: float | None = None  # cosine offset
     max_beta: float | None = None  # cosine
     beta: float | None = None  # geometric

@@ -176,12 +176,17 @@ class Pipeline:
 
     @classmethod
     def load(cls, folder: str | os.PathLike[str], device: str | torch.device = "cpu") -> Pipeline:
-        """Load a model folder (config.json + model.safetensors [+ ema.safetensors]) of format 1 or 2.
+        """Load a model folder (config.json + model.safetensors [+ ema.safetensors]) of format 1 or 2, or a diffusers
+        folder (``interop.load_diffusers``).
 
         Weights must fit the network exactly and be finite; an absent ema.safetensors of a model trained with an
         EMA is a ``FallbackWarning`` (sampling uses the raw weights); anything else untrusted is a CheckpointError.
         """
         folder = Path(folder)
+        from .interop import is_diffusers_folder, load_diffusers  # diffusers folders (issue 20)
+
+        if is_diffusers_folder(folder):
+            return load_diffusers(folder, device=device)
         config = read_model_config(folder)
         pipe = cls(config)
         _load_weights(pipe.network, folder / MODEL_NAME)
@@ -212,6 +217,11 @@ class Pipeline:
             raise ValueError("this pipeline has no classifier to save.")
         save_tensors(self.classifier.state_dict(), Path(folder) / CLASSIFIER_NAME)
         save_json(self.classifier.hparams, Path(folder) / CLASSIFIER_CONFIG_NAME)
+
+    def inpaint_condition(self, images: Tensor, fill: Tensor) -> dict[str, Tensor]:
+        """Inputs an inpainting network takes beside x (an SD inpainting UNet's mask and masked latents: interop);
+        none for ours, which inpaint by keeping the known part."""
+        return {}
 
     def to(self, device: str | torch.device) -> Pipeline:
         """Move every network to ``device``."""

@@ -32,6 +32,7 @@ __all__ = [
     "linear_betas",
     "cosine_betas",
     "geometric_betas",
+    "scaled_linear_betas",
     "broadcast_like",
 ]
 
@@ -158,7 +159,19 @@ def geometric_betas(num_steps: int = 1000, beta: float = 0.01) -> Tensor:
     return beta * (1 - beta) ** (num_steps - 1 - i)
 
 
-_BETA_SCHEDULES = {"linear": linear_betas, "cosine": cosine_betas, "geometric": geometric_betas}
+def scaled_linear_betas(num_steps: int = 1000, beta_start: float = 8.5e-4, beta_end: float = 1.2e-2) -> Tensor:
+    """Latent diffusion's betas, linear in sqrt(beta) (Rombach et al. 2022; Stable Diffusion's schedule), computed
+    in float32 as diffusers' ``beta_schedule="scaled_linear"`` does, so an imported model sees the same betas."""
+    root = torch.linspace(beta_start**0.5, beta_end**0.5, num_steps, dtype=torch.float32)
+    return (root**2).to(torch.float64)
+
+
+_BETA_SCHEDULES = {
+    "linear": linear_betas,
+    "cosine": cosine_betas,
+    "geometric": geometric_betas,
+    "scaled_linear": scaled_linear_betas,
+}
 
 
 class DiscreteVPProcess(GaussianProcess):

@@ -191,8 +191,8 @@ class DiffusersAutoencoder(nn.Module):
                 f"this autoencoder takes images of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}."
             )
         self.check_input_size(x.shape[-2], x.shape[-1])
-        dist = self.vae.encode(x).latent_dist
-        return dist.mean, dist.logvar
+        dist = self.vae.encode(x.to(self.vae.dtype)).latent_dist  # fp16 / bf16 VAEs: results back in x's dtype
+        return dist.mean.to(x.dtype), dist.logvar.to(x.dtype)
 
     def decode(self, z: Tensor) -> Tensor:
         """Latents -> images, about [-1, 1]."""
@@ -200,7 +200,7 @@ class DiffusersAutoencoder(nn.Module):
             raise ValueError(
                 f"this autoencoder decodes latents of shape (N, {self.latent_channels}, h, w), got {tuple(z.shape)}."
             )
-        return self.vae.decode(z).sample
+        return self.vae.decode(z.to(self.vae.dtype)).sample.to(z.dtype)
 
     def forward(self, x: Tensor, noise: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         mean, logvar = self.encode(x)

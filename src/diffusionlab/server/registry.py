@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ModelConfig
+from ..interop import MODEL_INDEX, is_diffusers_folder, read_diffusers_config, weights_file
 from ..io import CheckpointError
 from ..pipeline import CONFIG_NAME, EMA_NAME, MODEL_NAME, Pipeline, read_model_config
 
@@ -37,13 +38,14 @@ class UnknownModel(KeyError):
 def find_model_folders(root: Path, max_depth: int = MAX_DEPTH) -> dict[str, Path]:
     """Every model folder (one with a config.json that is not an autoencoder's) at or below ``root``, by name."""
     root = root.resolve()
-    if (root / CONFIG_NAME).is_file():
+    if (root / CONFIG_NAME).is_file() or (root / MODEL_INDEX).is_file():
         return {root.name: root}
     found: dict[str, Path] = {}
     for folder, subfolders, files in os.walk(root, followlinks=False):
         here = Path(folder)
         depth = len(here.relative_to(root).parts)
-        if CONFIG_NAME in files and here != root and (here / MODEL_NAME).is_file():
+        ours = CONFIG_NAME in files and (here / MODEL_NAME).is_file()
+        if here != root and (ours or MODEL_INDEX in files):  # MODEL_INDEX: a diffusers folder (interop)
             found[here.relative_to(root).as_posix()] = here
             subfolders.clear()  # a model's own subfolders (its autoencoder, checkpoints) are not models
             continue
@@ -57,6 +59,8 @@ def weights_hash(folder: Path) -> str:
     """The first 12 hex digits of the SHA-256 of the weights a model samples with (its EMA file, else its model
     file): the hash its PNGs record, as the Stable Diffusion UIs record theirs."""
     path = folder / EMA_NAME if (folder / EMA_NAME).is_file() else folder / MODEL_NAME
+    if is_diffusers_folder(folder):
+        path = weights_file(folder)
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -123,7 +127,7 @@ class ModelRegistry:
                 entries[name] = old
                 continue
             try:
-                config = read_model_config(folder)
+                config = read_diffusers_config(folder) if is_diffusers_folder(folder) else read_model_config(folder)
             except CheckpointError:
                 continue  # not a diffusion model (an autoencoder, a broken folder): not served
             entries[name] = ModelEntry(name, folder, config, weights_hash(folder), _folder_bytes(folder))

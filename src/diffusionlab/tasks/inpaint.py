@@ -278,6 +278,7 @@ def inpaint(
         known = pipe.encode(batch)
         keep = model_space_keep(batch_fill, known.shape[-2:])
         noise = run.noise(idx)
+        cond = {**(cond or {}), **pipe.inpaint_condition(batch, batch_fill)} or None
         if repainting:
             x = repaint(
                 run.denoiser, known, keep, ts, levels, cond=cond, noise=noise, eta=options.eta, progress=progress
