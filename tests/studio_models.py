@@ -12,12 +12,20 @@ from diffusionlab.pipeline import Pipeline
 from diffusionlab.training import Trainer
 
 QUIET = {"log_with": [], "sample_every": 0, "checkpoint_every": 0, "log_every": 0, "final_eval": False}
-KINDS = {"pets": "image", "moons": "points", "markov": "tokens", "people": "table", "tones": "signal"}
+KINDS = {
+    "pets": "image",
+    "moons": "points",
+    "markov": "tokens",
+    "people": "table",
+    "tones": "signal",
+    "moving": "video",
+}
 
 
 def write_studio_root(root: Path, pets_model: Path) -> Path:
-    """``root`` holding pets (an 8x8 image model), moons (2-D points), markov (text), people (a table) and
-    tones/clips (audio): each trained 4 steps (or not at all), enough to be served."""
+    """``root`` holding pets (an 8x8 image model), moons (2-D points), markov (text), people (a table),
+    tones/clips (audio) and moving (4-frame clips of moving digits): each trained a few steps (or not at all),
+    enough to be served."""
     from test_signal_model import write_tones
     from test_table_model import table_config, write_table
     from test_text_model import text_config
@@ -42,6 +50,15 @@ def write_studio_root(root: Path, pets_model: Path) -> Path:
         train=TrainConfig(batch_size=4, **short, **QUIET),
     )
     Trainer(tones, root / "tones" / "clips", progress=False).train()
+    moving = ModelConfig(
+        network=NetworkConfig(**MODEL_SIZES["tiny"], num_classes=0),
+        data=DataConfig(dataset="moving_digits", frames=4),
+        train=TrainConfig(batch_size=4, **short, **QUIET),
+    )
+    trainer = Trainer(moving, root / "moving", progress=False, track=False)
+    for step in range(2):
+        trainer.train_step(step)
+    trainer.objective.save(root / "moving")  # the folder without a finished run's 80-clip preview
     return root
 
 

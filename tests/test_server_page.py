@@ -87,6 +87,9 @@ def shoot(page: Any, name: str) -> None:
         page.screenshot(path=str(Path(folder) / f"studio-{name}.png"), full_page=True)
 
 
+PICTURE_SHOWN = "(i => i && i.complete && i.naturalWidth > 0)(document.querySelector('#result img.picture'))"
+
+
 def run_and_wait(page: Any) -> str:
     """Click Run; the job id of the result it shows."""
     before = page.eval_on_selector("#result", "r => r.firstElementChild?.dataset.job || ''")
@@ -208,12 +211,17 @@ def test_tables_texts_audio_and_points(page: Any) -> None:
     page.fill("#num_samples", "2")
     run_and_wait(page)
     assert page.locator("#result audio").count() == 2
-    assert page.eval_on_selector("#result img.picture", "img => img.complete && img.naturalWidth > 0")
+    page.wait_for_function(PICTURE_SHOWN)
     shoot(page, "audio")
     pick(page, "moons")
     page.fill("#num_samples", "40")
     run_and_wait(page)
     assert page.locator("#result canvas.scatter").count() == 1
+    pick(page, "moving")
+    page.fill("#num_samples", "2")
+    run_and_wait(page)
+    assert page.locator("#result img.clip").count() == 2
+    page.wait_for_function(PICTURE_SHOWN)
 
 
 def test_bad_input_shows_one_sentence_and_the_page_fits_a_phone(page: Any) -> None:

@@ -68,6 +68,7 @@ def test_every_model_under_the_root_is_listed_with_its_kind(client: TestClient, 
         "people": "table",
         "pets": "image",
         "tones/clips": "signal",
+        "moving": "video",
     }
     assert listed["pets"]["class_names"] == ["cat", "dog", "owl"] and listed["pets"]["hash"] == weights_hash(
         root / "pets"
@@ -125,6 +126,13 @@ def test_each_data_kind_writes_its_files(client: TestClient) -> None:
 
     points = run(client, "sample", "moons", {"num_samples": 50, "seed": 2})["outputs"]
     assert points["view"] == "points" and np.asarray(points["points"]).shape == (50, 2)
+
+    clips = run(client, "sample", "moving", {"num_samples": 2, "labels": [3, 5], "steps": 3, "seed": 0})
+    assert clips["outputs"]["view"] == "clips" and len(clips["outputs"]["files"]) == 2
+    gif = Image.open(io.BytesIO(client.get(f"/api/jobs/{clips['id']}/files/{clips['outputs']['files'][0]}").content))
+    assert gif.n_frames == 4 and gif.size == (64, 64)  # 4 frames of 32x32, drawn at twice the size
+    strip = client.get(f"/api/jobs/{clips['id']}/files/{clips['outputs']['picture']}")
+    assert strip.status_code == 200 and Image.open(io.BytesIO(strip.content)).format == "PNG"
 
 
 def test_infill_keeps_the_given_characters(client: TestClient) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel
 
-from ..images import make_grid, png_bytes, save_png, to_pil
+from ..images import make_grid, png_bytes, save_animation, save_png, to_pil
 from ..io import atomic_write_text
 from ..pipeline import Pipeline
 from ..sampling import request as library
@@ -41,7 +41,7 @@ PREVIEW_MAX_IMAGES = 16
 TABLE_PREVIEW_ROWS = 20
 POINTS_SHOWN = 4096
 IMAGE_KINDS = ("image", "latent_image")
-ALL_KINDS = ("image", "latent_image", "points", "tokens", "table", "signal")
+ALL_KINDS = ("image", "latent_image", "points", "tokens", "table", "signal", "video")
 
 
 def decode_base64_image(data: str, what: str) -> bytes:
@@ -137,6 +137,16 @@ def write_outputs(
         pipe.space.save(samples, folder / "signals.png", nrow=min(nrow, len(samples)))
         files = [p.relative_to(folder).as_posix() for p in written]
         return {"view": pipe.space.info.kind, "files": files, "picture": "signals.png"}
+    if kind == "video":
+        names = []
+        for i, clip in enumerate(samples):
+            name = f"{task}-{i:03d}.gif"
+            save_animation(clip, folder / name, scale=2)
+            names.append(name)
+        pipe.space.save(
+            samples, folder / "clips.gif", nrow=min(nrow, len(samples)), metadata=_metadata(entry, task, settings)
+        )
+        return {"view": "clips", "files": names, "picture": pipe.space.strip_path(folder / "clips.gif").name}
     raise ValueError(f"the studio cannot show samples of data kind {kind!r}.")
 
 
