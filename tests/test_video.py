@@ -262,3 +262,33 @@ def test_fill_frames_on_the_command_line_predicts_and_keeps_the_given_frames(
     assert_clear_error(run(*given, "--known-frames", "5", "--frames", 6, "--out", out), "--known-frames='5'")
     assert_clear_error(run(*given, "--frames", 6, "--out", tmp_path / "x.png"), "--out", ".gif or .webp")
     assert_clear_error(run("evaluate", video_model[0], "--num-samples", 10), "video model has no metrics")
+
+
+def _write_movie(path: Path, frames: np.ndarray, codec: str, pix_fmt: str) -> None:
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=8)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], pix_fmt
+        for array in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")))
+        container.mux(stream.encode())
+
+
+def test_movie_files_are_read_through_pyav(tmp_path: Path) -> None:
+    """A lossless FFV1 movie comes back bit for bit; an MP4 (MPEG-4, lossy) with every frame, close to its source;
+    a broken movie is one clear line."""
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, size=(6, 32, 48, 3), dtype=np.uint8)
+    _write_movie(tmp_path / "exact.mkv", frames, "ffv1", "bgr0")
+    clip = read_clip(tmp_path / "exact.mkv")
+    assert clip.shape == (6, 3, 32, 48)
+    assert np.array_equal(np.round(clip.permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8), frames)
+    smooth = np.repeat(np.linspace(0, 255, 48, dtype=np.uint8)[None, None, :, None], 32, axis=1).repeat(3, axis=3)
+    _write_movie(tmp_path / "lossy.mp4", np.repeat(smooth, 5, axis=0), "mpeg4", "yuv420p")
+    lossy = read_clip(tmp_path / "lossy.mp4")
+    assert lossy.shape == (5, 3, 32, 48)
+    assert float((lossy.permute(0, 2, 3, 1) - torch.from_numpy(smooth[0] / 255.0)).abs().mean()) < 0.03
+    (tmp_path / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 not a movie")
+    with pytest.raises(DataError, match="cannot decode movie|no video stream|has no frames"):
+        read_clip(tmp_path / "broken.mp4")

@@ -37,7 +37,8 @@ __all__ = [
 ]
 
 CLIP_DATASET_FORMS = ("'moving_digits'", "'moving_digits:2' (two digits)", "'clips:<folder>'")
-CLIP_EXTENSIONS = (".gif", ".webp")
+MOVIE_EXTENSIONS = (".mp4", ".webm", ".mov", ".avi", ".mkv")  # decoded by PyAV (the "video" extra)
+CLIP_EXTENSIONS = (".gif", ".webp", *MOVIE_EXTENSIONS)
 MOVING_DIGITS_FRAME = 32  # the frame's side in pixels; the digits are 16x16
 _DIGIT = 16
 _DEFAULT_FRAMES = 8
@@ -125,6 +126,8 @@ def read_clip(source: str | os.PathLike[str], channels: int | None = None) -> Te
         if not files:
             raise DataError(f"clip folder '{path}' holds no frame images (.png, .jpg, ...).")
         frames = [_frame_file(p) for p in files]
+    elif path.is_file() and path.suffix.lower() in MOVIE_EXTENSIONS:
+        frames = _movie_frames(path)
     elif path.is_file() and path.suffix.lower() in CLIP_EXTENSIONS:
         frames = _animation_frames(path)
     elif path.is_file():
@@ -151,6 +154,36 @@ def _frame_file(path: Path) -> Image.Image:
         raise
     except (OSError, SyntaxError, ValueError) as err:
         raise DataError(f"cannot read frame '{path}' ({err}).") from None
+
+
+def _movie_frames(path: Path) -> list[Image.Image]:
+    """The frames of a movie file (MP4, WebM, ...) decoded by PyAV, as RGB images; one DataError for a file it
+    cannot decode, or when PyAV is not installed."""
+    try:
+        import av
+    except ImportError:
+        raise DataError(
+            f"reading '{path.name}' needs PyAV: pip install 'diffusionlab[video]' (GIF, WebP and frame folders need "
+            "nothing more)."
+        ) from None
+    frames: list[Image.Image] = []
+    most = limits().max_image_pixels
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise DataError(f"'{path}' has no video stream.")
+            for frame in container.decode(video=0):
+                image = frame.to_image()
+                if (len(frames) + 1) * image.size[0] * image.size[1] > most:
+                    raise DataError(f"clip '{path}' has more than {most:,} pixels in all; it is refused.")
+                frames.append(image.convert("RGB"))
+    except DataError:
+        raise
+    except (av.error.FFmpegError, OSError, ValueError) as err:
+        raise DataError(f"cannot decode movie '{path}' ({err}).") from None
+    if not frames:
+        raise DataError(f"movie '{path}' has no frames.")
+    return frames
 
 
 def _animation_frames(path: Path) -> list[Image.Image]:
