@@ -340,3 +340,8 @@ def test_the_uniform_process_trains_samples_and_infills_through_the_pipeline(tmp
     assert bits < 1.8, bits  # measured 1.64 +- 0.05 (entropy 1.44; 1.87 +- 0.11 after 80 steps)
     for text in infill(pipe, "dd______aa", 3, steps=8):
         assert text.startswith("dd") and text[8:10] == "aa" and set(text) <= set("abcd")
+
+
+def test_time_conditioning_off_is_refused_for_networks_that_always_see_the_time() -> None:
+    with pytest.raises(ValueError, match="for text transformers"):
+        build_network(NetworkConfig(kind="unet", time_conditioning=False))

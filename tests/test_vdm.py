@@ -173,3 +173,17 @@ def test_a_vdm_model_trains_on_its_vlb_and_its_schedule_travels_with_the_weights
     metrics = evaluate_model(pipe, ["vlb"], num_samples=10, seed=0)["metrics"]
     # the continuous VLB of 8-bit digits: above 0 and far below the 8 bits/dim of a uniform guess
     assert 0 < metrics["vlb"] < 8 and metrics["vlb_prior"] < 0.01, metrics
+
+
+def test_a_vdm_process_for_data_other_than_pixels_is_one_clear_error(tmp_path: Path) -> None:
+    config = ModelConfig(
+        space="points",
+        network=NetworkConfig(kind="mlp", dim=2, width=16, depth=1),
+        diffusion=DiffusionConfig(process={"name": "vdm"}, parameterisation="eps"),
+        data=DataConfig(dataset="toy:two_moons"),
+        train=TrainConfig(steps=1, final_eval=False, log_with=[]),
+    )
+    with pytest.raises(ValueError, match="decoder of 8-bit pixels"):
+        Trainer(config, tmp_path, progress=False, track=False)
+    with pytest.raises(ValueError, match="gamma_min=5.0 must be below"):
+        DiffusionConfig(process={"name": "vdm", "gamma_min": 5.0, "gamma_max": -1.0})

@@ -171,6 +171,11 @@ _SIZED_BY = {
 def build_network(cfg: NetworkConfig) -> nn.Module:
     """The network a ``NetworkConfig`` describes, freshly initialised; one with more parameters than
     ``limits().max_parameters`` is refused (naming the count and the limit) before its weights are allocated."""
+    if not cfg.time_conditioning and cfg.kind != "transformer":
+        raise ValueError(
+            f"network.time_conditioning=false is for text transformers (MDLM's time-free denoiser); a {cfg.kind} "
+            "network always sees the time."
+        )
     network = build_within_limit(lambda: NETWORKS[cfg.kind](cfg), lambda: network_parameters(cfg), _describe(cfg))
     return ScheduledNetwork(network, MonotoneLogSNR()) if cfg.learned_schedule else network
 

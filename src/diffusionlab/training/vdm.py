@@ -77,6 +77,11 @@ class VLBObjective(DiffusionObjective):
                 "trains on its VLB, whose times are uniform and whose weighting is fixed; use uniform for both."
             )
         base = DiffusionObjective.prepare(config, data, checkpoint, device)
+        if base.config.space != "image":
+            raise ValueError(
+                f"a vdm model's VLB ends in a decoder of 8-bit pixels; this data is {base.config.space!r}, not pixel "
+                "images (use another process)."
+            )
         if checkpoint is None:
             process = base.config.diffusion.process
             for net in (base.model.network, base.model.ema):
