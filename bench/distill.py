@@ -102,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         folder = args.out / method
         began = time.perf_counter()
         if not (folder / "config.json").is_file():
-            distill_consistency(args.model, folder, 1, scales=scales, train=cm, training=method != "consistency")
+            resume = (folder / "checkpoints").is_dir()  # a run cut off earlier continues
+            distill_consistency(args.model, folder, 1, scales=scales, train=cm, training=method != "consistency",
+                                resume=resume)  # fmt: skip
         minutes[method] = (time.perf_counter() - began) / 60
         for n in (1, 2):
             rows.append((f"{method} student, {n} step(s)", n, score(Pipeline.load(folder), args.samples, steps=n)))
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     minutes["flow teacher"] = (time.perf_counter() - began) / 60
     began = time.perf_counter()
     if not (reflowed / "config.json").is_file():
-        distill_reflow(flow, reflowed, 1, pairs=args.pairs, train=cm)
+        distill_reflow(flow, reflowed, 1, pairs=args.pairs, train=cm, resume=(reflowed / "checkpoints").is_dir())
     minutes["reflow"] = (time.perf_counter() - began) / 60
     flow_teacher = Pipeline.load(flow)
     for sampler, n in (("dpmpp_2m", 32), ("euler", 2), ("euler", 1)):

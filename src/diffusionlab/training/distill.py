@@ -392,15 +392,17 @@ def distill_progressively(
 
 
 def _one_run(
-    teacher: str | Path, out: str | Path, spec: DistillConfig, dropout: bool, train: Any, progress: bool
+    teacher: str | Path, out: str | Path, spec: DistillConfig, dropout: bool, train: Any, progress: bool, resume: bool
 ) -> Path:
-    """One resumable training run of the teacher's config with ``spec`` and ``train``'s settings, into ``out``."""
+    """One resumable training run of the teacher's config with ``spec`` and ``train``'s settings, into ``out``
+    (``resume``: continued from its latest checkpoint)."""
     from .trainer import Trainer
 
     base = Pipeline.load(teacher).config
     label_dropout = 0.1 if dropout and base.network.num_classes else 0.0
     settings = {"label_dropout": label_dropout, **(train or {}), "distill": spec}
-    Trainer(base.model_copy(update={"train": base.train.model_copy(update=settings)}), out, progress=progress).train()
+    config = base.model_copy(update={"train": base.train.model_copy(update=settings)})
+    Trainer(config, out, progress=progress, resume=resume).train()
     return Path(out)
 
 
@@ -415,6 +417,7 @@ def distill_consistency(
     progress: bool = False,
     training: bool = False,
     from_scratch: bool = False,
+    resume: bool = False,
 ) -> Path:
     """Distil the model folder ``teacher`` into ``out`` by consistency distillation (``training``: consistency
     training, no teacher steps; ``from_scratch``: from fresh weights), one resumable training run of ``train``'s
@@ -423,7 +426,7 @@ def distill_consistency(
     method = "consistency_training" if training else "consistency"
     spec = DistillConfig(method=method, teacher=str(teacher), student_steps=student_steps, guidance=w, scales=scales,
                          from_scratch=from_scratch)  # fmt: skip
-    return _one_run(teacher, out, spec, True, train, progress)
+    return _one_run(teacher, out, spec, True, train, progress, resume)
 
 
 def distill_reflow(
@@ -436,6 +439,7 @@ def distill_reflow(
     guidance: float | None = None,
     train: dict[str, Any] | None = None,
     progress: bool = False,
+    resume: bool = False,
 ) -> Path:
     """Reflow the flow-matching model folder ``teacher`` into ``out`` (Liu et al. 2023): ``pairs`` couplings from
     its ODE in ``pair_steps`` dpmpp_2m steps under its guidance, then one resumable training run on them; the
@@ -443,7 +447,7 @@ def distill_reflow(
     w = Pipeline.load(teacher).config.sample.guidance if guidance is None else guidance
     spec = DistillConfig(method="reflow", teacher=str(teacher), student_steps=student_steps, guidance=w, pairs=pairs,
                          pair_steps=pair_steps)  # fmt: skip
-    return _one_run(teacher, out, spec, False, train, progress)
+    return _one_run(teacher, out, spec, False, train, progress, resume)
 
 
 # the objective of each ``DistillConfig.method``
