@@ -269,29 +269,41 @@ def inpaint(
     images = check_images(pipe, images)
     fill = check_mask(mask, images)
     run = TaskRun.start(pipe, len(images), task_request(pipe, request, settings, sampler="ddpm"))
-    ts = run.spec.grid(pipe.process)
-    repainting = options.method == "repaint"
-    levels = repaint_schedule(len(ts) - 1, options.jump_length, options.jump_n_sample) if repainting else []
 
     def fill_in(idx: list[int], cond: dict[str, Tensor] | None) -> Tensor:
         batch, batch_fill = images[idx].to(pipe.device), fill[idx].to(pipe.device)
         known = pipe.encode(batch)
         keep = model_space_keep(batch_fill, known.shape[-2:])
-        noise = run.noise(idx)
         cond = {**(cond or {}), **pipe.inpaint_condition(batch, batch_fill)} or None
-        if repainting:
-            x = repaint(
-                run.denoiser, known, keep, ts, levels, cond=cond, noise=noise, eta=options.eta, progress=progress
-            )
-        else:
-            known_noise = auxiliary_noise(run.request.seed, idx, pipe.device, stream=1)
-            wrapped = KnownRegion(run.denoiser, known, keep, known_noise, options.reconstruction_guidance)
-            x0 = prior_std(pipe.process, ts[0]) * noise.like(known)
-            x = run_solver(wrapped, x0, ts, run.spec, cond=cond, noise=noise, progress=progress)
-        decoded = pipe.decode(x).to(batch.dtype)
+        decoded = pipe.decode(fill_known(run, options, known, keep, idx, cond, progress)).to(batch.dtype)
         return torch.where(batch_fill, decoded, batch).cpu()  # the known pixels, bit for bit
 
     return run.map(fill_in, range(len(images)), batch_size)
+
+
+def fill_known(
+    run: TaskRun,
+    options: InpaintOptions,
+    known: Tensor,
+    keep: Tensor,
+    idx: list[int],
+    cond: dict[str, Tensor] | None,
+    progress: bool = False,
+) -> Tensor:
+    """Model-space samples ``idx`` of a run that agree with ``known`` where ``keep`` (True = known): RePaint
+    (Lugmayr et al. 2022), or replacement on the run's solver with Ho et al.'s reconstruction guidance; the task
+    pastes the known data back after decoding."""
+    ts = run.spec.grid(run.pipe.process)
+    noise = run.noise(idx)
+    if options.method == "repaint":
+        levels = repaint_schedule(len(ts) - 1, options.jump_length, options.jump_n_sample)
+        return repaint(
+            run.denoiser, known, keep, ts, levels, cond=cond, noise=noise, eta=options.eta, progress=progress
+        )
+    known_noise = auxiliary_noise(run.request.seed, idx, known.device, stream=1)
+    wrapped = KnownRegion(run.denoiser, known, keep, known_noise, options.reconstruction_guidance)
+    x0 = prior_std(run.pipe.process, ts[0]) * noise.like(known)
+    return run_solver(wrapped, x0, ts, run.spec, cond=cond, noise=noise, progress=progress)
 
 
 def outpaint_canvas(images: Tensor, pad: Sequence[int], fill_value: float = 0.5) -> tuple[Tensor, Tensor]:

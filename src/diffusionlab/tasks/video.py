@@ -16,10 +16,9 @@ import torch
 from torch import Tensor
 
 from ..pipeline import Pipeline
-from ..sampling import prior_std
 from ..sampling.request import SampleRequest
-from .common import TaskRun, auxiliary_noise, run_solver, task_request
-from .inpaint import InpaintOptions, KnownRegion, repaint, repaint_schedule
+from .common import TaskRun, task_request
+from .inpaint import InpaintOptions, fill_known
 
 __all__ = ["parse_frames", "check_clips", "fill_frames"]
 
@@ -91,25 +90,12 @@ def fill_frames(
     keep = torch.zeros(1, frames, 1, 1, 1, dtype=torch.bool)
     keep[:, known] = True
     run = TaskRun.start(pipe, len(clips), task_request(pipe, request, settings, sampler="ddpm"))
-    ts = run.spec.grid(pipe.process)
-    repainting = options.method == "repaint"
-    levels = repaint_schedule(len(ts) - 1, options.jump_length, options.jump_n_sample) if repainting else []
 
     def fill_in(idx: list[int], cond: dict[str, Tensor] | None) -> Tensor:
         batch = clips[idx].to(pipe.device)
         x_known = pipe.encode(batch)
         mask = keep.to(pipe.device).expand_as(x_known)
-        noise = run.noise(idx)
-        if repainting:
-            x = repaint(
-                run.denoiser, x_known, mask, ts, levels, cond=cond, noise=noise, eta=options.eta, progress=progress
-            )
-        else:
-            known_noise = auxiliary_noise(run.request.seed, idx, pipe.device, stream=1)
-            wrapped = KnownRegion(run.denoiser, x_known, mask, known_noise, options.reconstruction_guidance)
-            x0 = prior_std(pipe.process, ts[0]) * noise.like(x_known)
-            x = run_solver(wrapped, x0, ts, run.spec, cond=cond, noise=noise, progress=progress)
-        decoded = pipe.decode(x).to(batch.dtype)
+        decoded = pipe.decode(fill_known(run, options, x_known, mask, idx, cond, progress)).to(batch.dtype)
         return torch.where(mask, batch, decoded).cpu()  # the known frames, bit for bit
 
     return run.map(fill_in, range(len(clips)), batch_size)
