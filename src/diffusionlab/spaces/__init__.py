@@ -48,16 +48,23 @@ __all__ = [
 ]
 
 
+def _unet_levels(cfg: NetworkConfig) -> dict[str, Any]:
+    """The settings every UNet (2-D, space-time) is built from: channels, levels, blocks, attention, classes."""
+    return {
+        "in_channels": cfg.in_channels,
+        "base_channels": cfg.base_channels,
+        "channel_mults": tuple(cfg.channel_mults),
+        "num_res_blocks": cfg.num_res_blocks,
+        "attention_levels": tuple(cfg.attention_levels),
+        "num_heads": cfg.num_heads,
+        "dropout": cfg.dropout,
+        "num_classes": cfg.num_classes,
+    }
+
+
 def _unet(cfg: NetworkConfig) -> nn.Module:
     return UNet2D(
-        in_channels=cfg.in_channels,
-        base_channels=cfg.base_channels,
-        channel_mults=tuple(cfg.channel_mults),
-        num_res_blocks=cfg.num_res_blocks,
-        attention_levels=tuple(cfg.attention_levels),
-        num_heads=cfg.num_heads,
-        dropout=cfg.dropout,
-        num_classes=cfg.num_classes,
+        **_unet_levels(cfg),
         text_dim=cfg.text_dim,
         cross_attention_levels=tuple(
             range(1, len(cfg.channel_mults)) if cfg.cross_attention_levels is None else cfg.cross_attention_levels
@@ -133,16 +140,7 @@ def _diffwave(cfg: NetworkConfig) -> nn.Module:
 def _spacetime_unet(cfg: NetworkConfig) -> nn.Module:
     from ..networks.spacetime import SpaceTimeUNet
 
-    return SpaceTimeUNet(
-        in_channels=cfg.in_channels,
-        base_channels=cfg.base_channels,
-        channel_mults=tuple(cfg.channel_mults),
-        num_res_blocks=cfg.num_res_blocks,
-        attention_levels=tuple(cfg.attention_levels),
-        num_heads=cfg.num_heads,
-        dropout=cfg.dropout,
-        num_classes=cfg.num_classes,
-    )
+    return SpaceTimeUNet(**_unet_levels(cfg))
 
 
 NETWORKS = {
