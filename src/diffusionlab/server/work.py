@@ -41,7 +41,6 @@ PREVIEW_MAX_IMAGES = 16
 TABLE_PREVIEW_ROWS = 20
 POINTS_SHOWN = 4096
 IMAGE_KINDS = ("image", "latent_image")
-ALL_KINDS = ("image", "latent_image", "points", "tokens", "table", "signal", "video")
 
 
 def decode_base64_image(data: str, what: str) -> bytes:
@@ -81,6 +80,88 @@ def _metadata(entry: ModelEntry, task: str, settings: dict[str, Any], **extra: A
     return text_metadata(**record, **extra, settings=json.dumps(record))
 
 
+@dataclass(frozen=True)
+class _Outputs:
+    """Where and for what a job's results are written."""
+
+    pipe: Pipeline
+    entry: ModelEntry
+    task: str
+    settings: dict[str, Any]
+    folder: Path
+    labels: list[int] | None
+    nrow: int
+
+    def metadata(self, **extra: Any) -> dict[str, str]:
+        return _metadata(self.entry, self.task, self.settings, **extra)
+
+
+def _images(out: _Outputs, samples: Any) -> dict[str, Any]:
+    names = []
+    for i, image in enumerate(samples):
+        name = f"{out.task}-{i:03d}.png"
+        save_png(to_pil(image), out.folder / name, out.metadata(index=i))
+        names.append(name)
+    save_png(make_grid(samples, nrow=min(out.nrow, len(samples)), scale=2), out.folder / GRID_NAME, out.metadata())
+    h, w = samples.shape[-2:]
+    return {"view": "images", "files": names, "grid": GRID_NAME, "size": [int(h), int(w)]}
+
+
+def _points(out: _Outputs, samples: Any) -> dict[str, Any]:
+    array = samples.detach().cpu().double().numpy()
+    header = ",".join(f"x{d}" for d in range(array.shape[1]))
+    text = header + "\n" + "\n".join(",".join(repr(float(v)) for v in row) for row in array) + "\n"
+    atomic_write_text(out.folder / "points.csv", text)
+    out.pipe.space.save(samples, out.folder / "points.png")
+    points = np.round(array[:POINTS_SHOWN, :2], 5).tolist()
+    return {"view": "points", "files": ["points.csv"], "picture": "points.png", "points": points}
+
+
+def _texts(out: _Outputs, samples: Any) -> dict[str, Any]:
+    texts = samples if isinstance(samples, list) else out.pipe.space.texts(samples)
+    atomic_write_text(out.folder / "samples.txt", "\n\n".join(texts) + "\n")
+    return {"view": "texts", "files": ["samples.txt"], "texts": texts}
+
+
+def _table(out: _Outputs, samples: Any) -> dict[str, Any]:
+    frame = out.pipe.space.frame(samples)
+    out.pipe.space.save(samples, out.folder / "samples.csv")
+    shown = frame.head(TABLE_PREVIEW_ROWS)
+    rows = [["" if v is None or v != v else str(v) for v in row] for row in shown.itertuples(index=False)]
+    columns = [str(c) for c in frame.columns]
+    return {"view": "table", "files": ["samples.csv"], "columns": columns, "rows": rows, "rows_total": len(frame)}
+
+
+def _signals(out: _Outputs, samples: Any) -> dict[str, Any]:
+    written = out.pipe.space.write_files(samples, out.folder, out.labels)
+    out.pipe.space.save(samples, out.folder / "signals.png", nrow=min(out.nrow, len(samples)))
+    files = [p.relative_to(out.folder).as_posix() for p in written]
+    return {"view": out.pipe.space.info.kind, "files": files, "picture": "signals.png"}
+
+
+def _clips(out: _Outputs, samples: Any) -> dict[str, Any]:
+    names = []
+    for i, clip in enumerate(samples):
+        name = f"{out.task}-{i:03d}.gif"
+        save_animation(clip, out.folder / name, scale=2)
+        names.append(name)
+    path = out.folder / "clips.gif"
+    out.pipe.space.save(samples, path, nrow=min(out.nrow, len(samples)), metadata=out.metadata())
+    return {"view": "clips", "files": names, "picture": out.pipe.space.strip_path(path).name}
+
+
+# how a job's samples of each data kind are written and shown
+_WRITERS = {
+    "image": _images,
+    "latent_image": _images,
+    "points": _points,
+    "tokens": _texts,
+    "table": _table,
+    "signal": _signals,
+    "video": _clips,
+}
+
+
 def write_outputs(
     pipe: Pipeline,
     entry: ModelEntry,
@@ -92,62 +173,11 @@ def write_outputs(
     nrow: int = 8,
 ) -> dict[str, Any]:
     """Write a job's results as the files of their data kind; what the page needs to show them."""
-    folder.mkdir(parents=True, exist_ok=True)
     kind = pipe.config.space
-    if kind in IMAGE_KINDS:
-        names = []
-        for i, image in enumerate(samples):
-            name = f"{task}-{i:03d}.png"
-            save_png(to_pil(image), folder / name, _metadata(entry, task, settings, index=i))
-            names.append(name)
-        grid = make_grid(samples, nrow=min(nrow, len(samples)), scale=2)
-        save_png(grid, folder / GRID_NAME, _metadata(entry, task, settings))
-        h, w = samples.shape[-2:]
-        return {"view": "images", "files": names, "grid": GRID_NAME, "size": [int(h), int(w)]}
-    if kind == "points":
-        array = samples.detach().cpu().double().numpy()
-        header = ",".join(f"x{d}" for d in range(array.shape[1]))
-        text = header + "\n" + "\n".join(",".join(repr(float(v)) for v in row) for row in array) + "\n"
-        atomic_write_text(folder / "points.csv", text)
-        pipe.space.save(samples, folder / "points.png")
-        return {
-            "view": "points",
-            "files": ["points.csv"],
-            "picture": "points.png",
-            "points": np.round(array[:POINTS_SHOWN, :2], 5).tolist(),
-        }
-    if kind == "tokens":
-        texts = samples if isinstance(samples, list) else pipe.space.texts(samples)
-        atomic_write_text(folder / "samples.txt", "\n\n".join(texts) + "\n")
-        return {"view": "texts", "files": ["samples.txt"], "texts": texts}
-    if kind == "table":
-        frame = pipe.space.frame(samples)
-        pipe.space.save(samples, folder / "samples.csv")
-        shown = frame.head(TABLE_PREVIEW_ROWS)
-        rows = [["" if v is None or v != v else str(v) for v in row] for row in shown.itertuples(index=False)]
-        return {
-            "view": "table",
-            "files": ["samples.csv"],
-            "columns": [str(c) for c in frame.columns],
-            "rows": rows,
-            "rows_total": len(frame),
-        }
-    if kind == "signal":
-        written = pipe.space.write_files(samples, folder, labels)
-        pipe.space.save(samples, folder / "signals.png", nrow=min(nrow, len(samples)))
-        files = [p.relative_to(folder).as_posix() for p in written]
-        return {"view": pipe.space.info.kind, "files": files, "picture": "signals.png"}
-    if kind == "video":
-        names = []
-        for i, clip in enumerate(samples):
-            name = f"{task}-{i:03d}.gif"
-            save_animation(clip, folder / name, scale=2)
-            names.append(name)
-        pipe.space.save(
-            samples, folder / "clips.gif", nrow=min(nrow, len(samples)), metadata=_metadata(entry, task, settings)
-        )
-        return {"view": "clips", "files": names, "picture": pipe.space.strip_path(folder / "clips.gif").name}
-    raise ValueError(f"the studio cannot show samples of data kind {kind!r}.")
+    if kind not in _WRITERS:
+        raise ValueError(f"the studio cannot show samples of data kind {kind!r}.")
+    folder.mkdir(parents=True, exist_ok=True)
+    return _WRITERS[kind](_Outputs(pipe, entry, task, settings, folder, labels, nrow), samples)
 
 
 # ------------------------------------------------------------------------------------------------ the tasks
@@ -241,7 +271,7 @@ def _infill(pipe: Pipeline, entry: ModelEntry, req: Any, job: Job, folder: Path)
 TASKS: dict[str, StudioTask] = {
     t.name: t
     for t in (
-        StudioTask("sample", ALL_KINDS, _sample, "new samples of the model's data"),
+        StudioTask("sample", tuple(_WRITERS), _sample, "new samples of the model's data"),
         StudioTask("img2img", IMAGE_KINDS, _img2img, "an image re-drawn from noise of a strength (SDEdit)"),
         StudioTask("inpaint", IMAGE_KINDS, _inpaint, "the masked region of an image filled (white = fill)"),
         StudioTask("infill", ("tokens",), _infill, "the blanks (_) of a text filled, the rest kept"),
