@@ -103,6 +103,13 @@ def test_a_consistency_student_samples_the_toy_in_one_and_two_steps(teacher_dir:
     distill_consistency(teacher_dir, tmp_path / "cd", 2, scales=18, train=train)
     student = Pipeline.load(tmp_path / "cd")
     assert (student.config.sample.sampler, student.config.sample.steps) == ("consistency", 2)
+    # its 2-step grid's middle level is a real one, Karras's middle of three levels, not t_min (where it is a no-op)
+    p, grids = student.process, student.config.sample.tuned_grids
+    s_max, s_min = float(p.sigma(p.t_max) / p.alpha(p.t_max)), float(p.sigma(p.t_min) / p.alpha(p.t_min))
+    mid = ((s_max ** (1 / 7) + s_min ** (1 / 7)) / 2) ** 7
+    t_mid = torch.tensor(grids["consistency:2"][1], dtype=torch.float64)
+    assert abs(float(p.sigma(t_mid) / p.alpha(t_mid)) / mid - 1) < 1e-4
+    assert grids["consistency:1"] == [float(p.t_max), 0.0] and len(grids["consistency:8"]) == 9
     real = load_toy_dataset("eight_gaussians", n=2000, seed=123).tensors()[0]
     scores = {
         "student 1": mmd_rbf(real, student.sample(2000, seed=0, steps=1)),
@@ -112,6 +119,8 @@ def test_a_consistency_student_samples_the_toy_in_one_and_two_steps(teacher_dir:
     }
     assert scores["student 1"] < 0.5 * scores["teacher 1"], scores
     assert scores["student 2"] < 0.5 * scores["teacher 2"], scores
+    # the second step, from a real middle level, improves on the first (measured: 0.0081 against 0.0196)
+    assert scores["student 2"] < 0.6 * scores["student 1"], scores
 
 
 def test_ict_curriculum_and_pair_law() -> None:

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ..processes import DiscreteVPProcess, GaussianProcess
 
-__all__ = ["SPACINGS", "time_grid", "check_steps", "default_spacing"]
+__all__ = ["SPACINGS", "time_grid", "few_step_grid", "check_steps", "default_spacing"]
 
 SPACINGS = ("uniform", "leading", "trailing", "linspace", "karras", "log_snr")
 TUNED = "tuned"  # a model's own grid (config.sample.tuned_grids), resolved by the request; never built here
@@ -84,3 +84,12 @@ def time_grid(process: GaussianProcess, steps: int, spacing: str = "uniform", rh
     if lam_min > -40.0:
         t[0] = t_max
     return torch.cat([t, zero])
+
+
+def few_step_grid(process: GaussianProcess, steps: int, spacing: str = "karras") -> Tensor:
+    """``spacing``'s grid of ``steps + 1`` noise levels with t_min left out: ``steps`` real levels from t_max,
+    then 0. For students that map any level to the data in one call (consistency models, Song et al. 2023, Algorithm
+    1; reflowed flows, Liu et al. 2023), whose last step must start from a real noise level: on ``time_grid``'s
+    t_max -> t_min -> 0, a second step from t_min changes almost nothing."""
+    grid = time_grid(process, check_steps(steps) + 1, spacing)
+    return torch.cat([grid[:-2], grid[-1:]])

@@ -31,6 +31,8 @@ from ..denoisers import Denoiser
 from ..pipeline import Pipeline
 from ..processes import GaussianProcess, broadcast_like
 from ..sampling import NoiseSource, prior_std, sample_seed, time_grid
+from ..sampling.grids import few_step_grid
+from ..sampling.tuning import grid_key
 from .data import TrainingData
 from .diffusion import DiffusionBatch, DiffusionObjective
 
@@ -62,6 +64,18 @@ def load_teacher(folder: str, method: str, device: torch.device) -> Pipeline:
     if teacher.ema is not None:
         teacher.ema.requires_grad_(False)
     return teacher
+
+
+OWN_GRID_STEPS = 8  # a consistency or reflow student stores its few-step grids for 1 .. this many steps
+
+
+def own_grids(sampler: str, process: GaussianProcess, steps: int, spacing: str) -> dict[str, Any]:
+    """Sampling defaults of a one-call student: ``sampler`` at ``steps`` steps, guidance 1 (the teacher's is
+    distilled in), on its own few-step grids (``few_step_grid``, stored as tuned grids for 1 .. 8 steps and
+    ``steps``: the last step starts from a real noise level, not from t_min)."""
+    counts = sorted({*range(1, OWN_GRID_STEPS + 1), steps})
+    grids = {grid_key(sampler, k): few_step_grid(process, k, spacing).tolist() for k in counts}
+    return {"sampler": sampler, "steps": steps, "spacing": "tuned", "guidance": 1.0, "tuned_grids": grids}
 
 
 def nested_grid(process: GaussianProcess, steps: int) -> Tensor:
@@ -122,7 +136,7 @@ class DistillationObjective(DiffusionObjective):
             "steps": steps,
             "spacing": "tuned",
             "guidance": 1.0,
-            "tuned_grids": {f"ddim:{steps}": grid},
+            "tuned_grids": {grid_key("ddim", steps): grid},
         }
 
     def global_batch(self, step: int) -> DiffusionBatch:
@@ -196,8 +210,8 @@ class ConsistencyObjective(DistillationObjective):
 
     @staticmethod
     def sampling(process: GaussianProcess, steps: int) -> dict[str, Any]:
-        """Multistep consistency sampling on the Karras grid of ``steps`` steps, guidance 1."""
-        return {"sampler": "consistency", "steps": steps, "spacing": "karras", "guidance": 1.0}
+        """Multistep consistency sampling (Song et al. 2023, Algorithm 1) on few-step Karras grids, guidance 1."""
+        return own_grids("consistency", process, steps, "karras")
 
     def global_batch(self, step: int) -> DiffusionBatch:
         """The plain batch with each example's time replaced by the upper level t_{n+1} of a drawn pair."""
@@ -329,7 +343,7 @@ class ReflowObjective(DiffusionObjective):
         if checkpoint is None:
             student.network.load_state_dict(teacher.denoiser_network().state_dict())
             student.ema = student.copy_for_ema()
-        sample = {"sampler": "euler", "steps": spec.student_steps, "spacing": "uniform", "guidance": 1.0}
+        sample = own_grids("euler", student.process, spec.student_steps, "uniform")
         student.config = student.config.model_copy(update={"sample": student.config.sample.model_copy(update=sample)})
         pairs = TrainingData(x, labels, base.data.class_names)
         return cls(student.config, student, pairs, z)
