@@ -958,12 +958,19 @@ def interpolate(
         tuple[str, str] | None,
         typer.Option(help="Instead: two prompts whose embeddings are mixed, from the first seed's noise."),
     ] = None,
+    classes: Annotated[
+        tuple[int, int] | None,
+        typer.Option(help="Instead: two class labels whose embeddings are mixed, from the first seed's noise."),
+    ] = None,
+    path: Annotated[
+        str, typer.Option(help="How --prompts or --classes embeddings move: linear or spherical.")
+    ] = "linear",
     guidance: opt.Guidance = None,
     sampler: opt.Sampler = None,
     steps: opt.Steps = None,
 ) -> None:
-    """Samples along the great circle between two seeds' noises, or (--prompts) from one noise between two prompts:
-    a strip of --frames images (and an animation)."""
+    """Samples along the great circle between two seeds' noises, or (--prompts, --classes) from one noise between
+    two prompts' or classes' embeddings: a strip of --frames images (and an animation)."""
     from .images import save_animation, save_grid
     from .pipeline import Pipeline
     from .tasks import interpolate as along
@@ -976,12 +983,14 @@ def interpolate(
             _fail(f"--gif={gif} must end in .gif or .webp.")
         pipe = Pipeline.load(model)
         settings = dict(labels=label, guidance=guidance, sampler=sampler, steps=steps)
-        if prompts is not None:
-            images = along(pipe, frames, prompts=prompts, seed=seeds[0], **settings, **_given(prompt=prompt))
+        if prompts is not None or classes is not None:
+            between = {"prompts": prompts} if prompts is not None else {"classes": classes}
+            images = along(pipe, frames, **between, path=path, seed=seeds[0], **settings, **_given(prompt=prompt))
         else:
             images = along(pipe, frames, seeds=seeds, **settings, **_given(prompt=prompt))
         meta = text_metadata(model=model, task="interpolate", seeds=list(seeds), frames=frames, label=label,
-                             prompts=list(prompts) if prompts else None)  # fmt: skip
+                             prompts=list(prompts) if prompts else None, classes=list(classes) if classes else None,
+                             path=path if prompts or classes else None)  # fmt: skip
         save_grid(images, out, nrow=frames, scale=2, metadata=meta)
         if gif is not None:
             save_animation(images, gif)
@@ -1040,9 +1049,17 @@ def invert(
     ] = None,
     label: opt.Label = None,
     as_label: Annotated[int | None, typer.Option(help="Regenerate as this class instead (an edit).")] = None,
+    prompt: opt.Prompt = None,
     guidance: opt.Guidance = None,
     sampler: Annotated[str, typer.Option(help="A deterministic solver: ddim, euler, heun or dpmpp_2m.")] = "ddim",
     steps: opt.Steps = None,
+    null_iterations: Annotated[
+        int,
+        typer.Option(
+            help="Null-text inversion: optimise the unconditional branch this many steps per level "
+            "(guided models, DDIM, guidance > 1; 0: plain inversion)."
+        ),
+    ] = 0,
 ) -> None:
     """Invert an image through the probability-flow ODE and regenerate it: as it was (prints the reconstruction's
     PSNR) and, with --as-label, as another class from --to-t (an edit)."""
@@ -1050,22 +1067,30 @@ def invert(
 
     from .pipeline import Pipeline
     from .tasks import invert as up
-    from .tasks import regenerate, save_image
+    from .tasks import invert_null, regenerate, save_image
 
     def run() -> None:
         _check_out_file(out)
+        if null_iterations < 0:
+            _fail(f"--null-iterations={null_iterations} must be 0 (plain inversion) or more.")
         pipe = Pipeline.load(model)
         x = _read_task_image(pipe, image)
-        settings = dict(guidance=guidance, sampler=sampler, steps=steps)
-        state = up(pipe, x, to_t=to_t, labels=labels_for(label, 1), **settings)
-        back = regenerate(pipe, state, from_t=to_t, labels=labels_for(label, 1), **settings)
+        settings = dict(guidance=guidance, sampler=sampler, steps=steps, **_given(prompt=prompt))
+        nulls = None
+        if null_iterations:
+            nulls = invert_null(pipe, x, to_t=to_t, iterations=null_iterations, labels=labels_for(label, 1), **settings)
+            state = nulls.noise
+        else:
+            state = up(pipe, x, to_t=to_t, labels=labels_for(label, 1), **settings)
+        back = regenerate(pipe, state, from_t=to_t, nulls=nulls, labels=labels_for(label, 1), **settings)
         mse = float((back - x).pow(2).mean())
         psnr = math.inf if mse == 0 else 10 * math.log10(1 / mse)
         typer.echo(f"reconstruction from the inverted state: PSNR {psnr:.2f} dB")
         result = back
         if as_label is not None:
-            result = regenerate(pipe, state, from_t=to_t, labels=labels_for(as_label, 1), **settings)
-        meta = text_metadata(model=model, task="invert", to_t=to_t, label=label, as_label=as_label, sampler=sampler)
+            result = regenerate(pipe, state, from_t=to_t, nulls=nulls, labels=labels_for(as_label, 1), **settings)
+        meta = text_metadata(model=model, task="invert", to_t=to_t, label=label, as_label=as_label, sampler=sampler,
+                             null_iterations=null_iterations or None)  # fmt: skip
         save_image(result[0], out, meta)
         typer.echo(f"wrote {out}")
 

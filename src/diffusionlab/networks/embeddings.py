@@ -46,7 +46,9 @@ class NoiseLevelEmbedding(nn.Module):
 class LabelEmbedding(nn.Module):
     """Class-label embedding with one extra "null" row (index ``num_classes``) for classifier-free guidance.
 
-    A label of -1 is read as the null label, so callers can drop labels per sample by writing -1.
+    A label of -1 is read as the null label, so callers can drop labels per sample by writing -1. Float labels of
+    shape (N, num_classes + 1) are soft labels: weights over the rows, the null row last, so the embedding is their
+    weighted sum (interpolation between classes; null-text-style inversion optimises these weights).
     """
 
     def __init__(self, num_classes: int, dim: int) -> None:
@@ -59,6 +61,12 @@ class LabelEmbedding(nn.Module):
         return self.num_classes
 
     def forward(self, labels: Tensor) -> Tensor:
+        if labels.is_floating_point():
+            rows = self.num_classes + 1
+            if labels.ndim != 2 or labels.shape[1] != rows:
+                shape = tuple(labels.shape)
+                raise ValueError(f"soft labels must have shape (N, {rows}) (the null row last); got {shape}.")
+            return (labels.to(self.table.weight.dtype)[:, :, None] * self.table.weight).sum(1)  # exact where one-hot
         labels = torch.where(labels < 0, torch.full_like(labels, self.num_classes), labels)
         return self.table(labels)
 

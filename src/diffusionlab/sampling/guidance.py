@@ -2,18 +2,44 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..denoisers import DenoiserLike, Prediction, noise_conditioning
 from ..processes import broadcast_like
 
-__all__ = ["ClassifierFreeGuidance", "ClassifierGuidance", "null_conditioning", "check_guidance_interval"]
+__all__ = [
+    "ClassifierFreeGuidance",
+    "ClassifierGuidance",
+    "null_conditioning",
+    "check_guidance_interval",
+    "soft_labels",
+    "with_uncond",
+]
 
 # image conditions are not guided: both branches see the same condition image
 _UNGUIDED = ("cond_image", "inpaint_latents")  # inpaint_latents: SD inpainting UNets (interop)
+
+
+def soft_labels(labels: Tensor, rows: int) -> Tensor:
+    """Integer labels (-1: the null label) as one-hot weights over a label embedding's ``rows`` rows, the null row
+    last; float labels (already weights) as they are."""
+    if labels.is_floating_point():
+        return labels
+    return F.one_hot(torch.where(labels < 0, rows - 1, labels).long(), rows).float()
+
+
+def _joined(cond: Tensor, null: Tensor) -> Tensor:
+    """The conditional and unconditional values of one condition in one batch (labels as soft labels where either
+    branch has weights)."""
+    if cond.is_floating_point() != null.is_floating_point() and min(cond.ndim, null.ndim) == 1:
+        rows = (cond if cond.is_floating_point() else null).shape[-1]
+        cond, null = soft_labels(cond, rows), soft_labels(null, rows)
+    return torch.cat([cond, null])
 
 
 def null_conditioning(cond: Mapping[str, Tensor], uncond: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
@@ -26,6 +52,8 @@ def null_conditioning(cond: Mapping[str, Tensor], uncond: Mapping[str, Tensor] |
         if key in uncond:
             u = uncond[key].to(value.device)
             out[key] = u.expand(value.shape[0], *u.shape[1:]) if u.shape[0] == 1 else u
+        elif key == "labels" and value.is_floating_point():  # soft labels: all weight on the null row
+            out[key] = soft_labels(torch.full(value.shape[:1], -1, device=value.device), value.shape[1])
         elif key == "labels":
             out[key] = torch.full_like(value, -1)
         elif key in _UNGUIDED:
@@ -99,7 +127,7 @@ class ClassifierFreeGuidance:
         null = null_conditioning(cond, self.uncond)
         if isinstance(w, float) and w == 0.0:
             return self.denoiser(x, t, null)
-        both = {k: torch.cat([v, null[k]]) for k, v in cond.items()}
+        both = {k: _joined(v, null[k]) for k, v in cond.items()}
         t2 = torch.cat([t, t]) if isinstance(t, Tensor) and t.ndim == 1 else t
         pred = self.denoiser(torch.cat([x, x]), t2, both)
         w = broadcast_like(w.to(x.device), x) if isinstance(w, Tensor) else w
@@ -155,3 +183,19 @@ class ClassifierGuidance:
             return pred
         eps = pred.eps - self.scale * pred.sigma * self.log_prob_grad(x, t, cond["labels"])
         return Prediction(x, (x - pred.sigma * eps) / pred.alpha, eps, pred.alpha, pred.sigma)
+
+
+def with_uncond(denoiser: DenoiserLike, uncond: Mapping[str, Tensor]) -> DenoiserLike:
+    """A copy of a guided denoiser chain (thresholding, classifier guidance, ... around classifier-free guidance)
+    whose classifier-free guidance takes ``uncond`` as its unconditional branch (null-text inversion's optimised
+    null, Mokady et al. 2023); the original is untouched."""
+    if isinstance(denoiser, ClassifierFreeGuidance):
+        out = copy.copy(denoiser)
+        out.uncond = {**denoiser.uncond, **uncond}
+        return out
+    inner = getattr(denoiser, "denoiser", None)
+    if inner is None:
+        raise ValueError("this denoiser has no classifier-free guidance (a model without labels or prompts).")
+    out = copy.copy(denoiser)
+    out.denoiser = with_uncond(inner, uncond)
+    return out

@@ -11,13 +11,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["slerp", "slerp_path"]
+__all__ = ["slerp", "slerp_path", "slerp_weights"]
 
 
-def slerp(a: Tensor, b: Tensor, w: float | Tensor) -> Tensor:
-    """Per sample, the point a fraction ``w`` along the great-circle arc from a to b (norms interpolated linearly):
-    (sin((1 - w) theta) a + sin(w theta) b) / sin(theta), theta the angle between a and b (Shoemake 1985);
-    a straight line where a and b are (anti)parallel to within 1e-6."""
+def slerp_weights(a: Tensor, b: Tensor, w: float | Tensor) -> tuple[Tensor, Tensor]:
+    """Per sample, the coefficients (c_a, c_b), shape (N, 1) in float64, with slerp(a, b, w) = c_a a + c_b b: the
+    great-circle direction (sin((1 - w) theta) a^ + sin(w theta) b^) / sin(theta) (Shoemake 1985), theta the angle
+    between a and b (a straight line where they are (anti)parallel to within 1e-6), scaled to the linearly
+    interpolated norm."""
     if a.shape != b.shape:
         raise ValueError(f"slerp needs two tensors of one shape; got {tuple(a.shape)} and {tuple(b.shape)}.")
     flat_a, flat_b = a.reshape(len(a), -1).double(), b.reshape(len(b), -1).double()
@@ -29,8 +30,17 @@ def slerp(a: Tensor, b: Tensor, w: float | Tensor) -> Tensor:
     straight = sin.abs() < 1e-6
     wa = torch.where(straight, 1 - w, torch.sin((1 - w) * theta) / torch.where(straight, 1.0, sin))
     wb = torch.where(straight, w, torch.sin(w * theta) / torch.where(straight, 1.0, sin))
-    out = wa * (flat_a / na) + wb * (flat_b / nb)
-    out = out / out.norm(dim=1, keepdim=True) * ((1 - w) * na + w * nb)
+    direction = wa * (flat_a / na) + wb * (flat_b / nb)
+    scale = ((1 - w) * na + w * nb) / direction.norm(dim=1, keepdim=True)
+    return scale * wa / na, scale * wb / nb
+
+
+def slerp(a: Tensor, b: Tensor, w: float | Tensor) -> Tensor:
+    """Per sample, the point a fraction ``w`` along the great-circle arc from a to b (norms interpolated linearly):
+    (sin((1 - w) theta) a + sin(w theta) b) / sin(theta), theta the angle between a and b (Shoemake 1985);
+    a straight line where a and b are (anti)parallel to within 1e-6."""
+    ca, cb = slerp_weights(a, b, w)
+    out = ca * a.reshape(len(a), -1).double() + cb * b.reshape(len(b), -1).double()
     return out.reshape(a.shape).to(a.dtype)
 
 

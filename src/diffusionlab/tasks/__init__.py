@@ -46,7 +46,7 @@ from .inpaint import (
     repaint,
     repaint_schedule,
 )
-from .ode_space import INVERTIBLE, interpolate, invert, regenerate, variations
+from .ode_space import INVERTIBLE, NullInversion, interpolate, invert, invert_null, regenerate, variations
 from .series import SeriesSamples, forecast, impute_series, window_starts
 from .tune import save_tuned_grid, tune_model_grid
 from .video import check_clips, fill_frames, parse_frames
@@ -57,6 +57,8 @@ __all__ = [
     "parse_frames",
     "INVERTIBLE",
     "invert",
+    "invert_null",
+    "NullInversion",
     "regenerate",
     "interpolate",
     "variations",
