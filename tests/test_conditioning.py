@@ -434,3 +434,21 @@ def test_interpolating_between_two_prompts_keeps_the_seed_and_ends_at_each_promp
     done = run("interpolate", text_model, "--prompts", "a thick seven", "the digit 1", "--frames", "3", "--out",
                tmp_path / "strip.png")  # fmt: skip
     assert done.exit_code == 0 and (tmp_path / "strip.png").is_file(), done.output
+
+
+def test_null_text_inversion_of_a_prompt_model_optimises_the_null_tokens(text_model: Path) -> None:
+    """A prompt model's null branch is the empty prompt's token embeddings: null-text inversion optimises them per
+    level, and the guided round trip lands closer to the input than plain inversion at that guidance (measured:
+    0.047 against 0.065)."""
+    from diffusionlab.tasks import invert, invert_null, regenerate
+
+    pipe = Pipeline.load(text_model)
+    x = (pipe.sample(2, prompt="a thick seven", seed=1, guidance=1.0) * 0.9 + 0.05).clamp(0, 1)
+    s = {"prompt": "a thick seven", "guidance": 3.0, "steps": 8, "thresholding": "none"}
+    plain = float((regenerate(pipe, invert(pipe, x, **s), **s) - x).pow(2).mean().sqrt())
+    found = invert_null(pipe, x, iterations=10, lr=0.1, **s)
+    null = float((regenerate(pipe, found.noise, nulls=found, **s) - x).pow(2).mean().sqrt())
+    assert set(found.nulls[0]) == {"text"} and found.nulls[0]["text"].shape[0] == 2
+    moved = found.nulls[-1]["text"] - found.nulls[0]["text"]
+    assert float(moved.abs().max()) > 1e-3  # the null tokens move from level to level
+    assert null < 0.8 * plain, (null, plain)
