@@ -12,8 +12,8 @@ from ..processes import broadcast_like
 
 __all__ = ["ClassifierFreeGuidance", "ClassifierGuidance", "null_conditioning", "check_guidance_interval"]
 
-# image conditions are not guided: both branches see the same condition image
-_UNGUIDED = ("cond_image", "inpaint_latents")  # inpaint_latents: SD inpainting UNets (interop)
+# image and signal conditions are not guided: both branches see the same condition
+_UNGUIDED = ("cond_image", "cond_signal", "inpaint_latents")  # inpaint_latents: SD inpainting UNets (interop)
 
 
 def null_conditioning(cond: Mapping[str, Tensor], uncond: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
