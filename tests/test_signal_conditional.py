@@ -21,6 +21,7 @@ from diffusionlab.networks.diffwave import DiffWave
 from diffusionlab.networks.unet1d import UNet1D
 from diffusionlab.pipeline import Pipeline
 from diffusionlab.processes import VPProcess
+from diffusionlab.spaces import build_network
 from diffusionlab.tasks import forecast, impute_series
 from diffusionlab.training import Trainer
 
@@ -130,3 +131,9 @@ def test_signal_condition_on_other_data_is_one_clear_line(tmp_path: Path) -> Non
         "--out", tmp_path / "run",
     )  # fmt: skip
     assert_clear_error(result, "signal-condition='observed' is for audio and series data")
+
+
+def test_dropout_on_diffwave_is_one_clear_error() -> None:
+    """DiffWave has no dropout: asking for it is refused rather than ignored."""
+    with pytest.raises(ValueError, match=r"network.dropout=0.5 does not apply to DiffWave"):
+        build_network(NetworkConfig(kind="diffwave", width=8, depth=2, dropout=0.5))

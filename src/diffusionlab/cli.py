@@ -194,7 +194,7 @@ TRAIN_FIELDS = {
         opt.DATA_PANEL,
     ),
     DiffusionConfig: (("parameterisation",), opt.DIFFUSION_PANEL),
-    NetworkConfig: (("time_conditioning",), opt.NETWORK_PANEL),
+    NetworkConfig: (("time_conditioning", "dropout"), opt.NETWORK_PANEL),
     # every training setting but distill, which the distill command sets (it names a teacher and a method)
     TrainConfig: (tuple(n for n in TrainConfig.model_fields if n != "distill"), opt.TRAIN_PANEL),
 }

@@ -102,7 +102,9 @@ class NetworkConfig(_Strict):
     num_res_blocks: int = Field(default=1, ge=1)
     attention_levels: list[int] = Field(default_factory=list)
     num_heads: int = Field(default=4, ge=1)
-    dropout: float = Field(default=0.0, ge=0, lt=1)
+    dropout: float = Field(
+        default=0.0, ge=0, lt=1, description="Dropout in the network's residual blocks (0: none; DiffWave has none)."
+    )
     num_classes: int | None = Field(default=None, ge=0)  # None: unconditional; 0 when training: the dataset's
     text_dim: int | None = Field(default=None, ge=1)  # token-embedding width of the text encoder; None: no text
     cross_attention_levels: list[int] | None = None  # text only; None: every level below full resolution

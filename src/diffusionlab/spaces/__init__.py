@@ -130,6 +130,8 @@ def _unet1d(cfg: NetworkConfig) -> nn.Module:
 def _diffwave(cfg: NetworkConfig) -> nn.Module:
     from ..networks.diffwave import DiffWave
 
+    if cfg.dropout:
+        raise ValueError(f"network.dropout={cfg.dropout} does not apply to DiffWave, which has no dropout; use 0.")
     return DiffWave(
         in_channels=cfg.in_channels,
         residual_channels=cfg.width,
