@@ -322,7 +322,7 @@ def test_trainer_drops_prompts_to_the_empty_one(text_model: Path) -> None:
     cfg = Pipeline.load(text_model).config
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"label_dropout": 0.5, "batch_size": 64})})
     trainer = Trainer(cfg, text_model / "again", progress=False, cpu=True, track=False)
-    _, _, _, cond = trainer.batch(0)
+    cond = trainer.batch(0).cond
     empty = trainer.text.tokens[-1]
     dropped = [bool(torch.equal(tok[: empty.shape[0]], empty)) for tok in cond["text"]]
     assert 16 < sum(dropped) < 48  # about half, per sample

@@ -196,7 +196,7 @@ def drawn_labels(trainer: Trainer, steps: int, data: TrainingData) -> list[tuple
     """(labels given to the network, true labels of the drawn examples) for each step's batch."""
     out = []
     for step in range(steps):
-        x0, _, _, cond = trainer.batch(step)
+        x0, _, _, cond = trainer.batch(step)[:4]
         idx = ((x0[:, 0, 0, 0] + 1) / 2 * (len(data.x) - 1)).round().long()
         out.append((cond["labels"], data.labels[idx]))
     return out

@@ -82,8 +82,8 @@ def test_diffusion_loss_is_the_mean_squared_error_to_its_target(parameterisation
     """Uniform weighting: mean over the batch and every element of (F(x_t / sqrt(a^2 + s^2), c_noise) - target)^2,
     target eps (Ho et al. 2020, eq. 14) or v = (a eps - s x0) / sqrt(a^2 + s^2) (Salimans & Ho 2022, eq. 9)."""
     objective = DiffusionObjective.prepare(model_config(parameterisation), images(classes=None), None, CPU)
-    x0, t, eps, cond = objective.global_batch(3)
-    assert cond is None and x0.shape == eps.shape == (12, 1, 8, 8) and t.shape == (12,)
+    x0, t, eps, cond, loss_mask = objective.global_batch(3)
+    assert cond is None and loss_mask is None and x0.shape == eps.shape == (12, 1, 8, 8) and t.shape == (12,)
     loss, _ = objective.loss(objective.network, objective.global_batch(3))
     process = objective.model.process
     alpha, sigma = coefficients(process, t)

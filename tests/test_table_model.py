@@ -78,7 +78,7 @@ def test_the_mixed_loss_is_the_numeric_denoising_loss_plus_the_categorical_nelbo
     objective = DiffusionObjective.prepare(config, None, None, torch.device("cpu"))
     pipe, net = objective.model, objective.model.network
     batch = objective.global_batch(3)
-    x0, t, noise, cond = batch
+    x0, t, noise, cond = batch[:4]
     process = pipe.process
     n, c = process.num_numeric, process.num_categorical
     assert (n, c) == (2, 3)  # age, income; city, member and income's missing indicator (y is the label, last)

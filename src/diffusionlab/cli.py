@@ -189,11 +189,12 @@ def _read_task_image(pipe: Any, path: Path, what: str = "--image") -> Any:
 TRAIN_FIELDS = {
     DataConfig: (
         ("dataset", "image_size", "channels", "image_condition", "superres_factor", "seq_len", "tokenizer")
-        + ("target_column", "schema_file", "sample_rate", "clip_seconds", "window", "id_column", "frames"),
+        + ("target_column", "schema_file", "sample_rate", "clip_seconds", "window", "id_column", "signal_condition")
+        + ("frames",),
         opt.DATA_PANEL,
     ),
     DiffusionConfig: (("parameterisation",), opt.DIFFUSION_PANEL),
-    NetworkConfig: (("time_conditioning",), opt.NETWORK_PANEL),
+    NetworkConfig: (("time_conditioning", "dropout"), opt.NETWORK_PANEL),
     # every training setting but distill, which the distill command sets (it names a teacher and a method)
     TrainConfig: (tuple(n for n in TrainConfig.model_fields if n != "distill"), opt.TRAIN_PANEL),
 }

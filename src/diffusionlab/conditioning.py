@@ -72,7 +72,8 @@ def text_conditioning(
 
 def image_conditioning(config: ModelConfig, n: int, cond_image: Tensor | None) -> Tensor | None:
     """n condition images in the model's range [-1, 1], checked against the model's condition shape."""
-    want, kind = config.network.cond_channels, config.data.image_condition
+    kind = config.data.image_condition
+    want = config.network.cond_channels if kind is not None else 0  # else: a signal's observations (not an image)
     if cond_image is None:
         if want:
             raise ValueError(f"this model is conditioned on an image ({kind}): give cond_image.")

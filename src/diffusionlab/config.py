@@ -102,11 +102,13 @@ class NetworkConfig(_Strict):
     num_res_blocks: int = Field(default=1, ge=1)
     attention_levels: list[int] = Field(default_factory=list)
     num_heads: int = Field(default=4, ge=1)
-    dropout: float = Field(default=0.0, ge=0, lt=1)
+    dropout: float = Field(
+        default=0.0, ge=0, lt=1, description="Dropout in the network's residual blocks (0: none; DiffWave has none)."
+    )
     num_classes: int | None = Field(default=None, ge=0)  # None: unconditional; 0 when training: the dataset's
     text_dim: int | None = Field(default=None, ge=1)  # token-embedding width of the text encoder; None: no text
     cross_attention_levels: list[int] | None = None  # text only; None: every level below full resolution
-    cond_channels: int = Field(default=0, ge=0)  # channels of a condition image concatenated to the input
+    cond_channels: int = Field(default=0, ge=0)  # channels of a condition (image; signal's observations) beside x
     dim: int = Field(default=2, ge=1)
     width: int = Field(default=256, ge=1)
     depth: int = Field(default=4, ge=1)
@@ -458,6 +460,12 @@ class DataConfig(_Strict):
     window: int = Field(default=64, ge=2, description="Series: time steps per training window.")
     id_column: str | None = Field(
         default=None, description="Series: a column naming the series of each row (long format); default: wide."
+    )
+    signal_condition: Literal["observed"] | None = Field(
+        default=None,
+        description="Series and audio: 'observed' trains a conditional imputation model (CSDI): the network also sees "
+        "the observed points and their mask, masks drawn as random points, blocks and forecast tails; impute and "
+        "forecast then use it instead of RePaint.",
     )
     signal: SignalInfo | None = None  # audio and series: what one signal is (fitted to the data)
     frames: int | None = Field(

@@ -65,9 +65,17 @@ class Family(ABC):
 
     @abstractmethod
     def loss(
-        self, pipe: Any, network: nn.Module, x0: Tensor, t: Tensor, noise: Tensor, cond: Any, weighting: Weighting
+        self,
+        pipe: Any,
+        network: nn.Module,
+        x0: Tensor,
+        t: Tensor,
+        noise: Tensor,
+        cond: Any,
+        weighting: Weighting,
+        loss_mask: Tensor | None = None,
     ) -> Tensor:
-        """The mean training loss of a micro-batch under ``network``."""
+        """The mean training loss of a micro-batch under ``network`` (over the elements ``loss_mask`` marks, if any)."""
 
     @abstractmethod
     def draw(
@@ -99,11 +107,19 @@ class GaussianFamily(Family):
         return torch.randn(x0.shape, generator=generator)
 
     def loss(
-        self, pipe: Any, network: nn.Module, x0: Tensor, t: Tensor, noise: Tensor, cond: Any, weighting: Weighting
+        self,
+        pipe: Any,
+        network: nn.Module,
+        x0: Tensor,
+        t: Tensor,
+        noise: Tensor,
+        cond: Any,
+        weighting: Weighting,
+        loss_mask: Tensor | None = None,
     ) -> Tensor:
         """The weighted denoising loss (Ho et al. 2020, eq. 14, with ``config.train.weighting``)."""
         denoiser = Denoiser(network, pipe.process, pipe.parameterisation)
-        return denoising_loss(denoiser, x0, cond, t=t, eps=noise, weighting=weighting)
+        return denoising_loss(denoiser, x0, cond, t=t, eps=noise, weighting=weighting, mask=loss_mask)
 
     def draw(self, pipe, request, n, indices, batch_size, progress=False, callback=None):  # type: ignore[no-untyped-def]
         guided, cond_all = pipe.guided_denoiser(n, request)
@@ -175,9 +191,18 @@ class DiscreteFamily(Family):
         return process.corrupt(x0, t, generator)
 
     def loss(
-        self, pipe: Any, network: nn.Module, x0: Tensor, t: Tensor, noise: Tensor, cond: Any, weighting: Weighting
+        self,
+        pipe: Any,
+        network: nn.Module,
+        x0: Tensor,
+        t: Tensor,
+        noise: Tensor,
+        cond: Any,
+        weighting: Weighting,
+        loss_mask: Tensor | None = None,
     ) -> Tensor:
         """The NELBO in nats per token (MDLM, Sahoo et al. 2024, eq. 10-11), averaged over the micro-batch."""
+        _refuse_loss_mask(loss_mask, "text")
         return nelbo(pipe.process, TokenModel(network), x0, t, cond, x_t=noise).mean() / x0.shape[-1]
 
     def draw(self, pipe, request, n, indices, batch_size, progress=False, callback=None):  # type: ignore[no-untyped-def]
@@ -279,6 +304,12 @@ def column_logits(flat: Tensor, cardinalities: Sequence[int], classes: int) -> T
     return out
 
 
+def _refuse_loss_mask(loss_mask: Tensor | None, kind: str) -> None:
+    """One clear error for a loss mask (a conditional imputation model's) given to a family without one."""
+    if loss_mask is not None:
+        raise ValueError(f"a {kind} model's loss counts every element; it takes no loss mask.")
+
+
 def _refuse_gaussian_settings(request: SampleRequest, kind: str, prompts: bool = False) -> None:
     """One clear error for a setting only Gaussian models take (prompts unless ``prompts``, condition images,
     classifier guidance, CFG rescale and interval, thresholding)."""
@@ -330,9 +361,18 @@ class MixedFamily(Family):
         return torch.cat([eps, tokens.to(eps.dtype), rest], dim=1)
 
     def loss(
-        self, pipe: Any, network: nn.Module, x0: Tensor, t: Tensor, noise: Tensor, cond: Any, weighting: Weighting
+        self,
+        pipe: Any,
+        network: nn.Module,
+        x0: Tensor,
+        t: Tensor,
+        noise: Tensor,
+        cond: Any,
+        weighting: Weighting,
+        loss_mask: Tensor | None = None,
     ) -> Tensor:
         """Gaussian denoising loss of the numeric columns + the categorical NELBO in nats per column."""
+        _refuse_loss_mask(loss_mask, "table")
         process = pipe.process
         n, c = process.num_numeric, process.num_categorical
         rows = _RowNetwork(network, noise[:, n : n + c], n)

@@ -202,11 +202,14 @@ def denoising_loss(
     min_snr_gamma: float = 5.0,
     t: Tensor | None = None,
     eps: Tensor | None = None,
+    mask: Tensor | None = None,
 ) -> Tensor:
     """Mean weighted denoising loss of a batch: noise x0 to time t, regress the network's target.
 
     ``t`` and ``eps`` are drawn (with ``generator``) unless given. Returns a scalar; per-sample losses are
-    averaged over every dimension first (Ho et al. 2020, eq. 14).
+    averaged over every dimension first (Ho et al. 2020, eq. 14). ``mask`` (x0's shape, True = counted) averages
+    over the masked elements of the whole batch instead (CSDI's loss on the imputation targets, Tashiro et al.
+    2021, Algorithm 1).
     """
     process = denoiser.process
     weigh = make_weighting(weighting, getattr(denoiser.parameterisation, "sigma_data", 0.5), min_snr_gamma)
@@ -218,8 +221,11 @@ def denoising_loss(
     out, _ = denoiser.forward_raw(x_t, t, cond)
     target = denoiser.target(x0, eps, t)
     w = weigh(denoiser, t, x0) / denoiser.target_weight(t, x0)
-    per_sample = (w * (out - target) ** 2).flatten(1).mean(1)
-    return per_sample.mean()
+    squared = w * (out - target) ** 2
+    if mask is not None:
+        counted = mask.expand_as(squared).to(squared.dtype)
+        return (squared * counted).sum() / counted.sum().clamp(min=1.0)
+    return squared.flatten(1).mean(1).mean()
 
 
 def gaussian_kl(mean1: Tensor, logvar1: Tensor, mean2: Tensor, logvar2: Tensor) -> Tensor:

@@ -219,9 +219,10 @@ class Pipeline:
         save_json(self.classifier.hparams, Path(folder) / CLASSIFIER_CONFIG_NAME)
 
     def inpaint_condition(self, images: Tensor, fill: Tensor) -> dict[str, Tensor]:
-        """Inputs an inpainting network takes beside x (an SD inpainting UNet's mask and masked latents: interop);
-        none for ours, which inpaint by keeping the known part."""
-        return {}
+        """Inputs an inpainting network takes beside x to fill ``images`` (as users hold them) where ``fill`` is
+        True: the model space's (a conditional imputation model's observations; an SD inpainting UNet's mask and
+        masked latents: interop); none for the others, which inpaint by keeping the known part."""
+        return self.space.inpaint_condition(images, fill)
 
     def to(self, device: str | torch.device) -> Pipeline:
         """Move every network to ``device``."""

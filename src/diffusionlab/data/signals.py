@@ -70,6 +70,7 @@ __all__ = [
     "SignalDataset",
     "default_stride",
     "destandardise_series",
+    "draw_observed",
     "fill_gaps",
     "find_audio",
     "is_audio_dataset",
@@ -448,6 +449,28 @@ def load_audio_folder(
 
 
 # --- time series ---------------------------------------------------------------------------------------------------
+
+
+def draw_observed(n: int, channels: int, length: int, generator: torch.Generator) -> Tensor:
+    """n training masks (n, C, L), True = observed, for a conditional imputation model (CSDI's self-supervised
+    targets, Tashiro et al. 2021, sec. 4): each mask is, with equal chance, random points (each point missing with
+    a probability drawn uniformly from [0, 1], CSDI's random strategy), one block of missing steps in every channel
+    (the "historical" gaps of real series), or a missing tail (forecasting); blocks and tails last 1 to 3L/4 steps.
+    At least one point of each mask is missing."""
+    kind = torch.randint(3, (n,), generator=generator)
+    ratio = torch.rand(n, generator=generator)
+    points = torch.rand(n, channels, length, generator=generator) < ratio[:, None, None]
+    longest = max(1, 3 * length // 4)
+    span = 1 + (torch.rand(n, generator=generator) * longest).long().clamp(max=longest - 1)
+    start = (torch.rand(n, generator=generator) * (length - span + 1)).long()
+    start = torch.where(kind == 2, length - span, start)
+    steps = torch.arange(length)
+    block = ((steps >= start[:, None]) & (steps < (start + span)[:, None]))[:, None].expand(-1, channels, -1)
+    missing = torch.where((kind == 0)[:, None, None], points, block)
+    first = torch.randint(length, (n,), generator=generator)
+    none = ~missing.flatten(1).any(1)
+    missing[none, :, first[none]] = True  # a random mask that left everything observed: one point missing
+    return ~missing
 
 
 def fill_gaps(values: np.ndarray, observed: np.ndarray) -> np.ndarray:

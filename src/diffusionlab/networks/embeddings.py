@@ -85,6 +85,24 @@ def add_label_embedding(
     return emb + embedding(labels)
 
 
+def concat_condition(x: Tensor, condition: Tensor | None, channels: int, network: str = "network") -> Tensor:
+    """x (B, C, ...) with ``channels`` condition channels (B, channels, ...) concatenated along dim 1; no condition
+    given to a network that takes one: zeros (for a signal's observed values and mask: nothing observed). One clear
+    error for a condition of the wrong shape, or given to a network built without condition channels."""
+    if not channels:
+        if condition is not None:
+            raise ValueError(f"a condition was given to a {network} built without cond_channels.")
+        return x
+    if condition is None:
+        return torch.cat([x, x.new_zeros(x.shape[0], channels, *x.shape[2:])], dim=1)
+    if condition.shape[0] != x.shape[0] or condition.shape[1] != channels or condition.shape[2:] != x.shape[2:]:
+        raise ValueError(
+            f"this {network} takes a condition of shape ({x.shape[0]}, {channels}, {', '.join(map(str, x.shape[2:]))}) "
+            f"beside x, got {tuple(condition.shape)}."
+        )
+    return torch.cat([x, condition.to(x.dtype)], dim=1)
+
+
 def check_size_multiple(height: int, width: int, multiple: int, what: str) -> None:
     """One clear error unless height and width are positive multiples of ``multiple`` (``what`` names the network)."""
     if height % multiple or width % multiple or height < multiple or width < multiple:

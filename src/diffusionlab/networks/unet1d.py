@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .embeddings import LabelEmbedding, NoiseLevelEmbedding, add_label_embedding
+from .embeddings import LabelEmbedding, NoiseLevelEmbedding, add_label_embedding, concat_condition
 from .unet import _check_levels, _groups
 
 
@@ -66,7 +66,9 @@ class SelfAttention1D(nn.Module):
 
 
 class UNet1D(nn.Module):
-    """Noise-conditional 1-D UNet: ``forward(x, c_noise, labels=None)`` maps x of shape (B, C, L) to (B, C, L).
+    """Noise-conditional 1-D UNet: ``forward(x, c_noise, labels=None, cond_signal=None)`` maps x of shape (B, C, L)
+    to (B, C, L). ``cond_channels`` > 0 takes a condition (B, cond_channels, L) concatenated to x at the input
+    (CSDI's conditional observations, Tashiro et al. 2021, sec. 5; none given: zeros).
 
     ``channel_mults`` gives one level per entry; L must be a multiple of 2^(len(channel_mults) - 1)
     (``check_input_length``). ``attention_levels`` are level indices (0 = full length); the middle block always
@@ -83,6 +85,7 @@ class UNet1D(nn.Module):
         num_heads: int = 4,
         dropout: float = 0.0,
         num_classes: int | None = None,
+        cond_channels: int = 0,
     ) -> None:
         super().__init__()
         levels = len(channel_mults)
@@ -90,6 +93,7 @@ class UNet1D(nn.Module):
             raise ValueError("channel_mults must have at least one level.")
         _check_levels(levels, attention_levels=attention_levels)
         self.in_channels, self.num_classes, self.num_levels = in_channels, num_classes, levels
+        self.cond_channels = int(cond_channels)
         self.noise_embedding = NoiseLevelEmbedding(base_channels)
         emb_dim = self.noise_embedding.out_dim
         self.label_embedding = LabelEmbedding(num_classes, emb_dim) if num_classes else None
@@ -101,7 +105,7 @@ class UNet1D(nn.Module):
                 out.append(SelfAttention1D(out_ch, num_heads))
             return out
 
-        self.stem = nn.Conv1d(in_channels, base_channels, 3, padding=1)
+        self.stem = nn.Conv1d(in_channels + self.cond_channels, base_channels, 3, padding=1)
         chans = [base_channels * m for m in channel_mults]
         self.down = nn.ModuleList()
         skip_chs = [base_channels]
@@ -147,7 +151,9 @@ class UNet1D(nn.Module):
                 f"positive multiple of {m} (2^{self.num_levels - 1}), e.g. {near}."
             )
 
-    def forward(self, x: Tensor, c_noise: Tensor, labels: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, c_noise: Tensor, labels: Tensor | None = None, cond_signal: Tensor | None = None
+    ) -> Tensor:
         if x.ndim != 3 or x.shape[1] != self.in_channels:
             raise ValueError(
                 f"UNet1D expected inputs of shape (batch, {self.in_channels}, length), got {tuple(x.shape)}."
@@ -155,7 +161,7 @@ class UNet1D(nn.Module):
         self.check_input_length(x.shape[-1])
         emb = self.noise_embedding(c_noise.expand(x.shape[0]) if c_noise.ndim == 0 else c_noise)
         emb = add_label_embedding(emb, self.label_embedding, labels, "UNet1D")
-        h = self.stem(x)
+        h = self.stem(concat_condition(x, cond_signal, self.cond_channels, "UNet1D"))
         skips = [h]
         for blocks in self.down:
             h = _run(blocks, h, emb)

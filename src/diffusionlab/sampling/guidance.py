@@ -21,8 +21,8 @@ __all__ = [
     "with_uncond",
 ]
 
-# image conditions are not guided: both branches see the same condition image
-_UNGUIDED = ("cond_image", "inpaint_latents")  # inpaint_latents: SD inpainting UNets (interop)
+# image and signal conditions are not guided: both branches see the same condition
+_UNGUIDED = ("cond_image", "cond_signal", "inpaint_latents")  # inpaint_latents: SD inpainting UNets (interop)
 
 
 def soft_labels(labels: Tensor, rows: int) -> Tensor:

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig, NetworkConfig
 from ..data import DataError, Tokenizer, condition_channels, make_image_condition, make_tokenizer
+from ..data.signals import draw_observed
 from ..data.table import TableTensors, decode_table, table_layout, write_csv_table
 from ..denoisers import ScheduledNetwork
 from ..images import make_grid, save_animation, save_grid, save_png, save_scatter
@@ -122,18 +123,22 @@ def _unet1d(cfg: NetworkConfig) -> nn.Module:
         num_heads=cfg.num_heads,
         dropout=cfg.dropout,
         num_classes=cfg.num_classes,
+        cond_channels=cfg.cond_channels,
     )
 
 
 def _diffwave(cfg: NetworkConfig) -> nn.Module:
     from ..networks.diffwave import DiffWave
 
+    if cfg.dropout:
+        raise ValueError(f"network.dropout={cfg.dropout} does not apply to DiffWave, which has no dropout; use 0.")
     return DiffWave(
         in_channels=cfg.in_channels,
         residual_channels=cfg.width,
         layers=cfg.depth,
         dilation_cycle=cfg.dilation_cycle,
         num_classes=cfg.num_classes,
+        cond_channels=cfg.cond_channels,
     )
 
 
@@ -249,6 +254,16 @@ class ModelSpace(ABC):
     def texts(self, samples: Tensor) -> list[str] | None:
         """Decoded samples as text to print (text models), else None."""
         return None
+
+    def inpaint_condition(self, data: Tensor, fill: Tensor) -> dict[str, Tensor]:
+        """What the network takes beside x to fill ``data`` (as users hold it) where ``fill`` is True; nothing by
+        default: inpainting then keeps the known part in the sampler (RePaint or replacement)."""
+        return {}
+
+    def training_condition(self, x0: Tensor, generator: torch.Generator) -> tuple[dict[str, Tensor], Tensor | None]:
+        """What the network takes beside x for training examples x0 (in the model's space), drawn with
+        ``generator``, and the elements the loss counts (None: all); nothing by default."""
+        return {}, None
 
 
 class PixelImageSpace(ModelSpace):
@@ -557,6 +572,32 @@ class SignalSpace(ModelSpace):
         if self.info is None:
             raise ValueError("this signal model has no data.signal; it is fitted to the training signals.")
         self.clip_x0 = self.info.kind == "audio"  # audio lives in [-1, 1]; standardised series have no range
+        self.observes = config.data.signal_condition == "observed"  # a conditional imputation model (CSDI)
+
+    @staticmethod
+    def condition_channels(config: ModelConfig, channels: int) -> int:
+        """The network's condition channels: a conditional imputation model sees each channel's observed values
+        (0 where missing) and its mask, 2C in all; else none."""
+        return 2 * channels if config.data.signal_condition == "observed" else 0
+
+    @staticmethod
+    def _observations(x: Tensor, keep: Tensor) -> dict[str, Tensor]:
+        """CSDI's conditional observations (Tashiro et al. 2021, sec. 5): the known values (0 elsewhere) and the
+        mask, (B, 2C, L), concatenated to x by the network."""
+        keep = keep.expand_as(x)
+        return {"cond_signal": torch.cat([torch.where(keep, x, torch.zeros_like(x)), keep.to(x.dtype)], dim=1)}
+
+    def inpaint_condition(self, data: Tensor, fill: Tensor) -> dict[str, Tensor]:
+        """A conditional imputation model's view of the observed points (``fill`` False); else nothing."""
+        return self._observations(self.encode(data), ~fill) if self.observes else {}
+
+    def training_condition(self, x0: Tensor, generator: torch.Generator) -> tuple[dict[str, Tensor], Tensor | None]:
+        """A conditional imputation model learns to fill drawn masks (``data.signals.draw_observed``) from the rest:
+        the observations beside x, and the loss on the missing points only (CSDI's self-supervised training)."""
+        if not self.observes:
+            return {}, None
+        keep = draw_observed(len(x0), int(x0.shape[1]), int(x0.shape[2]), generator)
+        return self._observations(x0, keep), ~keep
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -587,6 +628,12 @@ class SignalSpace(ModelSpace):
                 f"the signals have {self.info.channels} channels (data.signal) but the network takes "
                 f"network.in_channels={net.in_channels}"
             )
+        want = self.condition_channels(config, self.info.channels)
+        if net.cond_channels != want:
+            raise ValueError(
+                f"data.signal_condition={config.data.signal_condition!r} needs network.cond_channels={want}, not "
+                f"{net.cond_channels}"
+            )
 
     @classmethod
     def fit_config(cls, config: ModelConfig, data: Tensor, autoencoder: Autoencoder | None = None) -> ModelConfig:
@@ -595,7 +642,10 @@ class SignalSpace(ModelSpace):
         if info is None or data.ndim != 3:
             raise DataError(f"a signal model needs signals (N, C, L); got data of shape {tuple(data.shape)}.")
         kind = config.network.kind if config.network.kind in cls.network_kinds else cls.network_kind
-        net = config.network.model_copy(update={"kind": kind, "in_channels": int(data.shape[1])})
+        channels = int(data.shape[1])
+        net = config.network.model_copy(
+            update={"kind": kind, "in_channels": channels, "cond_channels": cls.condition_channels(config, channels)}
+        )
         network = build_network(net)
         if hasattr(network, "check_input_length"):
             network.check_input_length(int(data.shape[2]))

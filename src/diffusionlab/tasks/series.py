@@ -1,11 +1,14 @@
 """Time series: probabilistic imputation and forecasting as inpainting of windows (floor 5).
 
-CSDI (Tashiro et al. 2021) imputes by conditional generation with the observed values kept; here an
-unconditional model of windows inpaints them with RePaint (Lugmayr et al. 2022, the same routine as image
-inpainting): the observed points are held, the gaps are drawn, ``num_samples`` times with independent noise, and
-the samples give the median and any interval. Forecasting is inpainting of a window whose last ``horizon`` steps
-are unknown, its first ones the end of the history. A series longer than the model's window is cut into windows
-(the last one aligned with the end), each inpainted apart. Observed points come back exactly as given.
+CSDI (Tashiro et al. 2021) imputes by conditional generation with the observed values kept. An unconditional model
+of windows inpaints them with RePaint (Lugmayr et al. 2022, the same routine as image inpainting): the observed
+points are held, the gaps are drawn. A conditional imputation model (trained with ``signal_condition="observed"``,
+CSDI's way) sees the observed points and their mask beside x_t; its windows are drawn by the request's sampler with
+the observed part of x_t replaced by q(x_t | x0) at every step, as in its training (``inpaint.KnownRegion``).
+Either way ``num_samples`` draws with independent noise give the median and any interval. Forecasting is
+inpainting of a window whose last ``horizon`` steps are unknown, its first ones the end of the history. A series
+longer than the model's window is cut into windows (the last one aligned with the end), each inpainted apart.
+Observed points come back exactly as given.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from torch import Tensor
 from ..pipeline import Pipeline
 from ..sampling.request import SampleRequest
 from .common import TaskRun, check_count, task_request
-from .inpaint import repaint, repaint_schedule
+from .inpaint import InpaintOptions, fill_known
 
 __all__ = ["SeriesSamples", "impute_series", "forecast", "window_starts"]
 
@@ -78,7 +81,9 @@ def impute_series(
     **settings: Any,
 ) -> SeriesSamples:
     """``num_samples`` draws of a series (C, T) in the model's standardised space with its unobserved points
-    (``observed`` False) filled; sample i uses the noise of (seed, i) in every window."""
+    (``observed`` False) filled; sample i uses the noise of (seed, i) in every window. An unconditional model fills
+    by RePaint (``jump_length``, ``jump_n_sample``), a conditional imputation model by its ``sampler`` (default
+    ddpm) seeing the observations."""
     values, observed = _check_series(pipe, values, observed)
     check_count("num_samples", num_samples)
     window = pipe.config.data.signal.length
@@ -86,19 +91,26 @@ def impute_series(
         raise ValueError("every point of the series is observed: nothing to impute.")
     request = task_request(pipe, request, settings, sampler="ddpm")
     run = TaskRun.start(pipe, num_samples, request)
-    ts = run.spec.grid(pipe.process)
-    levels = repaint_schedule(len(ts) - 1, jump_length, jump_n_sample)
     out = values.expand(num_samples, -1, -1).clone()
     for start in window_starts(values.shape[1], window):
         part = slice(start, start + window)
-        known, keep = values[:, part].to(pipe.device), observed[:, part].to(pipe.device)
+        known, keep = values[None, :, part].to(pipe.device), observed[None, :, part].to(pipe.device)
         if bool(keep.all()):
             continue
+        seen = pipe.inpaint_condition(known, ~keep)  # a conditional imputation model's observations, else none
+        options = InpaintOptions("replace") if seen else InpaintOptions("repaint", jump_length, jump_n_sample)
 
-        def fill(idx: list[int], cond: dict[str, Tensor] | None, known: Tensor = known, keep: Tensor = keep) -> Tensor:
-            k = known.expand(len(idx), -1, -1)
-            m = keep.expand(len(idx), -1, -1)
-            x = repaint(run.denoiser, k, m, ts, levels, cond=cond, noise=run.noise(idx), progress=progress)
+        def fill(
+            idx: list[int],
+            cond: dict[str, Tensor] | None,
+            known: Tensor = known,
+            keep: Tensor = keep,
+            seen: dict[str, Tensor] = seen,
+            options: InpaintOptions = options,
+        ) -> Tensor:
+            k, m = known.expand(len(idx), -1, -1), keep.expand(len(idx), -1, -1)
+            given = {**(cond or {}), **{name: v.expand(len(idx), -1, -1) for name, v in seen.items()}} or None
+            x = fill_known(run, options, k, m, idx, given, progress)
             return torch.where(m, k, x).cpu()
 
         drawn = run.map(fill, range(num_samples), batch_size)

@@ -34,13 +34,15 @@ __all__ = ["DiffusionObjective", "DiffusionBatch", "Captions", "fit_diffusion_co
 
 
 class DiffusionBatch(NamedTuple):
-    """Clean data x0, times t, the forward process's draw (Gaussian noise eps, or corrupted tokens x_t) and the
-    network's conditioning (labels, prompt tokens, condition images)."""
+    """Clean data x0, times t, the forward process's draw (Gaussian noise eps, or corrupted tokens x_t), the
+    network's conditioning (labels, prompt tokens, condition images, observations) and the elements of x0 the loss
+    counts (None: all; a conditional imputation model's missing points)."""
 
     x0: Tensor
     t: Tensor
     noise: Tensor
     cond: dict[str, Tensor] | None
+    loss_mask: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,11 @@ def fit_table(config: ModelConfig, data: TrainingData) -> ModelConfig:
 def fit_signal(config: ModelConfig, data: TrainingData) -> ModelConfig:
     """Audio and series: what one signal is (channels, length, rate or the series' columns and statistics)."""
     if data.signal is None:
+        if config.data.signal_condition is not None:
+            raise DataError(
+                f"signal_condition={config.data.signal_condition!r} is for audio and series data; dataset "
+                f"{config.data.dataset!r} is neither."
+            )
         return config
     return config.model_copy(update={"data": config.data.model_copy(update={"signal": data.signal})})
 
@@ -203,7 +210,8 @@ class DiffusionObjective(Objective):
         return self.captions.text if self.captions is not None else None
 
     def global_batch(self, step: int) -> DiffusionBatch:
-        """Examples, times, noise and per-sample label (or prompt) dropout of ``step``, in that order of draws."""
+        """Examples, times, noise, per-sample label (or prompt) dropout of ``step`` and the model space's own training
+        condition (a conditional imputation model's masks), in that order of draws."""
         tc, data = self.train_config, self.data
         gen = torch.Generator().manual_seed(sample_seed(tc.seed, step))
         if tc.dp_epsilon is None:
@@ -223,12 +231,14 @@ class DiffusionObjective(Objective):
         if self.config.data.image_condition is not None:
             kind, factor = self.config.data.image_condition, self.config.data.superres_factor
             cond["cond_image"] = make_image_condition(kind, x0, factor)
-        return DiffusionBatch(x0, t, noise, cond or None)
+        extra, loss_mask = self.model.space.training_condition(x0, gen)
+        return DiffusionBatch(x0, t, noise, {**cond, **extra} or None, loss_mask)
 
     def loss(self, network: nn.Module, batch: DiffusionBatch) -> tuple[Tensor, dict[str, Tensor]]:
         """The family's loss of the batch: the weighted denoising loss, or the NELBO per token."""
-        x0, t, noise, cond = batch
-        return self.model.family.loss(self.model, network, x0, t, noise, cond, self.weighting), {}
+        x0, t, noise, cond, loss_mask = batch
+        family = self.model.family
+        return family.loss(self.model, network, x0, t, noise, cond, self.weighting, loss_mask=loss_mask), {}
 
     def save(self, folder: str | os.PathLike[str]) -> None:
         self.model.save(folder)

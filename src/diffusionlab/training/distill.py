@@ -168,7 +168,7 @@ class DistillationObjective(DiffusionObjective):
         return a2 * x0 + s2 * (x - a * x0) / s
 
     def loss(self, network: nn.Module, batch: DiffusionBatch) -> tuple[Tensor, dict[str, Tensor]]:
-        x0, t, eps, cond = batch
+        x0, t, eps, cond = batch[:4]
         process = self.model.process
         index = (self.grid[None, :-1] - t.double()[:, None]).abs().argmin(1)  # each time's place on the grid
         t_mid, t_next = self.grid[index + 1].to(t.dtype), self.grid[index + 2].to(t.dtype)
@@ -225,7 +225,7 @@ class ConsistencyObjective(DistillationObjective):
         return self._ddim(x_hi, t, t_lo, cond)
 
     def loss(self, network: nn.Module, batch: DiffusionBatch) -> tuple[Tensor, dict[str, Tensor]]:
-        x0, t, eps, cond = batch
+        x0, t, eps, cond = batch[:4]
         process = self.model.process
         index = (self.grid[None, :-1] - t.double()[:, None]).abs().argmin(1)
         t_lo = self.grid[index + 1].to(t.dtype)

@@ -99,7 +99,7 @@ class VLBObjective(DiffusionObjective):
         return batch._replace(t=low_discrepancy_times(len(batch.t), gen).to(batch.t.dtype))
 
     def loss(self, network: nn.Module, batch: DiffusionBatch) -> tuple[Tensor, dict[str, Tensor]]:
-        x0, t, eps, cond = batch
+        x0, t, eps, cond = batch[:4]
         hooked = VarianceMinimisingSchedule(_schedule_of(network), t)
         process = LearnedVPProcess(schedule=hooked)  # type: ignore[arg-type]
         denoiser = Denoiser(network, process, self.model.parameterisation)
