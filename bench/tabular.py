@@ -239,7 +239,7 @@ def train_model(
         **({"categorical": {"name": variant["categorical"]}} if "categorical" in variant else {})
     )
     config = ModelConfig(
-        network=NetworkConfig(**network, num_classes=0 if target else None),
+        network=NetworkConfig(**network, dropout=0.0 if private else args.dropout, num_classes=0 if target else None),
         diffusion=DiffusionConfig(process=process),
         data=DataConfig(dataset=f"table:{train_csv}", target_column=target),
         train=TrainConfig(
@@ -451,10 +451,11 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, command: str
         f"Measured {time.strftime('%Y-%m-%d')} on {cpu_name()}, {args.threads} thread(s), torch {torch.__version__}: "
         f"`{command}`",
         "",
-        f"Our model: the mixed process (Gaussian DDPM, cosine schedule, on quantile-normalised numbers; masking on "
-        f"categories), an MLP of the `{args.size}` preset (width {size['width']}, depth {size['depth']}), "
-        f"{args.steps} steps of batch {args.batch}, AdamW lr {args.lr:g}, fp32, seed {args.seed}; sampled with "
-        f"{args.sample_steps} ancestral steps at guidance {args.guidance:g}, the target drawn from its train "
+        "Our model: the mixed process (Gaussian DDPM, cosine schedule, on quantile-normalised numbers, ties "
+        f"dequantised in training; masking on categories), an MLP of the `{args.size}` preset (width {size['width']}, "
+        f"depth {size['depth']}), dropout {args.dropout:g}, {args.steps} steps of batch {args.batch}, AdamW lr "
+        f"{args.lr:g}, fp32, seed {args.seed}; sampled with {args.sample_steps} ancestral steps at guidance "
+        f"{args.guidance:g}, the target drawn from its train "
         f"frequencies. Every synthetic table has as many rows as the train split; scores are means over "
         f"{args.draws} draws (seeds 0-{args.draws - 1}) against the test split; the model is trained once. "
         "Variants, each trained alike: `ours, transformer` puts the column transformer (`--network "
@@ -552,7 +553,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, command: str
             passed = r["methods"][method]["aims"]
             cells = " | ".join("pass" if passed[k] else "fail" for k in AIMS)
             lines.append(f"| {r['name']} | {method} | {cells} |")
-    lines += ["", f"Total wall time of this run: {minutes:.1f} min."]
+    lines += ["", f"Total wall time of this run (of the longest, where runs were merged): {minutes:.1f} min."]
     return "\n".join(lines)
 
 
@@ -604,6 +605,26 @@ def summary_plot(results: list[dict[str, Any]], path: Path) -> None:
         figure.savefig(tmp, format="png", dpi=80)
 
 
+# the settings that make runs on different tables one benchmark (their --merge must agree on them)
+SETTINGS = ("size", "variants", "steps", "batch", "lr", "dropout", "sample_steps", "guidance", "draws")
+SETTINGS += ("dp_epsilons", "dp_steps", "dp_batch", "threads", "seed")
+
+
+def merged(args: argparse.Namespace, command: str, p: argparse.ArgumentParser) -> tuple[list[Any], float, str]:
+    """The results of the ``--merge`` JSON files in DATASETS order, the longest run's minutes and every command."""
+    results, minutes, commands = [], 0.0, []
+    for path in args.merge:
+        saved = json.loads(path.read_text())
+        differ = [k for k in SETTINGS if saved["args"].get(k) != str(getattr(args, k))]
+        if differ:
+            p.error(f"{path} was run with other settings ({', '.join(differ)}); give the same ones to --merge.")
+        results += saved["results"]
+        minutes = max(minutes, saved["minutes"])
+        commands.append(saved["command"])
+    results.sort(key=lambda r: DATASETS.index(r["name"]))
+    return results, minutes, "` and `".join(commands) + f"`, merged by `{command}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run every method on every table, print the report (and write it, the JSON and the plots)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -613,6 +634,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--sample-steps", type=int, default=200)
     p.add_argument("--guidance", type=float, default=1.0)
     p.add_argument("--draws", type=int, default=3)
@@ -627,31 +649,44 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plot", type=Path, default=None)
     p.add_argument("--plot-dataset", choices=DATASETS, default="mixed")
     p.add_argument("--summary-plot", type=Path, default=None)
+    p.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="Run nothing: report the results of these --json files of runs on other tables with these settings.",
+    )
     args = p.parse_args(argv)
     if "ours" not in args.variants:
         p.error("--variants must include ours (the DP rows and the plot use it).")
     for name in ("steps", "batch", "sample_steps", "draws", "dp_steps", "dp_batch", "threads"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')}={getattr(args, name)} must be a positive integer.")
+    if not 0 <= args.dropout < 1:
+        p.error(f"--dropout={args.dropout} must lie in [0, 1).")
     if not all(e > 0 for e in args.dp_epsilons):
         p.error(f"--dp-epsilons={args.dp_epsilons} must each be positive.")
-    began = time.perf_counter()
-    torch.set_num_threads(args.threads)
-    results = []
-    with tempfile.TemporaryDirectory(prefix="tabular-bench-") as tmp:
-        for name in args.datasets:
-            folder = Path(tmp) / name
-            folder.mkdir()
-            results.append(run_dataset(name, folder, args))
-    minutes = (time.perf_counter() - began) / 60
     command = " ".join(["python bench/tabular.py", *(argv if argv is not None else sys.argv[1:])])
+    if args.merge is not None:
+        results, minutes, command = merged(args, command, p)
+    else:
+        began = time.perf_counter()
+        torch.set_num_threads(args.threads)
+        results = []
+        with tempfile.TemporaryDirectory(prefix="tabular-bench-") as tmp:
+            for name in args.datasets:
+                folder = Path(tmp) / name
+                folder.mkdir()
+                results.append(run_dataset(name, folder, args))
+        minutes = (time.perf_counter() - began) / 60
     text = report(results, args, command, minutes)
     print(text)
     if args.table is not None:
         args.table.parent.mkdir(parents=True, exist_ok=True)
         args.table.write_text(text + "\n")
     if args.json is not None:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results}))
+        saved = {"args": {k: str(v) for k, v in vars(args).items()}, "command": command, "minutes": minutes}
+        args.json.write_text(json.dumps(saved | {"results": results}))
     if args.summary_plot is not None:
         summary_plot(results, args.summary_plot)
     return 0

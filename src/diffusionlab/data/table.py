@@ -13,7 +13,8 @@
   ``min(n_quantiles, values)`` knots of their quantile transform.
 - ``encode_table`` / ``decode_table``: the model space of ``table_layout(schema)``. Numeric columns go through the
   quantile transform to a standard normal (TabDDPM, Kotelnikov et al. 2023, sec. 4: scikit-learn's
-  ``QuantileTransformer(output_distribution="normal")``); a missing numeric cell is 0.0 plus a missing-indicator
+  ``QuantileTransformer(output_distribution="normal")``; training rows dequantise tied values, ``to_normal``'s
+  ``spread``); a missing numeric cell is 0.0 plus a missing-indicator
   category; a missing categorical cell is its own last category. Decoding gives categorical cells back as spelled,
   numeric values clipped to the observed range and rounded to the column's decimals (ints without ".0"), and a
   missing cell as "" (any of the ``MISSING_SPELLINGS`` read comes back as "").
