@@ -259,6 +259,11 @@ def test_cli_bad_tables_are_one_clear_line_and_nothing_is_written(tmp_path: Path
     assert_clear_error(result, "'masked'", "absorbing, uniform")
     result = run("train", "--dataset", "toy:two_moons", "--categorical-process", "uniform", "--out", out)
     assert_clear_error(result, "--categorical-process", "tables")
+    from diffusionlab import cli, cli_options
+
+    size = cli_options.ModelSize("tiny")
+    asked = cli._model_config({"dataset": "table:t.csv"}, size, True, "none", None, None, None, None, "uniform")
+    assert asked.diffusion.process.categorical.name == "uniform"  # what --categorical-process uniform trains
     assert not out.exists()
 
 
