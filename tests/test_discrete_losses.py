@@ -224,3 +224,43 @@ def test_bad_input_is_one_clear_error() -> None:
         discrete_time_nelbo(process, oracle, x0, 0)
     with pytest.raises(ValueError, match=r"x0 must be a \(batch, length\) tensor"):
         nelbo(process, oracle, x0[0], 0.5)
+
+
+def test_uniform_nelbo_per_column_equals_the_hand_computed_limit_of_d3pm() -> None:
+    """A uniform process with one K per position (a table's categorical columns, TabDDPM's multinomial diffusion):
+    a column of K = 2 inside a vocabulary of 3 and one of K = 3. Each position's NELBO integrand equals, by hand, the
+    limit of D3PM's step KL(q(x_s | x_t, x0) || p(x_s | x_t, x0_hat)) / (t - s) with the column's own Q_t = r I +
+    (1 - r) 11^T / K (Austin et al. 2021, eq. 1 and 3), at dt = 1e-7, plus each column's own prior KL."""
+    process = make_process("uniform", 3)
+    columns = type(process)(3, "loglinear", cardinalities=[2, 3])
+    logits = torch.tensor([[[0.3, -0.2, -1e4], [0.1, 0.7, -0.5]]])  # column 0 has no class 2
+    x0, x_t, t = torch.tensor([[0, 2]]), torch.tensor([[1, 2]]), 0.5
+    got = nelbo(columns, lambda *_: logits, x0, torch.tensor([t]), x_t=x_t).item()
+
+    def alpha(u: float) -> float:
+        return 1.0 - (1.0 - 1e-3) * u  # the log-linear schedule, eps = 1e-3
+
+    def reverse(k: int, i: int, s: float, tt: float, x0_probs: list[float]) -> list[float]:
+        """p(x_s = j | x_t = i) by Bayes over x_s: q(x_t = i | x_s = j) * sum_x0 x0_probs q(x_s = j | x0)."""
+        r = alpha(tt) / alpha(s)
+        joint = [
+            (r * (i == j) + (1 - r) / k)
+            * sum(p * (alpha(s) * (x == j) + (1 - alpha(s)) / k) for x, p in enumerate(x0_probs))
+            for j in range(k)
+        ]
+        return [v / sum(joint) for v in joint]
+
+    dt, want = 1e-7, 0.0
+    for k, clean, noisy, row in [(2, 0, 1, [0.3, -0.2]), (3, 2, 2, [0.1, 0.7, -0.5])]:
+        z = sum(math.exp(v) for v in row)
+        x0_hat = [math.exp(v) / z for v in row]
+        q = reverse(k, noisy, t - dt, t, [float(j == clean) for j in range(k)])
+        p = reverse(k, noisy, t - dt, t, x0_hat)
+        want += sum(a * math.log(a / b) for a, b in zip(q, p, strict=True) if a > 0) / dt
+        a1, b = alpha(1.0), (1 - alpha(1.0)) / k
+        want += (a1 + b) * math.log(k * (a1 + b)) + (k - 1) * b * math.log(k * b)
+    assert got == pytest.approx(want, rel=1e-4)
+    # a shared vocabulary of 3 for the K = 2 column gives another bound: the columns' own K matter
+    shared = nelbo(process, lambda *_: logits.clamp_min(-30), x0, torch.tensor([t]), x_t=x_t).item()
+    assert abs(shared - want) > 0.05 * want
+    assert torch.equal(columns.prior((1000, 2), torch.Generator().manual_seed(0)).amax(0), torch.tensor([1, 2]))

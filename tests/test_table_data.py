@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.special
 import torch
 
 from diffusionlab.data import DataError
@@ -162,6 +163,13 @@ def test_quantile_transform_of_constant_and_tied_columns_is_finite() -> None:
     z = to_normal(ties, knots)
     assert np.isfinite(z).all() and len(np.unique(z)) == 3 and np.all(np.diff(z) >= 0)
     assert np.array_equal(from_normal(z, knots), ties)
+    # dequantised (training rows): each tie spreads evenly over its run of the CDF and still decodes to itself
+    spread = to_normal(ties, knots, np.random.default_rng(0).random(len(ties)))
+    assert np.array_equal(from_normal(spread, knots), ties) and len(np.unique(spread)) == len(ties)
+    u = scipy.special.ndtr(spread[10:40])  # the 30 twos: knots 10..39 of 50 hold 2.0, probabilities 10/49..39/49
+    assert 10 / 49 <= u.min() and u.max() <= 39 / 49 and abs(u.mean() - 24.5 / 49) < 0.05
+    smooth = np.random.default_rng(1).normal(size=200)
+    assert np.array_equal(to_normal(smooth, np.sort(smooth), np.full(200, 0.9)), to_normal(smooth, np.sort(smooth)))
     single = infer_schema(pd.DataFrame({"a": ["7", "", ""], "b": ["x", "y", "x"]}), overrides={"a": "numeric"})
     assert single.columns[0].quantiles == [7.0]
     cells = decode_table(encode_table(pd.DataFrame({"a": ["7", "", "7"], "b": ["x", "y", "x"]}), single), single)

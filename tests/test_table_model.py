@@ -51,10 +51,12 @@ def write_table(path: Path, n: int = 400, seed: int = 0) -> Path:
     return path
 
 
-def table_config(csv_path: Path, steps: int = 150, target: str | None = "y", **train: object) -> ModelConfig:
+def table_config(
+    csv_path: Path, steps: int = 150, target: str | None = "y", categorical: str = "absorbing", **train: object
+) -> ModelConfig:
     return ModelConfig(
         network=NetworkConfig(**TABULAR_SIZES["tiny"], num_classes=0 if target else None),
-        diffusion=DiffusionConfig(process=MixedProcessConfig()),
+        diffusion=DiffusionConfig(process=MixedProcessConfig(categorical={"name": categorical})),
         data=DataConfig(dataset=f"table:{csv_path}", target_column=target),
         train=TrainConfig(**{"steps": steps, "batch_size": 64, "warmup_steps": 10, **QUIET, **train}),
     )
@@ -69,12 +71,14 @@ def table_model(tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> t
     return folder / "model", data
 
 
+@pytest.mark.parametrize("categorical", ["absorbing", "uniform"])
 def test_the_mixed_loss_is_the_numeric_denoising_loss_plus_the_categorical_nelbo_per_column(
-    tmp_path: Path, one_thread: None
+    tmp_path: Path, one_thread: None, categorical: str
 ) -> None:
     """The family's loss against its two terms computed apart: the Gaussian denoising loss of the numeric columns
-    (the network's numeric outputs) plus MDLM's NELBO of the categorical columns (its logits) over their count."""
-    config = table_config(write_table(tmp_path / "t.csv"))
+    (the network's numeric outputs) plus the categorical columns' NELBO (MDLM's for masking; for uniform
+    categories, multinomial diffusion with each column over its own categories) over their count."""
+    config = table_config(write_table(tmp_path / "t.csv"), categorical=categorical)
     objective = DiffusionObjective.prepare(config, None, None, torch.device("cpu"))
     pipe, net = objective.model, objective.model.network
     batch = objective.global_batch(3)
@@ -101,6 +105,11 @@ def test_the_mixed_loss_is_the_numeric_denoising_loss_plus_the_categorical_nelbo
     discrete = nelbo(process.categorical, lambda *_: logits, x0[:, n : n + c].long(), t, x_t=tokens.long())
     torch.testing.assert_close(mixed, gaussian + discrete.mean() / c, rtol=1e-6, atol=1e-6)
     assert discrete.mean().item() > 0 and gaussian.item() > 0
+    if categorical == "uniform":  # noise stays in each column's own categories: city 4, member 2, the indicator 2
+        assert process.categorical.cardinalities.tolist() == [4, 2, 2]
+        assert (tokens[:, 1:] <= 1).all() and set(tokens[:, 0].long().tolist()) <= {0, 1, 2, 3}
+    else:
+        assert set(tokens.long().unique().tolist()) <= {0, 1, 2, 3, process.categorical.mask_id}
     # each column's logits live in its own categories: the others can never be drawn
     assert (logits[:, 1, 2:] == MASKED_LOGIT).all()  # member has 2 categories, the widest column 4
 
@@ -161,6 +170,35 @@ def test_imputation_keeps_every_given_cell_bit_for_bit(table_model: tuple[Path, 
         impute(pipe, frame.assign(y=["" if i == 0 else v for i, v in enumerate(frame["y"])]), steps=2)
 
 
+def test_multinomial_categories_train_sample_and_impute_keeping_the_schema(tmp_path: Path, one_thread: None) -> None:
+    """Uniform categories (TabDDPM's multinomial diffusion): a short run's rows keep every column's type and
+    category spellings, the same seed gives the same rows, and imputation keeps the given cells bit for bit."""
+    data = write_table(tmp_path / "t.csv", n=200)
+    trainer = Trainer(table_config(data, steps=60, categorical="uniform"), tmp_path / "m", progress=False)
+    trainer.objective.write_preview = lambda *_, **__: None  # the 2,000-row preview is most of the time: skipped
+    trainer.train()
+    pipe = Pipeline.load(tmp_path / "m")
+    assert pipe.config.diffusion.process.categorical.name == "uniform"
+    rows = pipe.sample(200, seed=0, steps=10)
+    assert torch.equal(rows, pipe.sample(200, seed=0, steps=10, batch_size=32))
+    real, synth = read_csv_table(data), pipe.space.frame(rows)
+    assert list(synth.columns) == list(real.columns)
+    for col_real, col_synth in zip(infer_schema(real, "y").columns, infer_schema(synth, "y").columns, strict=True):
+        assert (col_synth.kind, col_synth.dtype) == (col_real.kind, col_real.dtype), col_real.name
+        if col_real.kind == "categorical":
+            assert set(col_synth.categories) <= set(col_real.categories), col_real.name
+    assert set(synth["city"]) >= {"Paris", "Lyon", "Nice, FR"} and set(synth["member"]) == {"True", "False"}
+    frame = real.head(40).copy()
+    frame.loc[[1, 2], "city"], frame.loc[[3], "age"], frame.loc[[4, 5], "member"] = "", "", ""
+    filled, count = impute(pipe, frame, steps=10, seed=0)
+    assert count == 5 + int((frame["income"] == "").sum())
+    for column in frame.columns:
+        given = frame[column] != ""
+        assert (filled.loc[given, column] == frame.loc[given, column]).all(), column  # exact strings
+    assert set(filled.loc[[1, 2], "city"]) <= {"Paris", "Lyon", "Nice, FR", "Zürich"}
+    assert set(filled.loc[[4, 5], "member"]) <= {"True", "False"} and (filled != "").all().all()
+
+
 # ------------------------------------------------------------------------------------------------ the CLI
 
 
@@ -217,6 +255,15 @@ def test_cli_bad_tables_are_one_clear_line_and_nothing_is_written(tmp_path: Path
     assert_clear_error(result, "'z'", "'a'")
     result = run("train", "--dataset", f"table:{tmp_path / 'ok.csv'}", "--process", "ddpm", "--out", out)
     assert_clear_error(result, "--process mixed")
+    result = run("train", "--dataset", f"table:{tmp_path / 'ok.csv'}", "--categorical-process", "masked", "--out", out)
+    assert_clear_error(result, "'masked'", "absorbing, uniform")
+    result = run("train", "--dataset", "toy:two_moons", "--categorical-process", "uniform", "--out", out)
+    assert_clear_error(result, "--categorical-process", "tables")
+    from diffusionlab import cli, cli_options
+
+    size = cli_options.ModelSize("tiny")
+    asked = cli._model_config({"dataset": "table:t.csv"}, size, True, "none", None, None, None, None, "uniform")
+    assert asked.diffusion.process.categorical.name == "uniform"  # what --categorical-process uniform trains
     assert not out.exists()
 
 

@@ -231,9 +231,11 @@ def _model_config(
     schedule: str | None,
     autoencoder: Path | None,
     network: str | None = None,
+    categorical_process: str | None = None,
 ) -> ModelConfig:
-    """The config a ``train`` command asks for: the config fields as given, the network preset, the process, the
-    text encoder and the autoencoder. Text data (``is_text_dataset``) gets masked diffusion and a transformer."""
+    """The config a ``train`` command asks for: the config fields as given, the network preset, the process (and a
+    table's categorical process), the text encoder and the autoencoder. Text data (``is_text_dataset``) gets masked
+    diffusion and a transformer."""
     default_process, sizes = _data_kind(fields.get("dataset") or DataConfig().dataset)
     process = process or default_process
     if schedule is None and process == opt.DEFAULT_PROCESS:
@@ -241,6 +243,17 @@ def _model_config(
     proc: dict[str, Any] = {"name": process}
     if schedule is not None and "schedule" in getattr(opt.PROCESS_CLASSES.get(process), "model_fields", {}):
         proc["schedule"] = schedule  # --schedule sets the processes that have one (ddpm, absorbing, uniform)
+    if categorical_process is not None:
+        if "categorical" not in getattr(opt.PROCESS_CLASSES.get(process), "model_fields", {}):
+            raise ValueError(
+                f"--categorical-process={categorical_process} applies to tables (process {opt.DEFAULT_TABLE_PROCESS}); "
+                f"process {process!r} has no categorical columns."
+            )
+        if categorical_process not in opt.CATEGORICAL_PROCESSES:
+            raise ValueError(
+                f"--categorical-process={categorical_process!r} is not one of {', '.join(opt.CATEGORICAL_PROCESSES)}."
+            )
+        proc["categorical"] = {"name": categorical_process}
     preset = sizes[model_size.value] | ({"kind": network} if network is not None else {})
     preset |= opt.config_values(NetworkConfig, fields)
     return ModelConfig(
@@ -289,6 +302,7 @@ def train(
     conditional: opt.Conditional = True,
     text_encoder: opt.TextEncoderOption = opt.DEFAULT_TEXT_ENCODER,
     process: opt.Process = None,
+    categorical_process: opt.CategoricalProcess = None,
     schedule: opt.Schedule = None,
     network: opt.NetworkKind = None,
     autoencoder: opt.Autoencoder = None,
@@ -303,7 +317,9 @@ def train(
     """
 
     def build() -> None:
-        config = _model_config(fields, model_size, conditional, text_encoder, process, schedule, autoencoder, network)
+        config = _model_config(
+            fields, model_size, conditional, text_encoder, process, schedule, autoencoder, network, categorical_process
+        )
         _train(config, out, _model_written, resume=resume, progress=progress, cpu=cpu)
 
     _run(build, train)

@@ -129,6 +129,12 @@ DEFAULT_SCHEDULE = getattr(DiffusionConfig().process, "schedule", DDPMProcessCon
 DEFAULT_TEXT_ENCODER = TextEncoderConfig().name
 DEFAULT_TEXT_PROCESS = AbsorbingProcessConfig().name  # text trains masked diffusion (MDLM) unless told otherwise
 DEFAULT_TABLE_PROCESS = MixedProcessConfig().name  # tables: Gaussian numbers and masked categories (TabDDPM)
+# the discrete processes a table's categorical columns may take, and the one they take by default
+CATEGORICAL_PROCESSES = tuple(
+    get_args(c.model_fields["name"].annotation)[0]
+    for c in get_args(MixedProcessConfig.model_fields["categorical"].annotation)
+)
+DEFAULT_CATEGORICAL_PROCESS = MixedProcessConfig().categorical.name
 # the down-sampling of AutoencoderNetworkConfig's default levels: 2^(levels - 1)
 DEFAULT_DOWNSAMPLE_FACTOR = 2 ** (len(AutoencoderNetworkConfig().channel_mults) - 1)
 
@@ -188,6 +194,15 @@ Process = Annotated[
     typer.Option(
         help=f"Forward process: one of {', '.join(PROCESS_CLASSES)} (default: {DEFAULT_PROCESS} for images and points, "
         f"{DEFAULT_TEXT_PROCESS} for text, {DEFAULT_TABLE_PROCESS} for tables).",
+        rich_help_panel=DIFFUSION_PANEL,
+    ),
+]
+CategoricalProcess = Annotated[
+    str | None,
+    typer.Option(
+        help=f"Tables: the discrete process of the categorical columns, one of {', '.join(CATEGORICAL_PROCESSES)} "
+        f"(default {DEFAULT_CATEGORICAL_PROCESS}: masking; uniform: TabDDPM's multinomial diffusion, each column over "
+        "its own categories).",
         rich_help_panel=DIFFUSION_PANEL,
     ),
 ]

@@ -339,14 +339,19 @@ GaussianProcessConfig = Annotated[
 ]
 
 
+CategoricalProcessConfig = Annotated[AbsorbingProcessConfig | UniformProcessConfig, Field(discriminator="name")]
+
+
 class MixedProcessConfig(_ProcessConfig):
-    """Tables: a Gaussian process over the numeric columns and masking (absorbing) over the categorical ones, at one
-    shared time, denoised by one network (TabDDPM, Kotelnikov et al. 2023, with MDLM's masking for categories)."""
+    """Tables: a Gaussian process over the numeric columns and a discrete process over the categorical ones, at one
+    shared time, denoised by one network (TabDDPM, Kotelnikov et al. 2023). ``categorical``: absorbing (masking,
+    MDLM's; the default) or uniform (TabDDPM's multinomial diffusion, Hoogeboom et al. 2021: each column redrawn
+    uniformly over its own categories)."""
 
     family: ClassVar[str] = "mixed"
     name: Literal["mixed"] = "mixed"
     numeric: GaussianProcessConfig = Field(default_factory=lambda: DDPMProcessConfig(schedule="cosine", num_steps=1000))
-    categorical: AbsorbingProcessConfig = Field(default_factory=AbsorbingProcessConfig)
+    categorical: CategoricalProcessConfig = Field(default_factory=AbsorbingProcessConfig)
 
     def build(self) -> GaussianProcess:
         raise ValueError("process 'mixed' needs the table it models; use build_for(data).")
@@ -358,6 +363,8 @@ class MixedProcessConfig(_ProcessConfig):
 
         layout = table_layout(data.table)
         categorical = self.categorical.build_for(data)
+        if isinstance(categorical, UniformProcess) and layout.cardinalities:  # each column over its own categories
+            categorical = UniformProcess(data.vocab_size, categorical.schedule, layout.cardinalities)
         return MixedProcess(self.numeric.build(), categorical, len(layout.numeric), len(layout.categorical))
 
 

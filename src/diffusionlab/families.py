@@ -330,12 +330,14 @@ def _refuse_gaussian_settings(request: SampleRequest, kind: str, prompts: bool =
 
 
 class MixedFamily(Family):
-    """Table rows: a Gaussian process over the numeric columns and masking over the categorical ones at one shared
-    time, one network predicting both (TabDDPM, Kotelnikov et al. 2023, with MDLM's masking for the categories).
+    """Table rows: a Gaussian process over the numeric columns and a discrete process over the categorical ones at one
+    shared time, one network predicting both (TabDDPM, Kotelnikov et al. 2023): MDLM's masking for the categories,
+    or TabDDPM's multinomial diffusion (uniform transitions over each column's own categories).
 
     Loss: the Gaussian denoising loss of the numeric columns plus the categorical columns' NELBO per column
     (TabDDPM's L_simple + sum_i L_i / C, sec. 3). Sampling: ancestral on one grid: DDPM's posterior step for the
-    numbers (DDIM with eta = 1) and MDLM's unmasking for the categories, each sample from its own random stream.
+    numbers (DDIM with eta = 1) and the discrete process's ancestral step for the categories (MDLM's unmasking, or
+    D3PM's x0-parameterised uniform step from a uniform start), each sample from its own random stream.
     A model conditioned on a categorical target carries the row's label as its last value; rows asked for without
     labels get labels drawn from the training frequencies (as TabDDPM samples y first)."""
 
@@ -455,7 +457,7 @@ class MixedFamily(Family):
         ts = time_grid(process.numeric, spec.steps, spec.spacing or default_spacing(process.numeric))
         noise = NoiseSource(request.seed, idx, device)
         x = prior_std(process.numeric, ts[0]) * noise((n,))
-        tokens = torch.full((batch, c), process.categorical.mask_id, dtype=torch.long, device=device)
+        tokens = torch.stack([process.categorical.prior((c,), generator=g) for g in noise.generators]).to(device)
         labels = None if cond is None else cond["labels"]
         w = request.guidance.guidance if labels is not None else 1.0
         if part is not None:

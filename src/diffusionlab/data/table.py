@@ -13,7 +13,8 @@
   ``min(n_quantiles, values)`` knots of their quantile transform.
 - ``encode_table`` / ``decode_table``: the model space of ``table_layout(schema)``. Numeric columns go through the
   quantile transform to a standard normal (TabDDPM, Kotelnikov et al. 2023, sec. 4: scikit-learn's
-  ``QuantileTransformer(output_distribution="normal")``); a missing numeric cell is 0.0 plus a missing-indicator
+  ``QuantileTransformer(output_distribution="normal")``; training rows dequantise tied values, ``to_normal``'s
+  ``spread``); a missing numeric cell is 0.0 plus a missing-indicator
   category; a missing categorical cell is its own last category. Decoding gives categorical cells back as spelled,
   numeric values clipped to the observed range and rounded to the column's decimals (ints without ".0"), and a
   missing cell as "" (any of the ``MISSING_SPELLINGS`` read comes back as "").
@@ -366,12 +367,17 @@ def _listing(names: list[str]) -> str:
 # --- quantile transform -------------------------------------------------------------------------------------------
 
 
-def to_normal(values: np.ndarray, knots: np.ndarray | list[float]) -> np.ndarray:
+def to_normal(values: np.ndarray, knots: np.ndarray | list[float], spread: np.ndarray | None = None) -> np.ndarray:
     """Map values to N(0, 1) scores through the empirical CDF of ``knots`` (TabDDPM, Kotelnikov et al. 2023, sec. 4).
 
     As scikit-learn's ``QuantileTransformer(output_distribution="normal")``: u = the mean of the forward and backward
     linear interpolations of the knots at evenly spaced probabilities (so that repeated knots, as in a constant
     column, map to the middle of their run), clipped to [1e-7, 1 - 1e-7], then z = Phi^-1(u).
+
+    ``spread`` (U[0, 1) numbers, one per value) dequantises ties (Uria et al. 2013; Theis et al. 2016, sec. 3.1): a
+    value repeated over a run of knots maps to the point of its run at that fraction instead of its middle, so a
+    column of few distinct values (ages in bands, counts) becomes a continuous normal that a Gaussian model can
+    fit, and ``from_normal`` still gives the value back from anywhere in its run. Untied values do not move.
     """
     from scipy.special import ndtri
 
@@ -380,7 +386,8 @@ def to_normal(values: np.ndarray, knots: np.ndarray | list[float]) -> np.ndarray
     if q.size == 1:
         return np.where(np.isnan(x), np.nan, 0.0)
     probs = np.linspace(0.0, 1.0, q.size)
-    u = 0.5 * (np.interp(x, q, probs) - np.interp(-x, -q[::-1], -probs[::-1]))
+    forward, backward = np.interp(x, q, probs), -np.interp(-x, -q[::-1], -probs[::-1])
+    u = 0.5 * (forward + backward) if spread is None else backward + np.asarray(spread) * (forward - backward)
     return ndtri(np.clip(u, QUANTILE_CLIP, 1.0 - QUANTILE_CLIP))
 
 
@@ -429,12 +436,16 @@ def _cardinality(column: ColumnSchema) -> int:
     return len(column.categories) + (1 if column.missing_rate > 0 else 0)
 
 
-def encode_table(frame: pd.DataFrame, schema: TableSchema, holes: bool = False) -> TableTensors:
+def encode_table(
+    frame: pd.DataFrame, schema: TableSchema, holes: bool = False, spread: np.random.Generator | None = None
+) -> TableTensors:
     """Encode a frame of str cells (as ``read_csv_table`` gives) in the layout of ``table_layout(schema)``.
 
     A missing cell is the missing category of its column (numeric: 0.0 and indicator 1); with ``holes`` it is
     instead a hole to fill (imputation): 0.0, category id 0, indicator 0, its place given by ``table_holes``. A
     category the schema does not know, a non-number in a numeric column, a missing or unknown column: DataError.
+    ``spread`` draws the dequantisation of tied numeric values (``to_normal``; training rows), else ties map to the
+    middle of their run.
     """
     layout = table_layout(schema)
     _check_columns(frame, schema)
@@ -447,7 +458,7 @@ def encode_table(frame: pd.DataFrame, schema: TableSchema, holes: bool = False) 
         cells = frame[column.name].astype(str).to_numpy(dtype=object)
         missing = _missing(cells)
         if column.kind == "numeric":
-            numeric[:, layout.numeric.index(column.name)] = _encode_numeric(cells, missing, column)
+            numeric[:, layout.numeric.index(column.name)] = _encode_numeric(cells, missing, column, spread)
             if column.missing_rate > 0:
                 indicators.append(np.zeros(len(cells), dtype=np.int64) if holes else missing.astype(np.int64))
             continue
@@ -494,8 +505,11 @@ def _missing(cells: np.ndarray) -> np.ndarray:
     return np.isin(np.char.strip(cells.astype(str)), list(MISSING_SPELLINGS))
 
 
-def _encode_numeric(cells: np.ndarray, missing: np.ndarray, column: ColumnSchema) -> np.ndarray:
-    """Quantile-normal scores of a numeric column's cells; 0.0 where missing."""
+def _encode_numeric(
+    cells: np.ndarray, missing: np.ndarray, column: ColumnSchema, spread: np.random.Generator | None = None
+) -> np.ndarray:
+    """Quantile-normal scores of a numeric column's cells (ties dequantised by draws of ``spread``); 0.0 where
+    missing."""
     if column.quantiles is None or column.minimum is None or column.maximum is None:
         raise DataError(f"numeric column {column.name!r} of the schema has no quantiles or range.")
     stripped = np.char.strip(cells[~missing].astype(str))
@@ -508,7 +522,8 @@ def _encode_numeric(cells: np.ndarray, missing: np.ndarray, column: ColumnSchema
             f"column {column.name!r} row {rows[bad] + 1} holds {str(stripped[bad])!r}, not a number."
         ) from None
     scores = np.zeros(len(cells), dtype=np.float64)
-    scores[~missing] = to_normal(values, column.quantiles)
+    fractions = None if spread is None else spread.random(len(values))
+    scores[~missing] = to_normal(values, column.quantiles, fractions)
     return scores
 
 

@@ -85,14 +85,20 @@ def _uniform_integrand(process: UniformProcess, x0: Tensor, x_t: Tensor, log_p: 
 
     Derivation: for s = t - dt, q(x_t | x_s) moves a token with probability eps = -alpha' dt / alpha, so the
     reverse posteriors (processes.UniformProcess.posterior) put mass eps m_j / (K m_i) on each j != i (m_hat for
-    the model's), and their KL is eps / K times the bracket, up to O(eps^2). It is 0 when x0_hat = x0."""
-    k = process.num_classes
+    the model's), and their KL is eps / K times the bracket, up to O(eps^2). It is 0 when x0_hat = x0. With the
+    process's cardinalities, K is each position's own and the sum runs over its own classes (m_j = 0 elsewhere)."""
     t = t.to(torch.float64)  # 1 - alpha(t) for small t loses its digits in float32
     alpha64 = process.alpha(t)
-    weight = (-process.schedule.dalpha(t) / (k * alpha64)).to(log_p.dtype)
+    k = process.classes(torch.float64, log_p.device)
+    if isinstance(k, int):
+        weight = (-process.schedule.dalpha(t) / (k * alpha64)).to(log_p.dtype)[:, None]
+        noise = (process.schedule.one_minus_alpha(t) / k).to(log_p.dtype)[:, None, None]  # (1 - alpha) / K
+    else:  # (B, L) weights and (B, L, K) noise, 0 on the classes a position does not have
+        weight = (-process.schedule.dalpha(t)[:, None] / (k * alpha64[:, None])).to(log_p.dtype)
+        noise = (process.schedule.one_minus_alpha(t)[:, None] / k).to(log_p.dtype)[..., None]
+        noise = noise * process.valid(log_p.dtype, log_p.device)
     alpha = alpha64.to(log_p.dtype)[:, None, None]
-    noise = (process.schedule.one_minus_alpha(t) / k).to(log_p.dtype)[:, None, None]  # (1 - alpha) / K
-    onehot = torch.nn.functional.one_hot(x0, k).to(log_p.dtype)
+    onehot = torch.nn.functional.one_hot(x0, process.num_classes).to(log_p.dtype)
     m = alpha * onehot + noise
     log_m_hat = torch.logaddexp(torch.log(alpha) + log_p, torch.log(noise))
     i = x_t.unsqueeze(-1)
@@ -101,7 +107,7 @@ def _uniform_integrand(process: UniformProcess, x0: Tensor, x_t: Tensor, log_p: 
     inverse_gap = alpha * (onehot.gather(-1, i) - log_p.gather(-1, i).exp()) / (m_i * log_m_hat_i.exp())
     ratio = m / m_i  # the j = i term of the sum is 0 and may stay in it; xlogy makes 0 log 0 = 0 at alpha = 1
     others = torch.xlogy(ratio, ratio) - ratio * (log_m_hat - log_m_hat_i)
-    return weight[:, None] * (inverse_gap.squeeze(-1) + others.sum(-1))
+    return weight * (inverse_gap.squeeze(-1) + others.sum(-1))
 
 
 def nelbo(
@@ -134,7 +140,7 @@ def nelbo(
         per_token = _uniform_integrand(process, x0, x_t, log_p, t)
     else:
         raise ValueError(f"nelbo does not know the process {type(process).__name__}; expected absorbing or uniform.")
-    per_token = per_token + process.prior_kl()
+    per_token = per_token + torch.as_tensor(process.prior_kl(), dtype=per_token.dtype, device=per_token.device)
     return torch.where(real, per_token, torch.zeros_like(per_token)).sum(-1)
 
 
@@ -163,7 +169,9 @@ def discrete_time_nelbo(
     x0, real = _check_inputs(process, x0, padding_mask)
     batch = x0.shape[0]
     onehot = torch.nn.functional.one_hot(x0, process.num_classes).to(torch.float64)
-    total = torch.full(x0.shape, process.prior_kl(), dtype=torch.float64, device=x0.device)
+    total = torch.zeros(x0.shape, dtype=torch.float64, device=x0.device) + torch.as_tensor(
+        process.prior_kl(), dtype=torch.float64, device=x0.device
+    )
     for k in range(steps, 0, -1):
         t = torch.full((batch,), k / steps, dtype=torch.float64, device=x0.device)
         s = torch.full((batch,), (k - 1) / steps, dtype=torch.float64, device=x0.device)

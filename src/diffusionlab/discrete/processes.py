@@ -262,8 +262,9 @@ class DiscreteProcess(ABC):
         """p(x_1) (num_states,) in the likelihood bound: q(x_1 | x0) for x0 uniform over the K classes."""
 
     @abstractmethod
-    def prior_kl(self) -> float:
-        """KL(q(x_1 | x0) || p(x_1)) in nats per token; the same for every x0 (the prior term of the NELBO)."""
+    def prior_kl(self) -> float | Tensor:
+        """KL(q(x_1 | x0) || p(x_1)) in nats per token; the same for every x0 (the prior term of the NELBO); a tensor
+        (L,) where positions differ (a uniform process with cardinalities)."""
 
     def _check_step(
         self, x_t: Tensor, x0_probs: Tensor, s: Tensor | float, t: Tensor | float, u: Tensor | None
@@ -355,31 +356,98 @@ class AbsorbingProcess(DiscreteProcess):
 class UniformProcess(DiscreteProcess):
     """The uniform-transition process (multinomial diffusion, Hoogeboom et al. 2021, sec. 4; D3PM's uniform
     Q_t = (1 - beta_t) I + beta_t 11^T / K, Austin et al. 2021 sec. 3.1): a token is replaced by a uniformly
-    drawn class with probability 1 - alpha_t, and may change again later."""
+    drawn class with probability 1 - alpha_t, and may change again later.
+
+    ``cardinalities`` (one per position of the last token axis, each at most ``num_classes``) give every position
+    its own K: a table's categorical columns, each with uniform transitions over its own categories only (TabDDPM's
+    multinomial diffusion per column, Kotelnikov et al. 2023, sec. 3). A position's classes at or above its K have
+    probability 0 everywhere; without cardinalities every position has all ``num_classes``."""
 
     name = "uniform"
+
+    def __init__(
+        self,
+        num_classes: int,
+        schedule: DiscreteSchedule | str = "loglinear",
+        cardinalities: list[int] | tuple[int, ...] | None = None,
+    ) -> None:
+        super().__init__(num_classes, schedule)
+        self.cardinalities: Tensor | None = None
+        if cardinalities is not None:
+            cards = list(cardinalities)
+            if not cards or any(
+                isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= num_classes for k in cards
+            ):
+                raise ValueError(
+                    f"cardinalities={cards!r} must be a non-empty list of integers in 1..{num_classes} (num_classes)."
+                )
+            self.cardinalities = torch.tensor(cards, dtype=torch.long)
+
+    def __repr__(self) -> str:
+        cards = "" if self.cardinalities is None else f", cardinalities={self.cardinalities.tolist()}"
+        return f"{type(self).__name__}(num_classes={self.num_classes}, schedule={self.schedule!r}{cards})"
 
     @property
     def num_states(self) -> int:
         return self.num_classes
 
+    def classes(self, dtype: torch.dtype, device: torch.device | str | None = None) -> Tensor | int:
+        """K of every position: the cardinalities (L,) as ``dtype``, or the int ``num_classes`` without them."""
+        if self.cardinalities is None:
+            return self.num_classes
+        return self.cardinalities.to(device=device, dtype=dtype)
+
+    def valid(self, dtype: torch.dtype, device: torch.device | str | None = None) -> Tensor | float:
+        """1 where a class exists at a position (L, K) and 0 where it does not; 1.0 without cardinalities."""
+        if self.cardinalities is None:
+            return 1.0
+        cards = self.cardinalities.to(device)
+        return (torch.arange(self.num_classes, device=device) < cards[:, None]).to(dtype)
+
+    def check_tokens(self, x: Tensor, name: str = "x0", allow_mask: bool = False) -> Tensor:
+        """As ``DiscreteProcess.check_tokens``, and with cardinalities: L positions, each id below its K."""
+        x = super().check_tokens(x, name, allow_mask)
+        if self.cardinalities is not None:
+            cards = self.cardinalities.to(x.device)
+            if x.shape[-1] != len(cards):
+                raise ValueError(
+                    f"{name} has {x.shape[-1]} positions in its last axis; expected {len(cards)}, one per cardinality."
+                )
+            bad = x >= cards
+            if bool(bad.any()):
+                j = int(bad.nonzero()[0, -1])
+                raise ValueError(
+                    f"{name} holds id {int(x[bad][0])} at position {j}; expected ids 0..{int(cards[j]) - 1}."
+                )
+        return x
+
+    def _uniform_ids(self, u: Tensor) -> Tensor:
+        """Uniform class ids from U[0, 1) numbers u (..., L): floor(u K), K per position."""
+        k = self.classes(u.dtype, u.device)
+        ids = (u * k).long()
+        return ids.clamp_max(self.num_classes - 1) if isinstance(k, int) else torch.minimum(ids, (k - 1).long())
+
     def _noise_tokens(self, x0: Tensor, generator: torch.Generator | None) -> Tensor:
         device = generator.device if generator is not None else x0.device
-        return torch.randint(self.num_classes, x0.shape, generator=generator, device=device).to(x0.device)
+        if self.cardinalities is None:
+            return torch.randint(self.num_classes, x0.shape, generator=generator, device=device).to(x0.device)
+        u = torch.rand(x0.shape, generator=generator, device=device, dtype=torch.float64).to(x0.device)
+        return self._uniform_ids(u)
 
     def posterior(self, x_t: Tensor, x0_probs: Tensor, s: Tensor | float, t: Tensor | float) -> Tensor:
         """D3PM's x0-parameterised reverse step (Austin et al. 2021, eq. 4; eq. 3 for one-hot x0), which is
         multinomial diffusion's theta_post(x_t, x0_hat) (Hoogeboom et al. 2021, sec. 4):
         p(x_s = j | x_t = i) proportional to q(x_t = i | x_s = j) * m_j, with q(x_t = i | x_s = j) = r [i = j] +
         (1 - r) / K, r = alpha_t / alpha_s, and m = alpha_s x0_probs + (1 - alpha_s) / K. The normaliser is
-        r m_i + (1 - r) / K."""
+        r m_i + (1 - r) / K. With cardinalities, K is the position's and m is 0 on the classes it does not have."""
         x_t, x0_probs, _, a_s, a_t, b_s, b_t = self._check_step(x_t, x0_probs, s, t, None)
         a_s, a_t, b_s, b_t = (v.unsqueeze(-1) for v in (a_s, a_t, b_s, b_t))
-        k = self.num_classes
+        k = self.classes(x0_probs.dtype, x0_probs.device)
+        k = k if isinstance(k, int) else k[:, None]
         r, one_minus_r = a_t / a_s, (b_t - b_s) / a_s
-        m = a_s * x0_probs + b_s / k
+        m = (a_s * x0_probs + b_s / k) * self.valid(x0_probs.dtype, x0_probs.device)
         m_i = m.gather(-1, x_t.unsqueeze(-1))
-        onehot = torch.nn.functional.one_hot(x_t, k).to(m.dtype)
+        onehot = torch.nn.functional.one_hot(x_t, self.num_classes).to(m.dtype)
         return (one_minus_r / k * m + r * m_i * onehot) / (r * m_i + one_minus_r / k)
 
     def ancestral_step(self, x_t: Tensor, x0_probs: Tensor, s: Tensor | float, t: Tensor | float, u: Tensor) -> Tensor:
@@ -387,13 +455,13 @@ class UniformProcess(DiscreteProcess):
         (u[..., 0]); otherwise draw from m, i.e. from x0_probs with probability alpha_s (u[..., 1]) and uniformly
         otherwise (u[..., 2] picks the class in both cases)."""
         x_t, x0_probs, _, a_s, a_t, b_s, b_t = self._check_step(x_t, x0_probs, s, t, u)
-        k = self.num_classes
         u = u.to(a_s.dtype)
+        k = self.classes(a_s.dtype, a_s.device)
         r, one_minus_r = a_t / a_s, (b_t - b_s) / a_s
         m_i = a_s * x0_probs.gather(-1, x_t.unsqueeze(-1)).squeeze(-1) + b_s / k
         stay = u[..., 0] < r * m_i / (r * m_i + one_minus_r / k)
         from_x0 = ~stay & (u[..., 1] < a_s)
-        out = torch.where(stay, x_t, (u[..., 2] * k).long().clamp_max(k - 1).to(x_t.device))
+        out = torch.where(stay, x_t, self._uniform_ids(u[..., 2]).to(x_t.device))
         if bool(from_x0.any()):
             out[from_x0] = _categorical(x0_probs[from_x0], u[..., 2][from_x0]).to(out.device)
         return out
@@ -404,25 +472,35 @@ class UniformProcess(DiscreteProcess):
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
     ) -> Tensor:
-        """Uniformly drawn classes."""
+        """Uniformly drawn classes (each position's own K with cardinalities)."""
         gen_device = generator.device if generator is not None else device
-        return torch.randint(self.num_classes, tuple(shape), generator=generator, device=gen_device).to(device)
+        if self.cardinalities is None:
+            return torch.randint(self.num_classes, tuple(shape), generator=generator, device=gen_device).to(device)
+        u = torch.rand(tuple(shape), generator=generator, device=gen_device, dtype=torch.float64).to(device)
+        return self._uniform_ids(u)
 
     def pi(self, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
-        """Uniform over the K classes (num_states,)."""
-        return torch.full((self.num_classes,), 1.0 / self.num_classes, dtype=dtype, device=device)
+        """Uniform over the K classes (num_states,); with cardinalities, uniform over each position's (L, K)."""
+        if self.cardinalities is None:
+            return torch.full((self.num_classes,), 1.0 / self.num_classes, dtype=dtype, device=device)
+        return self.valid(dtype, device) / self.classes(dtype, device)[:, None]
 
     def prior_probs(self, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
-        """Uniform over the K classes (the stationary distribution, reached exactly only as alpha -> 0)."""
-        return torch.full((self.num_classes,), 1.0 / self.num_classes, dtype=dtype, device=device)
+        """Uniform over the K classes (the stationary distribution, reached exactly only as alpha -> 0); with
+        cardinalities, over each position's (L, K)."""
+        return self.pi(dtype, device)
 
-    def prior_kl(self) -> float:
+    def prior_kl(self) -> float | Tensor:
         """KL(alpha_1 x0 + (1 - alpha_1) / K || 1 / K) = (alpha_1 + b) log(K (alpha_1 + b)) + (K - 1) b log(K b),
-        b = (1 - alpha_1) / K."""
+        b = (1 - alpha_1) / K; with cardinalities one value per position (L,), float64."""
         a1 = self.schedule.alpha(torch.tensor(1.0, dtype=torch.float64)).item()
-        k = self.num_classes
+        if self.cardinalities is None:
+            k = self.num_classes
+            b = (1.0 - a1) / k
+            return (a1 + b) * math.log(k * (a1 + b)) + (k - 1) * b * math.log(k * b)
+        k = self.cardinalities.to(torch.float64)
         b = (1.0 - a1) / k
-        return (a1 + b) * math.log(k * (a1 + b)) + (k - 1) * b * math.log(k * b)
+        return (a1 + b) * torch.log(k * (a1 + b)) + (k - 1) * b * torch.log(k * b)
 
 
 PROCESSES: dict[str, type[DiscreteProcess]] = {"absorbing": AbsorbingProcess, "uniform": UniformProcess}
@@ -437,9 +515,10 @@ def make_process(name: str, num_classes: int, schedule: DiscreteSchedule | str =
 
 @dataclass(frozen=True)
 class MixedProcess:
-    """A table's forward process: a Gaussian process over its ``num_numeric`` numeric columns and an absorbing process
-    over its categorical columns, both at one shared time t (TabDDPM, Kotelnikov et al. 2023, sec. 3: Gaussian
-    diffusion for numbers and a discrete diffusion for categories in one model). ``numeric`` is a
+    """A table's forward process: a Gaussian process over its ``num_numeric`` numeric columns and a discrete process
+    (absorbing, or uniform over each column's own categories) over its categorical columns, both at one shared time
+    t (TabDDPM, Kotelnikov et al. 2023, sec. 3: Gaussian diffusion for numbers and a discrete diffusion for
+    categories in one model). ``numeric`` is a
     ``diffusionlab.processes.GaussianProcess`` (not imported here: this floor imports only torch)."""
 
     numeric: Any

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -62,7 +63,7 @@ def load_training_data(config: Any) -> TrainingData:
         return TrainingData(clips.clips.float(), clips.labels, clips.class_names)
     if is_table_dataset(name):
         frame, schema = load_table_dataset(name, target=config.data.target_column, schema_file=config.data.schema_file)
-        return table_rows(frame, schema)
+        return table_rows(frame, schema, seed=config.train.seed)
     if is_text_dataset(name):
         text = load_text_dataset(name, config.data.seq_len, split="train", tokenizer=config.data.tokenizer)
         return TrainingData(text.tokens, text.labels, text.class_names, text.captions, tokenizer=text.tokenizer.name)
@@ -73,10 +74,11 @@ def load_training_data(config: Any) -> TrainingData:
     return TrainingData(ds.images.float(), ds.labels, names, ds.captions)
 
 
-def table_rows(frame: Any, schema: TableSchema) -> TrainingData:
+def table_rows(frame: Any, schema: TableSchema, seed: int | None = None) -> TrainingData:
     """A table (str cells, as read) as training rows in the model's space: the numeric columns' normal scores, the
-    categorical columns' ids and, with a categorical target, the row's label last (``TableSpace``'s layout)."""
-    encoded = encode_table(frame, schema)
+    categorical columns' ids and, with a categorical target, the row's label last (``TableSpace``'s layout). With a
+    ``seed``, tied numeric values are dequantised over their run of the CDF (``data.table.to_normal``)."""
+    encoded = encode_table(frame, schema, spread=None if seed is None else np.random.default_rng(seed))
     parts = [encoded.numeric.float(), encoded.categorical.float()]
     names = None
     if encoded.labels is not None:
