@@ -166,7 +166,10 @@ class Trackers:
 
     def _open_wandb(self, run_name: str, config: Mapping[str, Any]) -> Any:
         import wandb
+        from accelerate import PartialState
         from accelerate.tracking import WandBTracker
+
+        PartialState()  # accelerate >= 1.16 logs through its process state while the tracker starts (a no-op if set)
 
         mode = os.environ.get("WANDB_MODE", "offline")
         offline = mode not in ("online", "shared")
