@@ -28,6 +28,7 @@ from ..conditioning import iter_batches
 from ..denoisers import DenoiserLike, Prediction
 from ..networks import LabelEmbedding
 from ..pipeline import Pipeline
+from ..processes import GaussianProcess
 from ..sampling import NoiseSource, prior_std
 from ..sampling.guidance import ClassifierFreeGuidance, soft_labels, with_uncond
 from ..sampling.interpolation import slerp, slerp_path, slerp_weights
@@ -215,7 +216,7 @@ def invert_null(
 
 
 def _pivot(
-    denoiser: DenoiserLike, process: Any, x0: Tensor, times: Tensor, cond: dict[str, Tensor] | None
+    denoiser: DenoiserLike, process: GaussianProcess, x0: Tensor, times: Tensor, cond: dict[str, Tensor] | None
 ) -> list[Tensor]:
     """DDIM inversion's states on the descending grid ``times`` (top .. t_min, then the data x0 at 0)."""
     up = times[:-1].flip(0)
@@ -228,7 +229,7 @@ def _pivot(
 
 def _fit_null(
     denoiser: DenoiserLike,
-    process: Any,
+    process: GaussianProcess,
     z: Tensor,
     t: Tensor,
     s: Tensor,
