@@ -112,7 +112,7 @@ def test_adaptive_solvers_do_not_depend_on_the_batch() -> None:
 @pytest.mark.parametrize("name, options", [("adaptive_sde", {}), ("sra", {})])
 def test_reverse_sde_solvers_draw_the_gaussian(name: str, options: dict) -> None:
     den = Counting(EDM, MEAN.to(F64), STD.to(F64))
-    n = 4000
+    n = 2000 if name == "adaptive_sde" else 4000  # adaptive_sde paces each sample alone: the slow one
     z = torch.randn(n, 3, generator=torch.Generator().manual_seed(2), dtype=F64)
     ts = time_grid(EDM, 40, "karras")
     out = SAMPLERS[name](den, z * 80.0, ts, noise=NoiseSource(0, n), **options)
