@@ -170,6 +170,8 @@ def test_null_text_inversion_reconstructs_under_guidance_as_well_as_unguided_inv
     assert found.nulls[0]["labels"].shape == (4, 4) and len(found.nulls) == len(found.times) - 1
     with pytest.raises(ValueError, match="guidance > 1"):
         invert_null(pipe, x, **unguided)
+    with pytest.raises(ValueError, match="needs the labels or the prompt"):
+        invert_null(pipe, x, guidance=3.0, steps=10)
 
 
 def test_interpolating_between_two_classes_ends_on_each_class_and_slerps_the_embeddings(pipe: Pipeline) -> None:

@@ -190,9 +190,12 @@ def invert_null(
     if (run.spec.sampler or "ddim") != "ddim" or run.spec.options.get("eta"):
         raise ValueError(f"null-text inversion runs deterministic DDIM; got sampler={run.spec.sampler!r}.")
     scale = run.request.guidance.guidance
-    if not run.cond or not ({"labels", "text"} & set(run.cond)) or scale <= 1.0:
-        raise ValueError(f"null-text inversion needs labels or a prompt and guidance > 1 (got guidance={scale:g}); "
-                         "at guidance 1 plain `invert` is the same map.")  # fmt: skip
+    given = run.request.conditioning
+    if (given.labels is None and not given.prompt) or not run.cond:
+        raise ValueError("null-text inversion needs the labels or the prompt the images are inverted under.")
+    if scale <= 1.0:
+        raise ValueError(f"null-text inversion needs guidance > 1 (got guidance={scale:g}); at guidance 1 plain "
+                         "`invert` is the same map.")  # fmt: skip
     unguided = run.request.guidance.model_copy(update={"guidance": 1.0})
     pivot_run = TaskRun.start(pipe, len(images), run.request.model_copy(update={"guidance": unguided}))
     times = inversion_grid(run, to_t)
