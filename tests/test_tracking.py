@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,17 @@ def _wandb_records(path: Path) -> Iterator[Any]:
             yield record
 
 
+def _finished_wandb_records(path: Path, wait_s: float = 60.0) -> list[Any]:
+    """The records once the run's exit record is on disk: the wandb service process writes the file, and on a loaded
+    machine it may still be flushing when ``finish()`` has returned."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        records = list(_wandb_records(path))
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.5)
+
+
 def _items(items: Any) -> dict[str, Any]:
     """History or config items as {"key": value}; W&B splits nested keys ("samples", "path") into nested_key."""
     return {".".join(item.nested_key) or item.key: json.loads(item.value_json) for item in items}
@@ -146,7 +158,7 @@ def test_wandb_offline_run_holds_the_history_config_and_image(tmp_path: Path, mo
     assert "WANDB_ERROR_REPORTING" not in os.environ  # set only while the run started
     (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
     (log,) = run_dir.glob("run-*.wandb")
-    records = list(_wandb_records(log))
+    records = _finished_wandb_records(log)
     (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
     assert run.project == "pets"
     config = _items(run.config.update)
