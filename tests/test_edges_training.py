@@ -455,7 +455,7 @@ def test_a_huge_config_json_is_refused_before_its_weights_are_allocated(
         Pipeline.load(folder)
     assert fragment() in str(e.value)
     assert recorder.bytes <= 4 * network_size._FAST_BUILD_ELEMENTS  # what the fast path builds before it counts
-    assert time.monotonic() - started < 60
+    assert time.monotonic() - started < 20  # measured: 1 s (10 million blocks: 25 s before the tensor budget)
     assert_clear_error(run("sample", folder, "--steps", "2", "--out", tmp_path / "s.png"), fragment())
     assert not (tmp_path / "s.png").exists()
 

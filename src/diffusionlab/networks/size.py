@@ -2,8 +2,8 @@
 would pass ``limits().max_parameters`` (floor 1).
 
 Counting on the meta device allocates nothing, but its first use imports a second or more of torch internals; so
-``build_within_limit`` first builds for real while the tensors made stay small, and counts on the meta device only
-a network that grows past that.
+``build_within_limit`` first builds for real while the tensors made stay small and few, and counts on the meta device
+only a network that grows past that.
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ __all__ = ["count_parameters", "affine_parameters", "check_parameters", "build_w
 # a network whose tensors hold fewer elements than this is built at once (256 MB of float32, six times the
 # 'large' preset); a larger one is counted on the meta device before anything more is allocated
 _FAST_BUILD_ELEMENTS = 2**26
+# ... and one that makes more tensors than this (a very deep one: ten thousand blocks of small tensors) is counted
+# too, so that refusing it takes a second, not the minute its build would
+_FAST_BUILD_TENSORS = 4096
 _FACTORIES = frozenset({torch.empty, torch.zeros, torch.ones, torch.full, torch.rand, torch.randn, torch.arange})
 
 
@@ -66,7 +69,7 @@ def build_within_limit(build: Callable[[], nn.Module], count: Callable[[], int |
     """``build()``; refused with one clear error naming ``what``, before its large tensors are allocated, when it
     would hold more than ``limits().max_parameters`` parameters (``count()`` counts them without allocating)."""
     try:
-        with _ElementBudget(min(_FAST_BUILD_ELEMENTS, limits().max_parameters)):
+        with _ElementBudget(min(_FAST_BUILD_ELEMENTS, limits().max_parameters), _FAST_BUILD_TENSORS):
             return build()
     except _OverBudget:
         check_parameters(what, count())
@@ -78,17 +81,19 @@ class _OverBudget(Exception):
 
 
 class _ElementBudget(TorchFunctionMode):
-    """Counts the elements of the tensors factory functions make, and stops a build before one passes the budget."""
+    """Counts the elements and the tensors factory functions make, and stops a build before either passes its
+    budget."""
 
-    def __init__(self, budget: int) -> None:
+    def __init__(self, budget: int, tensors: int) -> None:
         super().__init__()
-        self.left = budget
+        self.left, self.tensors_left = budget, tensors
 
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         if func in _FACTORIES:
             self.left -= _elements(func, args, kwargs)
-            if self.left < 0:
+            self.tensors_left -= 1
+            if self.left < 0 or self.tensors_left < 0:
                 raise _OverBudget
         return func(*args, **kwargs)
 
