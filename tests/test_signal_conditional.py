@@ -137,3 +137,37 @@ def test_dropout_on_diffwave_is_one_clear_error() -> None:
     """DiffWave has no dropout: asking for it is refused rather than ignored."""
     with pytest.raises(ValueError, match=r"network.dropout=0.5 does not apply to DiffWave"):
         build_network(NetworkConfig(kind="diffwave", width=8, depth=2, dropout=0.5))
+
+
+@pytest.mark.parametrize("condition", [None, "observed"])
+def test_the_gaps_of_a_series_are_neither_scored_nor_shown(tmp_path: Path, condition: str | None) -> None:
+    """Windows with missing points (NaN in the .npy) are filled by interpolation for the network's input, but the
+    loss counts only the points the data holds; a conditional model also draws its observations and targets among
+    them, disjoint, so a filled gap is never shown as known nor scored as a target."""
+    from diffusionlab.training.diffusion import DiffusionObjective
+
+    data = sines(64, seed=3)
+    rng = np.random.default_rng(0)
+    data[rng.random(data.shape) < 0.3] = np.nan
+    data[:8, :, 4:12] = np.nan  # a block gap in the first windows
+    np.save(tmp_path / "gappy.npy", data)
+    config = ModelConfig(
+        network=NetworkConfig(**SIGNAL_SIZES["tiny"]),
+        data=DataConfig(dataset=str(tmp_path / "gappy.npy"), signal_condition=condition),
+        train=TrainConfig(steps=1, batch_size=48, mixed_precision="no", **QUIET),
+    )
+    objective = DiffusionObjective.prepare(config, None, None, torch.device("cpu"))
+    observed = torch.from_numpy(~np.isnan(data))
+    assert torch.equal(objective.data.observed, observed)
+    for step in range(3):
+        batch = objective.global_batch(step)
+        # each drawn window, found by its filled values: its loss mask lies within its observed points
+        rows = [int((objective.data.x - x).flatten(1).abs().sum(1).argmin()) for x in batch.x0]
+        held = observed[rows]
+        if condition is None:
+            assert torch.equal(batch.loss_mask, held)
+            continue
+        shown = batch.cond["cond_signal"][:, 1:].bool()
+        assert not (shown & ~held).any() and not (batch.loss_mask & ~held).any()
+        assert not (shown & batch.loss_mask).any() and batch.loss_mask.any()
+        assert torch.equal(batch.cond["cond_signal"][:, :1], torch.where(shown, batch.x0, 0.0))

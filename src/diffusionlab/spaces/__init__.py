@@ -260,10 +260,13 @@ class ModelSpace(ABC):
         default: inpainting then keeps the known part in the sampler (RePaint or replacement)."""
         return {}
 
-    def training_condition(self, x0: Tensor, generator: torch.Generator) -> tuple[dict[str, Tensor], Tensor | None]:
+    def training_condition(
+        self, x0: Tensor, generator: torch.Generator, observed: Tensor | None = None
+    ) -> tuple[dict[str, Tensor], Tensor | None]:
         """What the network takes beside x for training examples x0 (in the model's space), drawn with
-        ``generator``, and the elements the loss counts (None: all); nothing by default."""
-        return {}, None
+        ``generator``, and the elements the loss counts (None: all); by default nothing beside x, and the loss on
+        the ``observed`` elements (those the data holds, x0's shape; None: all)."""
+        return {}, observed
 
 
 class PixelImageSpace(ModelSpace):
@@ -591,13 +594,19 @@ class SignalSpace(ModelSpace):
         """A conditional imputation model's view of the observed points (``fill`` False); else nothing."""
         return self._observations(self.encode(data), ~fill) if self.observes else {}
 
-    def training_condition(self, x0: Tensor, generator: torch.Generator) -> tuple[dict[str, Tensor], Tensor | None]:
+    def training_condition(
+        self, x0: Tensor, generator: torch.Generator, observed: Tensor | None = None
+    ) -> tuple[dict[str, Tensor], Tensor | None]:
         """A conditional imputation model learns to fill drawn masks (``data.signals.draw_observed``) from the rest:
-        the observations beside x, and the loss on the missing points only (CSDI's self-supervised training)."""
+        the observations beside x, and the loss on the missing points only (CSDI's self-supervised training). With
+        gaps in the data (``observed`` False), both sides are taken among the observed points only: the gaps, filled
+        by interpolation, are neither shown to the network nor scored (Tashiro et al. 2021, sec. 4.3)."""
         if not self.observes:
-            return {}, None
+            return {}, observed
         keep = draw_observed(len(x0), int(x0.shape[1]), int(x0.shape[2]), generator)
-        return self._observations(x0, keep), ~keep
+        if observed is None:
+            return self._observations(x0, keep), ~keep
+        return self._observations(x0, keep & observed), observed & ~keep
 
     @property
     def sample_shape(self) -> tuple[int, ...]:

@@ -36,6 +36,7 @@ class TrainingData:
     tokenizer: str | None = None  # text: the name of the tokenizer the token ids (N, L) were made with
     table: TableSchema | None = None  # tables: the schema the rows (N, D) were encoded with
     signal: SignalInfo | None = None  # audio and series: what one signal (C, L) is
+    observed: Tensor | None = None  # series with gaps: True where x holds a value of the data (x's shape; None: all)
 
     @property
     def num_classes(self) -> int | None:
@@ -57,7 +58,9 @@ def load_training_data(config: Any) -> TrainingData:
         from ..data.signals import load_signal_dataset
 
         signals = load_signal_dataset(name, config.data)
-        return TrainingData(signals.x.float(), signals.labels, signals.class_names, signal=signals.info)
+        return TrainingData(
+            signals.x.float(), signals.labels, signals.class_names, signal=signals.info, observed=signals.mask
+        )
     if is_clip_dataset(name):
         clips = load_clip_dataset(name, config.data.image_size, config.data.frames, config.data.channels)
         return TrainingData(clips.clips.float(), clips.labels, clips.class_names)

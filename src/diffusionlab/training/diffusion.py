@@ -211,7 +211,8 @@ class DiffusionObjective(Objective):
 
     def global_batch(self, step: int) -> DiffusionBatch:
         """Examples, times, noise, per-sample label (or prompt) dropout of ``step`` and the model space's own training
-        condition (a conditional imputation model's masks), in that order of draws."""
+        condition (a conditional imputation model's masks), in that order of draws; the loss counts only the points
+        the data holds (``TrainingData.observed``), never the filled gaps of a series."""
         tc, data = self.train_config, self.data
         gen = torch.Generator().manual_seed(sample_seed(tc.seed, step))
         if tc.dp_epsilon is None:
@@ -231,7 +232,8 @@ class DiffusionObjective(Objective):
         if self.config.data.image_condition is not None:
             kind, factor = self.config.data.image_condition, self.config.data.superres_factor
             cond["cond_image"] = make_image_condition(kind, x0, factor)
-        extra, loss_mask = self.model.space.training_condition(x0, gen)
+        observed = data.observed[idx] if data.observed is not None else None
+        extra, loss_mask = self.model.space.training_condition(x0, gen, observed)
         return DiffusionBatch(x0, t, noise, {**cond, **extra} or None, loss_mask)
 
     def loss(self, network: nn.Module, batch: DiffusionBatch) -> tuple[Tensor, dict[str, Tensor]]:
