@@ -100,6 +100,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import sys
 import tempfile
 import time
@@ -837,7 +838,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--dropout={args.dropout} must lie in [0, 1).")
     if not all(e > 0 for e in args.dp_epsilons):
         p.error(f"--dp-epsilons={args.dp_epsilons} must each be positive.")
-    command = " ".join(["python bench/tabular.py", *(argv if argv is not None else sys.argv[1:])])
+    command = "python bench/tabular.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     if args.merge is not None:
         results, minutes, command = merged(args, command, p)
     else:
