@@ -35,19 +35,20 @@ show), and the DCR membership-inference attack's AUC. Each synthetic method is d
 ``--dp-epsilons`` (the epsilon it actually spent, from config.json's ``privacy``, reported).
 
 Fixed settings (``--no-tune``, and the DP rows' always), chosen on breast_cancer's holdout split (never its test
-split) and checked on wine, fair and mixed, all on one thread: the ``tiny`` preset (width 64, depth 2) for 1000 steps of batch 256, AdamW lr 2e-3, 200 sampling steps
-at guidance 1. Tried: tiny, compact and small for 1000 steps (compact 3000); lr 1e-3, 2e-3 and 5e-3 (compact); batch
-64 and 256; guidance 1 (a table model's default) and 2; 50 and 200 sampling steps (100 is the default). Column
-shapes hardly moved (0.89 - 0.90 on the holdout, where the real train rows score 0.91); longer training and wider
-networks memorised: the DCR share rose from 0.51 (tiny, 1000 steps) to 0.64 (compact) and 0.72 (compact, 3000 steps)
-and the attack AUC from 0.50 to 0.70, with no gain in fidelity or ML efficacy. Guidance 2 lowered column shapes by
-0.02-0.03 and pair trends by 0.01-0.02; 200 sampling steps raised pair trends by about 0.01 over 50. On wine (107
-train rows) 1000 steps memorise more than 300 (holdout attack AUC 0.62 against 0.52, DCR share 0.51 against 0.54);
-on fair and mixed 3000 steps gained nothing over 1000 and copied more train rows; one setting is kept for every
-table. DP-SGD at epsilon 3 (holdout): 1000 steps of expected batch 256 (at most half the train rows) beat 300 steps
-(pair trends 0.847 against 0.820 on breast_cancer, 0.919 against 0.904 on fair) and 300 steps of batch 1024 (fair
-0.908); batch 64 matched 256 on breast_cancer; lr 5e-3 traded column shapes for pair trends (breast_cancer 0.870 /
-0.875 against 0.886 / 0.847), so the same lr 2e-3 is kept.
+split) and checked on wine, fair and mixed, all on one thread: the ``tiny`` preset (width 64, depth 2) for 1000
+steps of batch 256, AdamW lr 2e-3, 200 sampling steps at guidance 1. Tried: tiny, compact and small for 1000 steps
+(compact 3000); lr 1e-3, 2e-3 and 5e-3 (compact); batch 64 and 256; guidance 1 (a table model's default) and 2; 50
+and 200 sampling steps (100 is the default). Column shapes hardly moved (0.89 - 0.90 on the holdout, where the real
+train rows score 0.91); longer training and wider networks memorised: the DCR share rose from 0.51 (tiny, 1000
+steps) to 0.64 (compact) and 0.72 (compact, 3000 steps) and the attack AUC from 0.50 to 0.70, with no gain in
+fidelity or ML efficacy. Guidance 2 lowered column shapes by 0.02-0.03 and pair trends by 0.01-0.02; 200 sampling
+steps raised pair trends by about 0.01 over 50. On wine (107 train rows) 1000 steps memorise more than 300 (holdout
+attack AUC 0.62 against 0.52, DCR share 0.51 against 0.54); on fair and mixed 3000 steps gained nothing over 1000
+and copied more train rows; one setting is kept for every table. DP-SGD at epsilon 3 (holdout): 1000 steps of
+expected batch 256 (at most half the train rows) beat 300 steps (pair trends 0.847 against 0.820 on breast_cancer,
+0.919 against 0.904 on fair) and 300 steps of batch 1024 (fair 0.908); batch 64 matched 256 on breast_cancer; lr
+5e-3 traded column shapes for pair trends (breast_cancer 0.870 / 0.875 against 0.886 / 0.847), so the same lr 2e-3
+is kept.
 
 A second round (issue 16), again on the holdout split only: each setting trained once, 2 draws scored against the
 holdout rows, next to the copula's holdout column shapes (breast_cancer 0.892, wine 0.858, diabetes 0.906, fair
