@@ -34,20 +34,21 @@ show), and the DCR membership-inference attack's AUC. Each synthetic method is d
 0, 1, ...) and the scores averaged; the model is trained once. Then our model trained with DP-SGD at each of
 ``--dp-epsilons`` (the epsilon it actually spent, from config.json's ``privacy``, reported).
 
-Defaults, chosen on breast_cancer's holdout split (never its test split) and checked on wine, fair and mixed, all on
-one thread: the ``tiny`` preset (width 64, depth 2) for 1000 steps of batch 256, AdamW lr 2e-3, 200 sampling steps
-at guidance 1. Tried: tiny, compact and small for 1000 steps (compact 3000); lr 1e-3, 2e-3 and 5e-3 (compact); batch
-64 and 256; guidance 1 (a table model's default) and 2; 50 and 200 sampling steps (100 is the default). Column
-shapes hardly moved (0.89 - 0.90 on the holdout, where the real train rows score 0.91); longer training and wider
-networks memorised: the DCR share rose from 0.51 (tiny, 1000 steps) to 0.64 (compact) and 0.72 (compact, 3000 steps)
-and the attack AUC from 0.50 to 0.70, with no gain in fidelity or ML efficacy. Guidance 2 lowered column shapes by
-0.02-0.03 and pair trends by 0.01-0.02; 200 sampling steps raised pair trends by about 0.01 over 50. On wine (107
-train rows) 1000 steps memorise more than 300 (holdout attack AUC 0.62 against 0.52, DCR share 0.51 against 0.54);
-on fair and mixed 3000 steps gained nothing over 1000 and copied more train rows; one setting is kept for every
-table. DP-SGD at epsilon 3 (holdout): 1000 steps of expected batch 256 (at most half the train rows) beat 300 steps
-(pair trends 0.847 against 0.820 on breast_cancer, 0.919 against 0.904 on fair) and 300 steps of batch 1024 (fair
-0.908); batch 64 matched 256 on breast_cancer; lr 5e-3 traded column shapes for pair trends (breast_cancer 0.870 /
-0.875 against 0.886 / 0.847), so the same lr 2e-3 is kept.
+Fixed settings (``--no-tune``, and the DP rows' always), chosen on breast_cancer's holdout split (never its test
+split) and checked on wine, fair and mixed, all on one thread: the ``tiny`` preset (width 64, depth 2) for 1000
+steps of batch 256, AdamW lr 2e-3, 200 sampling steps at guidance 1. Tried: tiny, compact and small for 1000 steps
+(compact 3000); lr 1e-3, 2e-3 and 5e-3 (compact); batch 64 and 256; guidance 1 (a table model's default) and 2; 50
+and 200 sampling steps (100 is the default). Column shapes hardly moved (0.89 - 0.90 on the holdout, where the real
+train rows score 0.91); longer training and wider networks memorised: the DCR share rose from 0.51 (tiny, 1000
+steps) to 0.64 (compact) and 0.72 (compact, 3000 steps) and the attack AUC from 0.50 to 0.70, with no gain in
+fidelity or ML efficacy. Guidance 2 lowered column shapes by 0.02-0.03 and pair trends by 0.01-0.02; 200 sampling
+steps raised pair trends by about 0.01 over 50. On wine (107 train rows) 1000 steps memorise more than 300 (holdout
+attack AUC 0.62 against 0.52, DCR share 0.51 against 0.54); on fair and mixed 3000 steps gained nothing over 1000
+and copied more train rows; one setting is kept for every table. DP-SGD at epsilon 3 (holdout): 1000 steps of
+expected batch 256 (at most half the train rows) beat 300 steps (pair trends 0.847 against 0.820 on breast_cancer,
+0.919 against 0.904 on fair) and 300 steps of batch 1024 (fair 0.908); batch 64 matched 256 on breast_cancer; lr
+5e-3 traded column shapes for pair trends (breast_cancer 0.870 / 0.875 against 0.886 / 0.847), so the same lr 2e-3
+is kept.
 
 A second round (issue 16), again on the holdout split only: each setting trained once, 2 draws scored against the
 holdout rows, next to the copula's holdout column shapes (breast_cancer 0.892, wine 0.858, diabetes 0.906, fair
@@ -66,6 +67,29 @@ rows). Multinomial categories against masking, both dequantised: fair 0.9785 / 0
 0.9639 / 0.887 against 0.9645 / 0.891 (DCR share 0.531 against 0.520), diabetes 0.9122 / 0.907 against 0.9104 /
 0.916: no clear winner, so masking stays the default and multinomial categories get their own row.
 
+A third round (issue 16), on a validation split carved from the train rows (75% fit, 25% validation, seeded; the
+holdout and test rows never read), each setting trained once on the fit rows, 2 draws scored against the validation
+rows. The trainer keeps an EMA of the weights and sampling uses it, but over 1000 steps its warm-up (1 + n) / (10 + n)
+holds the decay near 0.99 whatever ``ema_decay`` says (0.995 and 0.999 gave the same weights bit for bit), and with
+the cosine learning rate falling to zero the average differs from the last weights by at most 5e-4: not a lever
+here. Longer training and wider networks memorise the small tables: breast_cancer at 3000 steps and width 128 moved
+the DCR share from 0.52 to 0.61 and the attack AUC from 0.53 to 0.63 with column shapes 0.879 against 0.884;
+diabetes at 3000 steps raised the efficacy ratio from 0.94 to 1.13 but the DCR share from 0.64 to 0.70; wine scored
+best at 300 steps (aim score 2.30 against 2.14 at 1000) and mixed at 300 (2.75 against 2.73), while fair barely
+moved between 1000 steps and 3000 steps at width 128 with dropout 0.1 (2.881 / 2.884): no one setting suits every
+table, so ``--tune`` (on by default) chooses among TUNE_GRID per table by the aim score on that split, and the report
+shows every candidate's validation scores. 1000 sampling steps instead of 200 gave
+breast_cancer column shapes 0.883 against 0.884 and pair trends 0.923 against 0.934: 200 are kept. The model's
+numeric marginals in its Gaussian space are close to N(0, 1) (breast_cancer: mean absolute column mean 0.08 where 255
+draws of N(0, 1) give 0.05, standard deviations 0.98 - 1.0, KS distance 0.068 against 0.054 for N(0, 1) draws);
+on fair the column-shape gap to the copula lies in its three numeric columns of few distinct values (age, years
+married, children: 0.976 / 0.972 / 0.976 against the copula's 0.988 / 0.984 / 0.977), the categorical ones on a par.
+Rank-matching the drawn numbers to the training distribution (``decode_table``'s ``match_marginals``) closes it
+(0.989 / 0.987 / 0.987); as a post-hoc step it is off by default and gets its own row, ``ours, matched marginals``.
+The regression target of diabetes is drawn jointly with the other columns (the library conditions on categorical
+targets only); its quantile transform keeps every one of its values (one knot per training row), so no information
+is lost there.
+
 All training in fp32 (``mixed_precision="no"``) so that the numbers do not depend on a CPU's bf16 units. Runs on
 different tables with the same settings can run side by side and be reported as one with ``--merge``. Progress goes
 to stderr; the markdown report to stdout (and to
@@ -78,6 +102,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import sys
 import tempfile
 import time
@@ -126,6 +151,16 @@ VARIANTS: dict[str, dict[str, str]] = {
     "ours, transformer": {"network": "tabular_transformer"},
     "ours, multinomial": {"categorical": "uniform"},
 }
+# --tune: settings tried on each table, each trained on 75% of the train rows and scored on the other 25%
+TUNE_FIT = 0.75
+TUNE_GRID: list[dict[str, Any]] = [
+    {"steps": 300, "width": 64, "depth": 2, "dropout": 0.0},
+    {"steps": 500, "width": 64, "depth": 2, "dropout": 0.1},
+    {"steps": 1000, "width": 64, "depth": 2, "dropout": 0.0},
+    {"steps": 1000, "width": 64, "depth": 2, "dropout": 0.1},
+    {"steps": 3000, "width": 128, "depth": 2, "dropout": 0.1},
+]
+MATCHED = "ours, matched marginals"  # the "ours" model sampled with decode_table's match_marginals
 AIMS = {
     "efficacy": "ML efficacy >= 95% of train-on-real",
     "copies": "exact copies: share of synthetic rows copying a train row not above the holdout's share (the floor; "
@@ -255,6 +290,8 @@ def train_model(
     batch = min(args.dp_batch, rows // 2) if private else args.batch
     variant = variant or {}
     network = TABULAR_SIZES[args.size] | ({"kind": variant["network"]} if "network" in variant else {})
+    if not private and getattr(args, "width", None):  # a setting chosen by --tune (DP keeps the preset)
+        network = network | {"width": args.width, "depth": args.depth}
     process = MixedProcessConfig(
         **({"categorical": {"name": variant["categorical"]}} if "categorical" in variant else {})
     )
@@ -285,13 +322,16 @@ def train_model(
     return {"seconds": seconds, "batch": batch, "privacy": privacy}
 
 
-def model_sampler(folder: Path, args: argparse.Namespace) -> Callable[[int, int], pd.DataFrame]:
-    """Draw n rows of the trained model with a seed, as str cells in the CSV's columns."""
+def model_sampler(
+    folder: Path, args: argparse.Namespace, match_marginals: bool = False
+) -> Callable[[int, int], pd.DataFrame]:
+    """Draw n rows of the trained model with a seed, as str cells in the CSV's columns (``match_marginals``: the
+    numeric columns rank-matched to the training distribution, ``decode_table``'s post-hoc option)."""
     pipe = Pipeline.load(folder)
 
     def draw(n: int, seed: int) -> pd.DataFrame:
         rows = pipe.sample(n, seed=seed, steps=args.sample_steps, guidance=args.guidance)
-        return pipe.space.frame(rows)
+        return pipe.space.frame(rows, match_marginals=match_marginals)
 
     return draw
 
@@ -357,6 +397,53 @@ def aims(row: dict[str, Any], copula: dict[str, Any], holdout_copy_rate: float) 
     }
 
 
+# ------------------------------------------------------------------------------------------------ --tune
+
+
+def setting_name(setting: dict[str, Any]) -> str:
+    """A TUNE_GRID setting in a few words."""
+    return (
+        f"{setting['steps']} steps, width {setting['width']}, depth {setting['depth']}, dropout {setting['dropout']:g}"
+    )
+
+
+def aim_score(row: dict[str, Any]) -> float:
+    """One number to rank settings by on the validation rows: fidelity and utility up (column shapes + pair trends +
+    the efficacy ratio, capped at 1), memorisation down (the DCR share's and the attack AUC's excess over 0.5)."""
+    ratio = row["ratio"] if row["ratio"] is not None else 0.0
+    return row["shape"] + row["trend"] + min(ratio, 1.0) - max(row["dcr_share"] - 0.5, 0.0) - max(row["auc"] - 0.5, 0.0)
+
+
+def validation_split(train: pd.DataFrame, folder: Path, seed: int) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
+    """The train rows cut by a seeded permutation into fit (75%, written as fit.csv) and validation (25%) rows; the
+    holdout and test rows are never read by --tune."""
+    order = np.random.default_rng(seed + 1).permutation(len(train))
+    cut = round(TUNE_FIT * len(train))
+    path = folder / "fit.csv"
+    train.iloc[np.sort(order[:cut])].to_csv(path, index=False)
+    return path, read_csv_table(path), train.iloc[np.sort(order[cut:])].reset_index(drop=True)
+
+
+def tune(train: pd.DataFrame, target: str, conditioned: bool, folder: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Each setting of TUNE_GRID trained on the fit rows of ``validation_split`` and scored against its validation
+    rows (which stand in as both the test rows and the equal-size holdout), ``args.tune_draws`` draws each; the
+    setting of the highest ``aim_score`` is chosen."""
+    folder.mkdir()
+    fit_csv, fit, val = validation_split(train, folder, args.seed)
+    schema = infer_schema(fit, target)
+    candidates = []
+    for k, setting in enumerate(TUNE_GRID):
+        trial = argparse.Namespace(**(vars(args) | setting))
+        train_model(fit_csv, target if conditioned else None, folder / f"trial-{k}", trial)
+        splits = {"train": fit, "holdout": val, "test": val}
+        row = evaluate(model_sampler(folder / f"trial-{k}", trial), splits, schema, target, args.tune_draws)
+        keep = ("shape", "trend", "ratio", "dcr_share", "auc")
+        candidates.append({"setting": setting, "score": aim_score(row)} | {key: row[key] for key in keep})
+        log(f"  tune {setting}: score {candidates[-1]['score']:.3f}")
+    best = max(candidates, key=lambda c: c["score"])
+    return {"fit_rows": len(fit), "validation_rows": len(val), "candidates": candidates, "chosen": best["setting"]}
+
+
 # ------------------------------------------------------------------------------------------------ one table
 
 
@@ -380,8 +467,16 @@ def run_dataset(name: str, folder: Path, args: argparse.Namespace) -> dict[str, 
         "missing": float(np.mean([c.missing_rate for c in schema.columns])),
         "methods": {},
         "dp": [],
+        "tune": None,
     }
     log(f"{name}: {result['rows']}, target {target} ({result['task']})")
+    model_args = args
+    if args.tune:
+        start = time.perf_counter()
+        result["tune"] = tune(train, target, conditioned, folder / "tune", args)
+        result["tune"]["seconds"] = time.perf_counter() - start
+        model_args = argparse.Namespace(**(vars(args) | result["tune"]["chosen"]))
+        log(f"{name}: chose {result['tune']['chosen']} in {result['tune']['seconds']:.0f} s")
     holdout_copy_rate = None
 
     start = time.perf_counter()
@@ -395,10 +490,13 @@ def run_dataset(name: str, folder: Path, args: argparse.Namespace) -> dict[str, 
         if method not in args.variants or (variant.get("categorical") and not result["categorical"]):
             continue  # multinomial categories change nothing on a table without categorical columns
         model = folder / f"model-{len(fit_seconds)}"
-        fit = train_model(paths["train"], target if conditioned else None, model, args, variant=variant)
+        fit = train_model(paths["train"], target if conditioned else None, model, model_args, variant=variant)
         fit_seconds[method] = fit["seconds"]
-        samplers[method] = model_sampler(model, args)
+        samplers[method] = model_sampler(model, model_args)
         log(f"{name}: {method} trained in {fit['seconds']:.0f} s")
+        if method == "ours" and args.matched:  # the same model, its numeric columns rank-matched when decoded
+            samplers[MATCHED] = model_sampler(model, model_args, match_marginals=True)
+            fit_seconds[MATCHED] = fit["seconds"]
     samplers["SMOTE"] = lambda n, seed: smote_sample(
         train, schema, n, seed=seed, target=target if conditioned else None
     )
@@ -472,17 +570,33 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, command: str
         f"`{command}`",
         "",
         "Our model: the mixed process (Gaussian DDPM, cosine schedule, on quantile-normalised numbers, ties "
-        f"dequantised in training; masking on categories), an MLP of the `{args.size}` preset (width {size['width']}, "
-        f"depth {size['depth']}), dropout {args.dropout:g}, {args.steps} steps of batch {args.batch}, AdamW lr "
-        f"{args.lr:g}, fp32, seed {args.seed}; sampled with {args.sample_steps} ancestral steps at guidance "
+        "dequantised in training; masking on categories), an MLP "
+        + (
+            "whose steps, width, depth and dropout are chosen per table on a validation split of the train rows "
+            "(`--tune`, the section below)"
+            if args.tune
+            else f"of the `{args.size}` preset (width {size['width']}, depth {size['depth']}), dropout "
+            f"{args.dropout:g}, {args.steps} steps"
+        )
+        + f", batch {args.batch}, AdamW lr {args.lr:g} (EMA of the weights, decay 0.995, for sampling), fp32, seed "
+        f"{args.seed}; sampled with {args.sample_steps} ancestral steps at guidance "
         f"{args.guidance:g}, the target drawn from its train "
         f"frequencies. Every synthetic table has as many rows as the train split; scores are means over "
         f"{args.draws} draws (seeds 0-{args.draws - 1}) against the test split; the model is trained once. "
         "Variants, each trained alike: `ours, transformer` puts the column transformer (`--network "
-        "tabular_transformer`, the same width and depth, 4 heads) in place of the MLP; `ours, multinomial` takes "
+        "tabular_transformer`, the same width and depth, 4 heads) in place of the MLP"
+        + ("" if "ours, transformer" in args.variants else " (not in this run: `--variants` leaves it out)")
+        + "; `ours, multinomial` takes "
         "uniform transitions over each column's own categories (`--categorical-process uniform`, TabDDPM's "
-        "multinomial diffusion) in place of masking, on the tables with categorical columns besides the target. "
-        "Baselines: `bench/tabular_baselines.py` (SMOTE with k = 5 same-class neighbours, Gaussian copula).",
+        "multinomial diffusion) in place of masking, on the tables with categorical columns besides the target"
+        + (
+            f"; `{MATCHED}` is the `ours` model's draws decoded with `decode_table(..., match_marginals=True)` (each "
+            "numeric column rank-matched to the training values' distribution, Iman & Conover 1982: a post-hoc step, "
+            "off by default, shown for what it buys and costs). "
+            if args.matched
+            else ". "
+        )
+        + "Baselines: `bench/tabular_baselines.py` (SMOTE with k = 5 same-class neighbours, Gaussian copula).",
         "",
         "## Tables",
         "",
@@ -497,6 +611,32 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, command: str
             f"| {r['numeric']} / {r['categorical']} | {r['missing']:.1%} | "
             f"{r['methods']['copula']['holdout_copies']:.0f} ({r['holdout_copy_rate']:.1%}) |"
         )
+    tuned = [r for r in results if r.get("tune")]
+    if tuned:
+        lines += [
+            "",
+            "## Settings chosen on validation (`--tune`)",
+            "",
+            f"Per table, the train rows were cut {TUNE_FIT:.0%} / {1 - TUNE_FIT:.0%} into fit and validation rows "
+            "(seeded; the holdout and test rows are never read). Each setting below was trained on the fit rows and "
+            f"drawn {args.tune_draws} times (as many rows as the fit rows), scored against the validation rows, "
+            "which stand in for both the test rows and the holdout, by the aim score: column shapes + pair trends + "
+            "min(efficacy ratio, 1) - max(DCR share - 0.5, 0) - max(attack AUC - 0.5, 0). The highest score is "
+            "chosen (bold) and our model (and its variants) trained with it on all the train rows. Each cell: aim "
+            "score (column shapes / pair trends / efficacy ratio / DCR share / attack AUC).",
+            "",
+            "| table | " + " | ".join(setting_name(t) for t in TUNE_GRID) + " | seconds |",
+            "|---|" + "---|" * (len(TUNE_GRID) + 1),
+        ]
+        for r in tuned:
+            cells = []
+            for c in r["tune"]["candidates"]:
+                cell = (
+                    f"{c['score']:.3f} ({fmt(c['shape'])} / {fmt(c['trend'])} / {fmt(c['ratio'])} / "
+                    f"{fmt(c['dcr_share'])} / {fmt(c['auc'])})"
+                )
+                cells.append(f"**{cell}**" if c["setting"] == r["tune"]["chosen"] else cell)
+            lines.append(f"| {r['name']} | " + " | ".join(cells) + f" | {r['tune']['seconds']:.0f} |")
     lines += [
         "",
         "## Fidelity, utility and privacy",
@@ -569,7 +709,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, command: str
     lines += ["", "## Aims met by our model (no DP)", "", "| table | model | " + " | ".join(AIMS) + " |"]
     lines.append("|---|---|" + "---|" * len(AIMS))
     for r in results:
-        for method in (m for m in VARIANTS if m in r["methods"]):
+        for method in (m for m in (*VARIANTS, MATCHED) if m in r["methods"]):
             passed = r["methods"][method]["aims"]
             cells = " | ".join("pass" if passed[k] else "fail" for k in AIMS)
             lines.append(f"| {r['name']} | {method} | {cells} |")
@@ -583,7 +723,7 @@ def summary_plot(results: list[dict[str, Any]], path: Path) -> None:
 
     from diffusionlab.io import atomic_path
 
-    methods = [m for m in (*VARIANTS, "SMOTE", "copula") if any(m in r["methods"] for r in results)]
+    methods = [m for m in (*VARIANTS, MATCHED, "SMOTE", "copula") if any(m in r["methods"] for r in results)]
     panels = [
         ("shape", "column shapes", None),
         ("trend", "pair trends", None),
@@ -627,7 +767,7 @@ def summary_plot(results: list[dict[str, Any]], path: Path) -> None:
 
 # the settings that make runs on different tables one benchmark (their --merge must agree on them)
 SETTINGS = ("size", "variants", "steps", "batch", "lr", "dropout", "sample_steps", "guidance", "draws")
-SETTINGS += ("dp_epsilons", "dp_steps", "dp_batch", "threads", "seed")
+SETTINGS += ("dp_epsilons", "dp_steps", "dp_batch", "threads", "seed", "tune", "tune_draws", "matched")
 
 
 def merged(args: argparse.Namespace, command: str, p: argparse.ArgumentParser) -> tuple[list[Any], float, str]:
@@ -658,6 +798,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sample-steps", type=int, default=200)
     p.add_argument("--guidance", type=float, default=1.0)
     p.add_argument("--draws", type=int, default=3)
+    p.add_argument(
+        "--tune",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Choose our model's steps, width and dropout per table among TUNE_GRID on a validation split of the "
+        "train rows (--no-tune: --steps, --size and --dropout for every table).",
+    )
+    p.add_argument("--tune-draws", type=int, default=2)
+    p.add_argument(
+        "--matched",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help=f"Add the row {MATCHED!r}: our model's draws with the numeric columns rank-matched when decoded.",
+    )
     p.add_argument("--dp-epsilons", type=float, nargs="*", default=[1.0, 3.0, 10.0])
     p.add_argument("--dp-datasets", nargs="*", choices=DATASETS, default=list(DATASETS))
     p.add_argument("--dp-steps", type=int, default=1000)
@@ -679,14 +833,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if "ours" not in args.variants:
         p.error("--variants must include ours (the DP rows and the plot use it).")
-    for name in ("steps", "batch", "sample_steps", "draws", "dp_steps", "dp_batch", "threads"):
+    for name in ("steps", "batch", "sample_steps", "draws", "tune_draws", "dp_steps", "dp_batch", "threads"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')}={getattr(args, name)} must be a positive integer.")
     if not 0 <= args.dropout < 1:
         p.error(f"--dropout={args.dropout} must lie in [0, 1).")
     if not all(e > 0 for e in args.dp_epsilons):
         p.error(f"--dp-epsilons={args.dp_epsilons} must each be positive.")
-    command = " ".join(["python bench/tabular.py", *(argv if argv is not None else sys.argv[1:])])
+    command = "python bench/tabular.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     if args.merge is not None:
         results, minutes, command = merged(args, command, p)
     else:

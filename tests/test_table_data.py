@@ -23,6 +23,7 @@ from diffusionlab.data.table import (
     infer_schema,
     is_table_dataset,
     load_table_dataset,
+    rank_matched,
     read_csv_table,
     read_schema_overrides,
     table_holes,
@@ -135,6 +136,41 @@ def test_decode_of_model_samples_keeps_types_ranges_and_missing(mixed_csv: Path)
     for name in ["income", "big", "ratio"]:
         values = synth.loc[synth[name] != "", name].astype(float)
         assert values.min() == by_name[name].minimum and values.max() == by_name[name].maximum
+
+
+def test_rank_matching_keeps_order_and_gives_exact_normal_quantiles() -> None:
+    z = np.random.default_rng(0).standard_normal((500, 2)) ** 3 + 1.0  # skewed, shifted: far from N(0, 1)
+    z[::7, 1] = np.nan
+    out = rank_matched(z)
+    for j in range(2):
+        present = ~np.isnan(z[:, j])
+        m = int(present.sum())
+        assert np.array_equal(np.isnan(out[:, j]), ~present)
+        expected = scipy.special.ndtri((np.arange(m) + 0.5) / m)
+        np.testing.assert_allclose(np.sort(out[present, j]), expected, rtol=0, atol=1e-12)
+        assert np.array_equal(np.argsort(out[present, j]), np.argsort(z[present, j]))
+
+
+def test_matched_decode_follows_the_training_values_and_keeps_missing(mixed_csv: Path) -> None:
+    frame = read_csv_table(mixed_csv)
+    schema = infer_schema(frame, target="label")
+    layout = table_layout(schema)
+    g = torch.Generator().manual_seed(2)
+    n = 1000
+    numeric = 0.5 * torch.randn(n, len(layout.numeric), generator=g) + 0.7  # a biased model's marginals
+    categorical = torch.stack([torch.randint(0, k, (n,), generator=g) for k in layout.cardinalities], dim=1)
+    tensors = TableTensors(numeric, categorical, torch.randint(0, layout.num_classes, (n,), generator=g))
+    plain, matched = decode_table(tensors, schema), decode_table(tensors, schema, match_marginals=True)
+    assert (matched["income"] == "").equals(plain["income"] == "")
+    assert matched.drop(columns=["income", "big", "ratio"]).equals(plain.drop(columns=["income", "big", "ratio"]))
+    grid = np.sort(frame.loc[frame["income"] != "", "income"].astype(float).to_numpy())
+
+    def ks(synth: pd.DataFrame) -> float:  # the Kolmogorov-Smirnov distance of the incomes to the training ones
+        values = np.sort(synth.loc[synth["income"] != "", "income"].astype(float).to_numpy())
+        cdf = np.searchsorted(values, grid, "right") / values.size
+        return float(np.max(np.abs(cdf - np.arange(1, grid.size + 1) / grid.size)))
+
+    assert ks(plain) > 0.3 and ks(matched) < 0.01
 
 
 def test_quantile_transform_is_normal_and_inverts_at_the_knots() -> None:

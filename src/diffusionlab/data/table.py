@@ -61,6 +61,7 @@ __all__ = [
     "infer_schema",
     "is_table_dataset",
     "load_table_dataset",
+    "rank_matched",
     "table_dataset_path",
     "read_csv_table",
     "read_schema_overrides",
@@ -406,6 +407,26 @@ def from_normal(z: np.ndarray, knots: np.ndarray | list[float]) -> np.ndarray:
     return np.where(z >= min(z_hi, float(np.float32(z_hi))), q[-1], x)
 
 
+def rank_matched(z: np.ndarray) -> np.ndarray:
+    """Each column of normal scores (N, D) replaced by the normal quantiles of its ranks, Phi^-1((r + 1/2) / N).
+
+    Rank matching (Iman & Conover 1982, sec. 3: reorder a sample of the wanted marginal by the ranks of the draws):
+    the rows keep the order the model gave them in every column, so its dependence between columns stays, while
+    each column's scores become exactly N(0, 1)'s evenly spaced quantiles, which ``from_normal`` maps onto the
+    training values' empirical distribution. NaN scores (missing cells) keep NaN and take no rank.
+    """
+    from scipy.special import ndtri
+
+    z = np.asarray(z, dtype=np.float64)
+    out = np.full_like(z, np.nan)
+    for j in range(z.shape[1]):
+        rows = np.flatnonzero(~np.isnan(z[:, j]))
+        ranks = np.empty(rows.size)
+        ranks[np.argsort(z[rows, j], kind="stable")] = np.arange(rows.size)
+        out[rows, j] = ndtri((ranks + 0.5) / max(rows.size, 1))
+    return out
+
+
 # --- model space --------------------------------------------------------------------------------------------------
 
 
@@ -554,11 +575,13 @@ def _encode_categorical(cells: np.ndarray, missing: np.ndarray, column: ColumnSc
     return ids
 
 
-def decode_table(tensors: TableTensors, schema: TableSchema) -> pd.DataFrame:
+def decode_table(tensors: TableTensors, schema: TableSchema, match_marginals: bool = False) -> pd.DataFrame:
     """Rows in model space back to a frame of str cells in schema (CSV) order; the categorical target from labels.
 
     Categorical cells are their categories' spellings; numeric ones are clipped to the column's observed range and
-    rounded to its decimals (ints written without ".0"); a missing category or indicator gives "".
+    rounded to its decimals (ints written without ".0"); a missing category or indicator gives "". ``match_marginals``:
+    each numeric column's scores of the rows not missing there are first rank-matched (``rank_matched``) to
+    N(0, 1), so that its values follow the training values' distribution exactly (a post-hoc step, off by default).
     """
     import pandas as pd
 
@@ -586,10 +609,16 @@ def decode_table(tensors: TableTensors, schema: TableSchema) -> pd.DataFrame:
     out = {}
     for column in schema.columns:
         if column.kind == "numeric":
-            cells = _decode_numeric(numeric[:, layout.numeric.index(column.name)], column)
             indicator = column.name + MISSING_SUFFIX
+            gone = np.zeros(n, dtype=bool)
             if indicator in layout.categorical:
-                cells[categorical[:, layout.categorical.index(indicator)] == 1] = ""
+                gone = categorical[:, layout.categorical.index(indicator)] == 1
+            z = numeric[:, layout.numeric.index(column.name)]
+            if match_marginals:
+                z = rank_matched(np.where(gone, np.nan, z)[:, None])[:, 0]
+                z[gone] = 0.0  # written as "" below; any finite score decodes
+            cells = _decode_numeric(z, column)
+            cells[gone] = ""
         else:
             ids = labels if column.name == schema.target else categorical[:, layout.categorical.index(column.name)]
             spellings = np.array([*(column.categories or []), ""], dtype=object)

@@ -505,8 +505,9 @@ class TableSpace(ModelSpace):
     def decode(self, x: Tensor) -> Tensor:
         return x
 
-    def frame(self, samples: Tensor) -> Any:
-        """Samples (N, sample_shape) as a pandas DataFrame of the table's columns (str cells, as a CSV holds them)."""
+    def frame(self, samples: Tensor, match_marginals: bool = False) -> Any:
+        """Samples (N, sample_shape) as a pandas DataFrame of the table's columns (str cells, as a CSV holds them);
+        ``match_marginals``: numeric columns rank-matched to the training distribution (``decode_table``'s option)."""
         if self.schema is None:
             raise ValueError("this table model has no data.table schema; it is fitted to the training table.")
         n, c = self.num_numeric, len(self.cardinalities)
@@ -515,7 +516,7 @@ class TableSpace(ModelSpace):
             samples[:, n : n + c].round().long(),
             samples[:, n + c].round().long() if self.labelled else None,
         )
-        return decode_table(tensors, self.schema)
+        return decode_table(tensors, self.schema, match_marginals=match_marginals)
 
     def save(self, samples, path, *, nrow=8, row_labels=None, metadata=None, reference=None):  # type: ignore[no-untyped-def]
         """The rows as a CSV file with the table's header (written atomically)."""
