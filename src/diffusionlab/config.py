@@ -425,6 +425,7 @@ class SignalInfo(_Strict):
     columns: list[str] | None = None  # series: the value columns, one channel each
     mean: list[float] | None = None  # series: each channel's mean, subtracted before the model sees it
     std: list[float] | None = None  # series: each channel's standard deviation, divided by
+    transform: Literal["none", "sqrt", "log"] = "none"  # series: applied to the values before the mean and std
 
 
 class DataConfig(_Strict):
@@ -467,6 +468,11 @@ class DataConfig(_Strict):
     window: int = Field(default=64, ge=2, description="Series: time steps per training window.")
     id_column: str | None = Field(
         default=None, description="Series: a column naming the series of each row (long format); default: wide."
+    )
+    series_transform: Literal["none", "sqrt", "log"] = Field(
+        default="none",
+        description="Series: a variance-stabilising transform applied before standardising and inverted on output: "
+        "'sqrt' (values >= 0, e.g. counts such as sunspots) or 'log' (values > 0); stored with the model's scaling.",
     )
     signal_condition: Literal["observed"] | None = Field(
         default=None,
