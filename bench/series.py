@@ -137,6 +137,7 @@ class SeriesSpec:
     arima_seasonal: tuple[int, int, int, int] | None
     ets_season: int | None
     load: Callable[[], tuple[list[str], np.ndarray]]
+    transform: str = "none"  # our models' series transform (``data.series_transform``) unless --series-transform
 
 
 def sunspots() -> tuple[list[str], np.ndarray]:
@@ -257,13 +258,20 @@ def train_model(split: Split, folder: Path, args: argparse.Namespace, kind: str)
     config = ModelConfig(
         network=NetworkConfig(**network),
         data=DataConfig(
-            dataset=f"series:{csv}", window=args.window, signal_condition="observed" if conditional else None
+            dataset=f"series:{csv}",
+            window=args.window,
+            signal_condition="observed" if conditional else None,
+            series_transform=transform_of(split.spec, args),
         ),
         train=TrainConfig(
             steps=steps,
             batch_size=args.batch,
             lr=lr,
             warmup_steps=min(100, steps // 10),
+            weight_decay=args.weight_decay,
+            scale_augment=args.scale_augment,
+            ema_decay=args.ema_decay,
+            ema_start=args.ema_start,
             mixed_precision="no",
             seed=0,
             final_eval=False,
@@ -279,6 +287,11 @@ def train_model(split: Split, folder: Path, args: argparse.Namespace, kind: str)
         Trainer(seeded, folder / f"{kind}-{k}", progress=False).train()
         pipes.append(Pipeline.load(folder / f"{kind}-{k}"))
     return pipes, time.perf_counter() - began
+
+
+def transform_of(spec: SeriesSpec, args: argparse.Namespace) -> str:
+    """Our models' series transform for one series: ``--series-transform`` unless "auto" (the series' own)."""
+    return spec.transform if args.series_transform == "auto" else args.series_transform
 
 
 def sampling(args: argparse.Namespace, instance: int, model: int, pipe: Pipeline) -> dict[str, Any]:
@@ -602,8 +615,8 @@ def plot(results: list[dict[str, Any]], path: Path, args: argparse.Namespace) ->
     plt.close(figure)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run every method on every series and task, print the report (and write it, the JSON and the plot)."""
+def parser() -> argparse.ArgumentParser:
+    """The bench's command line, its defaults the chosen settings."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--datasets", nargs="+", choices=sorted(SERIES), default=list(SERIES))
     p.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
@@ -628,6 +641,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--conditional-lr", type=float, default=2e-3)
     p.add_argument("--conditional-sampler", default="ddpm")
     p.add_argument("--conditional-sample-steps", type=int, default=100)
+    p.add_argument("--series-transform", choices=("auto", "none", "sqrt", "log"), default="auto")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--scale-augment", type=float, default=0.0)
+    p.add_argument("--ema-decay", type=float, default=0.995)
+    p.add_argument("--ema-start", type=int, default=100)
     p.add_argument("--draws", type=int, default=5)
     p.add_argument("--blocks", type=int, default=10)
     p.add_argument("--horizon", type=int, default=12)
@@ -636,6 +654,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--table", type=Path, default=None)
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--plot", type=Path, default=None)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every method on every series and task, print the report (and write it, the JSON and the plot)."""
+    p = parser()
     args = p.parse_args(argv)
     for name in (
         "window",

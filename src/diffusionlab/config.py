@@ -565,6 +565,13 @@ class TrainConfig(_Strict):
     label_dropout: float = Field(
         default=0.1, ge=0, le=1, description="Share of labels and prompts dropped, for classifier-free guidance."
     )
+    scale_augment: float = Field(
+        default=0.0,
+        ge=0,
+        le=2,
+        description="Signals: each training window times a random gain exp(u), u ~ U(-a, a), in the model's space "
+        "(series: about the channel's mean); 0: none. Widens what a model of a short series has seen.",
+    )
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
         default="auto",
         description="Training precision (through accelerate); auto: bf16 where the hardware runs it natively (CPUs "
