@@ -94,8 +94,8 @@ with coverage 0.89 / 0.87 / 0.86, but not on the 10% points (0.0135 against ARIM
 Sunspots fail every aim on the test span although the square-root scale improved every one of our CRPS there
 (conditional 10% points 0.1389, was 0.1735; RePaint's blocks 0.3857 against ARIMA's 0.3843): our bands stay too
 narrow (coverage 0.49-0.75) on a span (1929-2008) whose cycles are higher than any in the fit span (6 of its years
-above the fit span's highest value, 154.4 in 1778; its peak 190.2 in 1957), and the 11-year seasonal naive forecast (0.2995) beats both
-models' forecasts (0.3643 / 0.3752) there while it lost to them on validation.
+above the fit span's highest value, 154.4 in 1778; its peak 190.2 in 1957), and the 11-year seasonal naive
+forecast (0.2995) beats both models' forecasts (0.3643 / 0.3752) there while it lost to them on validation.
 
 Every run trains and samples in fp32 (``mixed_precision="no"``), so numbers do not depend on a CPU's bf16 units.
 The ARIMA baselines skip a (p, q) candidate whose statsmodels fit raises (see ``skipping_failures``). Progress
