@@ -171,3 +171,27 @@ def test_the_gaps_of_a_series_are_neither_scored_nor_shown(tmp_path: Path, condi
         assert not (shown & ~held).any() and not (batch.loss_mask & ~held).any()
         assert not (shown & batch.loss_mask).any() and batch.loss_mask.any()
         assert torch.equal(batch.cond["cond_signal"][:, :1], torch.where(shown, batch.x0, 0.0))
+
+
+def test_scale_augment_multiplies_each_window_by_a_bounded_gain_and_only_signals_take_it() -> None:
+    """train.scale_augment a: each window times exp(u), u ~ U(-a, a) (one gain per window, spread over the range);
+    0 leaves the batch as it is; data other than signals refuse it in one line."""
+    from diffusionlab.config import SignalInfo
+    from diffusionlab.data import DataError
+    from diffusionlab.spaces import SignalSpace
+    from diffusionlab.training.data import TrainingData
+    from diffusionlab.training.diffusion import fit_signal
+
+    info = SignalInfo(kind="series", channels=2, length=8, columns=["a", "b"], mean=[0.0, 0.0], std=[1.0, 1.0])
+    space = SignalSpace(ModelConfig(data=DataConfig(dataset="series:x.csv", signal=info)))
+    x = torch.rand(512, 2, 8) + 0.5
+    generator = torch.Generator().manual_seed(0)
+    assert space.augment(x, 0.0, generator) is x
+    gain = space.augment(x, 0.3, generator) / x
+    per_window = gain.flatten(1)
+    assert torch.allclose(per_window, per_window[:, :1].expand_as(per_window), rtol=1e-6)
+    log_gain = per_window[:, 0].log()
+    assert log_gain.abs().max() <= 0.3 + 1e-6 and log_gain.min() < -0.28 and log_gain.max() > 0.28
+    assert abs(log_gain.mean().item()) < 0.03  # uniform on [-0.3, 0.3]: mean 0, s.e. 0.008
+    with pytest.raises(DataError, match=r"scale_augment=0.3 is for audio and series data; dataset 'digits'"):
+        fit_signal(ModelConfig(train=TrainConfig(scale_augment=0.3)), TrainingData(torch.zeros(2, 1, 8, 8), None))

@@ -14,6 +14,7 @@ import torch
 from diffusionlab.config import DataConfig
 from diffusionlab.data import DataError
 from diffusionlab.data.signals import (
+    destandardise_series,
     fill_gaps,
     is_audio_dataset,
     is_series_dataset,
@@ -23,6 +24,7 @@ from diffusionlab.data.signals import (
     read_audio,
     read_series_csv_for_model,
     read_series_input,
+    standardise_series,
     write_series_csv,
     write_wav,
 )
@@ -317,3 +319,26 @@ def test_fitted_info_fixes_the_scale_of_new_data(wide_csv: tuple[Path, np.ndarra
     ds = load_signal_dataset(f"series:{shifted}", DataConfig(window=16, signal=trained))
     assert ds.info.columns == ["a", "b"] and ds.info.mean == trained.mean
     assert ds.x[0, 1, 0].item() == pytest.approx((200 - trained.mean[1]) / trained.std[1], rel=1e-6)
+
+
+@pytest.mark.parametrize("transform", ["sqrt", "log"])
+def test_series_transform_is_stored_fitted_on_its_scale_and_inverted(
+    wide_csv: tuple[Path, np.ndarray], tmp_path: Path, transform: str
+) -> None:
+    path, raw = wide_csv
+    forward = np.sqrt if transform == "sqrt" else np.log
+    ds = load_signal_dataset(f"series:{path}", DataConfig(window=16, series_transform=transform))
+    info = ds.info
+    assert info.transform == transform
+    seen = forward(raw[0][~np.isnan(raw[0])])  # the mean and std are the transformed values'
+    assert info.mean[0] == pytest.approx(seen.mean(), rel=1e-12) and info.std[0] == pytest.approx(seen.std(), rel=1e-12)
+    assert np.allclose(ds.x[0, 1].numpy(), (forward(raw[1, :16]) - info.mean[1]) / info.std[1], atol=1e-6)
+    back = destandardise_series(standardise_series(raw, info), info)
+    assert np.allclose(back, raw, rtol=1e-12, atol=0, equal_nan=True)  # float64 round trip
+    out = tmp_path / "back.csv"
+    write_series_csv(ds.x[:1], info, out)  # float32 windows written back in the data's units
+    assert np.allclose(pd.read_csv(out)["b"].to_numpy(), raw[1, :16], rtol=1e-5)
+    assert (destandardise_series(np.full((1, 2, 1), -50.0), info) >= 0).all()  # far tails stay in the domain
+    negative = write_rows(tmp_path / "neg.csv", ["a"], [[v] for v in [1.0, 0.0, -2.5] * 8])
+    with pytest.raises(DataError, match=rf"neg.csv: the series transform '{transform}' takes values .*-2.5"):
+        load_series(negative, window=4, transform=transform)

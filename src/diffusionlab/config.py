@@ -425,6 +425,7 @@ class SignalInfo(_Strict):
     columns: list[str] | None = None  # series: the value columns, one channel each
     mean: list[float] | None = None  # series: each channel's mean, subtracted before the model sees it
     std: list[float] | None = None  # series: each channel's standard deviation, divided by
+    transform: Literal["none", "sqrt", "log"] = "none"  # series: applied to the values before the mean and std
 
 
 class DataConfig(_Strict):
@@ -467,6 +468,11 @@ class DataConfig(_Strict):
     window: int = Field(default=64, ge=2, description="Series: time steps per training window.")
     id_column: str | None = Field(
         default=None, description="Series: a column naming the series of each row (long format); default: wide."
+    )
+    series_transform: Literal["none", "sqrt", "log"] = Field(
+        default="none",
+        description="Series: a variance-stabilising transform applied before standardising and inverted on output: "
+        "'sqrt' (values >= 0, e.g. counts such as sunspots) or 'log' (values > 0); stored with the model's scaling.",
     )
     signal_condition: Literal["observed"] | None = Field(
         default=None,
@@ -558,6 +564,13 @@ class TrainConfig(_Strict):
     )
     label_dropout: float = Field(
         default=0.1, ge=0, le=1, description="Share of labels and prompts dropped, for classifier-free guidance."
+    )
+    scale_augment: float = Field(
+        default=0.0,
+        ge=0,
+        le=2,
+        description="Signals: each training window times a random gain exp(u), u ~ U(-a, a), in the model's space "
+        "(series: about the channel's mean); 0: none. Widens what a model of a short series has seen.",
     )
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
         default="auto",

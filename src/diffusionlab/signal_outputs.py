@@ -29,12 +29,13 @@ def spectrogram(signal: Tensor, n_fft: int = 256) -> Tensor:
 
 
 def to_data_units(samples: Tensor, info: SignalInfo) -> Tensor:
-    """Series windows (N, C, L) from the model's standardised space back to the data's units; audio as it is."""
+    """Series windows (N, C, L) from the model's standardised space back to the data's units (its transform
+    inverted); audio as it is."""
     if info.kind != "series" or info.mean is None or info.std is None:
         return samples
-    mean = torch.tensor(info.mean, dtype=samples.dtype)[None, :, None]
-    std = torch.tensor(info.std, dtype=samples.dtype)[None, :, None]
-    return samples * std + mean
+    from .data.signals import destandardise_series
+
+    return torch.from_numpy(destandardise_series(samples, info)).to(samples.dtype)
 
 
 def plot_signals(

@@ -18,7 +18,9 @@ Series (``"series:<file.csv>"``, ``"array:<file.npy>"`` or a path ending in .npy
   than the id. Windows never cross from one series into the next.
 - Cells that are empty or one of ``MISSING_SPELLINGS`` (after stripping spaces) are missing; any other cell of a
   value column must be a finite number. Each channel is standardised, ``(x - mean) / std``, with the mean and the
-  population standard deviation of all its observed values over every series (a std of 0 becomes 1).
+  population standard deviation of all its observed values over every series (a std of 0 becomes 1); with a
+  ``transform`` (``SERIES_TRANSFORMS``: "sqrt" or "log") the values are transformed first and the mean and std are
+  those of the transformed values; ``destandardise_series`` inverts both (``SignalInfo.transform`` stores it).
 - Windows of ``window`` steps start every ``stride`` steps (default ``default_stride``: 1, every window, raised just
   enough to keep at most ``MAX_DEFAULT_WINDOWS`` of them); when the last start misses the end, one more window ends
   exactly at the series' end, so every step is in some window. A series shorter than the window is an error.
@@ -64,6 +66,7 @@ if TYPE_CHECKING:  # pandas loads on first use: importing diffusionlab.data stay
 __all__ = [
     "AUDIO_EXTENSIONS",
     "MAX_DEFAULT_WINDOWS",
+    "SERIES_TRANSFORMS",
     "SIGNAL_DATASET_FORMS",
     "TIME_COLUMN_NAMES",
     "SeriesInput",
@@ -83,6 +86,8 @@ __all__ = [
     "read_series_input",
     "resample",
     "standardise_series",
+    "transform_series",
+    "untransform_series",
     "write_series_csv",
     "write_wav",
 ]
@@ -92,6 +97,7 @@ SIGNAL_DATASET_FORMS = ("'audio:<folder>'", "'series:<file.csv>'", "'array:<file
 TIME_COLUMN_NAMES = frozenset(
     {"time", "date", "datetime", "timestamp", "t", "ds", "year", "month", "week", "day", "period", "index"}
 )
+SERIES_TRANSFORMS = ("none", "sqrt", "log")  # variance-stabilising transforms of a series' values
 MAX_DEFAULT_WINDOWS = 100_000  # the default stride grows so that a long series gives at most about this many windows
 _AUDIO_KINDS = "WAV, FLAC, OGG"
 
@@ -199,7 +205,7 @@ def _spec_path(spec: str | os.PathLike[str]) -> tuple[str, Path]:
 
 def load_signal_dataset(spec: str | os.PathLike[str], data_config: object) -> SignalDataset:
     """Load "audio:<folder>", "series:<file.csv>", "array:<file.npy>" or a .npy path with ``data_config``'s
-    settings (``sample_rate``, ``clip_seconds``, ``window``, ``id_column``).
+    settings (``sample_rate``, ``clip_seconds``, ``window``, ``id_column``, ``series_transform``).
 
     When ``data_config.signal`` is already fitted (a trained model's), the data are read the model's way: audio at
     its rate and clip length (unless set explicitly), series in its columns and scale; a mismatch is an error.
@@ -225,10 +231,14 @@ def load_signal_dataset(spec: str | os.PathLike[str], data_config: object) -> Si
                     f"{want.length} samples at {want.sample_rate} Hz."
                 )
         return dataset
-    if kind == "array":
-        return _load_array(path, fitted)
     window = int(getattr(data_config, "window", 64))
-    return load_series(path, window, id_column=getattr(data_config, "id_column", None), fitted=fitted)
+    return load_series(
+        f"{kind}:{path}",
+        window,
+        id_column=getattr(data_config, "id_column", None),
+        fitted=fitted,
+        transform=getattr(data_config, "series_transform", "none"),
+    )
 
 
 # --- audio files ---------------------------------------------------------------------------------------------------
@@ -488,18 +498,49 @@ def fill_gaps(values: np.ndarray, observed: np.ndarray) -> np.ndarray:
     return flat_out.reshape(out.shape)
 
 
+def transform_series(values: np.ndarray, transform: str) -> np.ndarray:
+    """Values (NaN = missing) in the data's units -> the transform's scale, float64: "none" as they are, "sqrt" the
+    square root (values >= 0) or "log" the natural log (values > 0), the variance-stabilising transforms of counts
+    and of multiplicative series (Bartlett 1947, "The use of transformations", Biometrics 3(1), sec. 2-3); a value
+    outside the transform's domain is one DataError."""
+    array = np.asarray(values, dtype=np.float64)
+    if transform == "none":
+        return array
+    if transform not in SERIES_TRANSFORMS:
+        raise DataError(f"series transform {transform!r} is not one of {', '.join(map(repr, SERIES_TRANSFORMS))}.")
+    low = np.nanmin(array) if np.isfinite(array).any() else np.nan
+    if transform == "sqrt" and low < 0:
+        raise DataError(f"the series transform 'sqrt' takes values >= 0, but a value is {low:g}; use 'none'.")
+    if transform == "log" and low <= 0:
+        raise DataError(f"the series transform 'log' takes values > 0, but a value is {low:g}; use 'sqrt' or 'none'.")
+    return np.sqrt(array) if transform == "sqrt" else np.log(array)
+
+
+def untransform_series(values: np.ndarray, transform: str) -> np.ndarray:
+    """The inverse of ``transform_series`` (float64): "sqrt" squares max(y, 0) (a sample below 0 on the square-root
+    scale is the data's 0), "log" exponentiates; both are monotone, so quantiles of samples map to quantiles."""
+    array = np.asarray(values, dtype=np.float64)
+    if transform == "sqrt":
+        return np.square(np.maximum(array, 0.0))
+    if transform == "log":
+        return np.exp(array)
+    return array
+
+
 def standardise_series(values: np.ndarray | Tensor, info: SignalInfo) -> np.ndarray:
-    """(..., C, L) values in the data's units -> standardised with ``info``'s per-channel mean and std."""
+    """(..., C, L) values in the data's units -> transformed (``info.transform``) and standardised with ``info``'s
+    per-channel mean and std."""
     mean, std = _stats(info)
     array = values.detach().cpu().numpy() if isinstance(values, Tensor) else np.asarray(values)
-    return (array.astype(np.float64) - mean[:, None]) / std[:, None]
+    return (transform_series(array, info.transform) - mean[:, None]) / std[:, None]
 
 
 def destandardise_series(values: np.ndarray | Tensor, info: SignalInfo) -> np.ndarray:
-    """(..., C, L) standardised values -> the data's units (``x * std + mean`` per channel, float64)."""
+    """(..., C, L) standardised values -> the data's units (``x * std + mean`` per channel, then the inverse of
+    ``info.transform``; float64)."""
     mean, std = _stats(info)
     array = values.detach().to("cpu", torch.float64).numpy() if isinstance(values, Tensor) else np.asarray(values)
-    return array.astype(np.float64) * std[:, None] + mean[:, None]
+    return untransform_series(array.astype(np.float64) * std[:, None] + mean[:, None], info.transform)
 
 
 def _stats(info: SignalInfo) -> tuple[np.ndarray, np.ndarray]:
@@ -606,16 +647,21 @@ def load_series(
     id_column: str | None = None,
     stride: int | None = None,
     fitted: SignalInfo | None = None,
+    transform: str = "none",
 ) -> SignalDataset:
-    """Windows (N, C, window) of "series:<file.csv>" (wide, or long with ``id_column``), standardised per channel;
-    "array:<file.npy>" (or a .npy path) loads ready windows. ``fitted`` (a model's info) fixes columns and scale.
+    """Windows (N, C, window) of "series:<file.csv>" (wide, or long with ``id_column``), ``transform``-ed
+    (``SERIES_TRANSFORMS``) and standardised per channel; "array:<file.npy>" (or a .npy path) loads ready windows.
+    ``fitted`` (a model's info) fixes columns, transform and scale.
 
     See the module docstring for the time column, missing cells, the default stride and the gap filling.
     """
     text = os.fspath(spec).strip()
     kind, path = _spec_path(text if text.lower().startswith(("series:", "array:")) else f"series:{text}")
+    if fitted is None and transform not in SERIES_TRANSFORMS:
+        raise DataError(f"series transform {transform!r} is not one of {', '.join(map(repr, SERIES_TRANSFORMS))}.")
+    transform = fitted.transform if fitted is not None else transform
     if kind == "array":
-        return _load_array(path, fitted)
+        return _load_array(path, fitted, transform)
     if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 2:
         raise DataError(f"window must be an integer of at least 2 time steps, got {window!r}.")
     if stride is not None and (isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or stride < 1):
@@ -649,24 +695,35 @@ def load_series(
     if fitted is not None:
         mean, std = list(fitted.mean or []), list(fitted.std or [])
     else:
-        mean, std = _fit_stats(series, columns, where)
+        mean, std = _fit_stats([_transformed(s, transform, where) for s in series], columns, where)
     step = default_stride([s.shape[1] for s in series], window) if stride is None else int(stride)
     starts = [(k, t) for k, s in enumerate(series) for t in _window_starts(s.shape[1], window, step)]
     _check_bytes(f"{where} ({len(starts)} windows)", len(starts) * len(columns) * window * 4)
     windows = np.stack([series[k][:, t : t + window] for k, t in starts])
-    info = SignalInfo(kind="series", channels=len(columns), length=window, columns=columns, mean=mean, std=std)
-    return _series_dataset(windows, info)
+    info = SignalInfo(
+        kind="series", channels=len(columns), length=window, columns=columns, mean=mean, std=std, transform=transform
+    )
+    return _series_dataset(windows, info, where)
 
 
-def _series_dataset(windows: np.ndarray, info: SignalInfo) -> SignalDataset:
+def _transformed(values: np.ndarray, transform: str, where: str) -> np.ndarray:
+    """``transform_series`` with the file named in its error."""
+    try:
+        return transform_series(values, transform)
+    except DataError as err:
+        raise DataError(f"{where}: {err}") from None
+
+
+def _series_dataset(windows: np.ndarray, info: SignalInfo, where: str) -> SignalDataset:
     """(N, C, L) raw windows with NaN for missing -> standardised, gaps filled, with the observed mask."""
     observed = ~np.isnan(windows)
+    _transformed(windows, info.transform, where)  # a value outside the transform's domain: the file's error
     x = fill_gaps(standardise_series(windows, info), observed)
     mask = None if observed.all() else torch.from_numpy(observed)
     return SignalDataset(torch.from_numpy(x.astype(np.float32)), None, None, info, mask)
 
 
-def _load_array(path: Path, fitted: SignalInfo | None) -> SignalDataset:
+def _load_array(path: Path, fitted: SignalInfo | None, transform: str = "none") -> SignalDataset:
     """A .npy array (N, L) or (N, C, L) of numbers as N ready windows, standardised per channel."""
     what = f"array file '{path}'"
     if not path.is_file():
@@ -698,9 +755,18 @@ def _load_array(path: Path, fitted: SignalInfo | None) -> SignalDataset:
             )
         columns, mean, std = list(fitted.columns or columns), list(fitted.mean or []), list(fitted.std or [])
     else:
-        mean, std = _fit_stats([windows.transpose(1, 0, 2).reshape(channels, -1)], columns, what)
-    info = SignalInfo(kind="series", channels=channels, length=windows.shape[2], columns=columns, mean=mean, std=std)
-    return _series_dataset(windows, info)
+        flat = windows.transpose(1, 0, 2).reshape(channels, -1)
+        mean, std = _fit_stats([_transformed(flat, transform, what)], columns, what)
+    info = SignalInfo(
+        kind="series",
+        channels=channels,
+        length=windows.shape[2],
+        columns=columns,
+        mean=mean,
+        std=std,
+        transform=transform,
+    )
+    return _series_dataset(windows, info, what)
 
 
 def write_series_csv(values: np.ndarray | Tensor, info: SignalInfo, path: str | os.PathLike[str]) -> None:
@@ -743,6 +809,7 @@ def read_series_input(path: str | os.PathLike[str], info: SignalInfo) -> SeriesI
     for name, seen in zip(columns, observed, strict=True):
         if not seen.any():
             raise DataError(f"{where}: the value column {name!r} has no values (every cell is missing).")
+    _transformed(raw, info.transform, where)
     values = fill_gaps(standardise_series(raw, info), observed)
     times = frame[time].tolist() if time is not None else None
     return SeriesInput(torch.from_numpy(values.astype(np.float32)), torch.from_numpy(observed), time, times)

@@ -236,6 +236,11 @@ class ModelSpace(ABC):
     def fit_config(cls, config: ModelConfig, data: Tensor, autoencoder: Autoencoder | None = None) -> ModelConfig:
         """The config fitted to training data (N, ...) as the loader gives it: shapes, channels, network size."""
 
+    def augment(self, x0: Tensor, scale: float, generator: torch.Generator) -> Tensor:
+        """A training batch (B, ...) in the model's space, augmented by a random gain (``train.scale_augment``);
+        only signal spaces take it (``fit_signal`` refuses it elsewhere), so here it is the batch as it is."""
+        return x0
+
     def to_model_space(self, data: Tensor) -> Tensor:
         """Training data as the loader gives it (the model's data range) to the space the network learns."""
         return data
@@ -608,6 +613,15 @@ class SignalSpace(ModelSpace):
         if observed is None:
             return self._observations(x0, keep), ~keep
         return self._observations(x0, keep & observed), observed & ~keep
+
+    def augment(self, x0: Tensor, scale: float, generator: torch.Generator) -> Tensor:
+        """Each window (B, C, L) times a gain exp(u), u ~ U(-scale, scale) (magnitude scaling, Um et al. 2017,
+        "Data augmentation of wearable sensor data", sec. 3.2); audio clipped back to [-1, 1]. No draw at 0."""
+        if scale <= 0:
+            return x0
+        u = (2 * torch.rand(len(x0), generator=generator) - 1) * scale
+        out = x0 * torch.exp(u).to(x0.dtype)[:, None, None]
+        return out.clamp(-1, 1) if self.clip_x0 else out
 
     @property
     def sample_shape(self) -> tuple[int, ...]:

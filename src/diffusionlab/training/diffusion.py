@@ -126,6 +126,11 @@ def fit_signal(config: ModelConfig, data: TrainingData) -> ModelConfig:
                 f"signal_condition={config.data.signal_condition!r} is for audio and series data; dataset "
                 f"{config.data.dataset!r} is neither."
             )
+        if config.train.scale_augment > 0:
+            raise DataError(
+                f"scale_augment={config.train.scale_augment:g} is for audio and series data; dataset "
+                f"{config.data.dataset!r} is neither (use 0)."
+            )
         return config
     return config.model_copy(update={"data": config.data.model_copy(update={"signal": data.signal})})
 
@@ -220,7 +225,8 @@ class DiffusionObjective(Objective):
         else:  # DP-SGD's accountant assumes Poisson sampling: each row in with probability batch_size / N
             idx = poisson_rows(len(data.x), tc.batch_size / len(data.x), gen)
         n = len(idx)
-        family, x0, cond = self.model.family, data.x[idx], {}
+        family, cond = self.model.family, {}
+        x0 = self.model.space.augment(data.x[idx], tc.scale_augment, gen)
         t = family.times(self.model.process, n, self.time_sampling, gen)
         noise = family.noise(self.model.process, x0, t, gen)
         drop = torch.rand(n, generator=gen) < tc.label_dropout
