@@ -159,6 +159,7 @@ class SeriesSpec:
     ets_season: int | None
     load: Callable[[], tuple[list[str], np.ndarray]]
     transform: str = "none"  # our models' series transform (``data.series_transform``) unless --series-transform
+    window_scaling: str = "series"  # our models' ``data.window_scaling`` unless --window-scaling
 
 
 def sunspots() -> tuple[list[str], np.ndarray]:
@@ -283,6 +284,7 @@ def train_model(split: Split, folder: Path, args: argparse.Namespace, kind: str)
             window=args.window,
             signal_condition="observed" if conditional else None,
             series_transform=transform_of(split.spec, args),
+            window_scaling=window_scaling_of(split.spec, args),
         ),
         train=TrainConfig(
             steps=steps,
@@ -313,6 +315,11 @@ def train_model(split: Split, folder: Path, args: argparse.Namespace, kind: str)
 def transform_of(spec: SeriesSpec, args: argparse.Namespace) -> str:
     """Our models' series transform for one series: ``--series-transform`` unless "auto" (the series' own)."""
     return spec.transform if args.series_transform == "auto" else args.series_transform
+
+
+def window_scaling_of(spec: SeriesSpec, args: argparse.Namespace) -> str:
+    """Our models' window scaling for one series: ``--window-scaling`` unless "auto" (the series' own)."""
+    return spec.window_scaling if args.window_scaling == "auto" else args.window_scaling
 
 
 def sampling(args: argparse.Namespace, instance: int, model: int, pipe: Pipeline) -> dict[str, Any]:
@@ -536,9 +543,11 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, command: str
             f"{args.conditional_sampler} sampler with {args.conditional_sample_steps} steps."
         )
     transforms = "; ".join(
-        f"{r['name']} " + ("standardised" if t == "none" else f"on the {t} scale (`series_transform`), standardised")
+        f"{r['name']} "
+        + ("standardised" if t == "none" else f"on the {t} scale (`series_transform`), standardised")
+        + (', each window by its observed points (`window_scaling="window"`)' if w == "window" else "")
         for r in results
-        for t in [transform_of(SERIES[r["name"]], args)]
+        for t, w in [(transform_of(SERIES[r["name"]], args), window_scaling_of(SERIES[r["name"]], args))]
     )
     extra = ", ".join(
         f"{name} {getattr(args, key):g}"
@@ -674,6 +683,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--conditional-sampler", default="euler_maruyama")
     p.add_argument("--conditional-sample-steps", type=int, default=100)
     p.add_argument("--series-transform", choices=("auto", "none", "sqrt", "log"), default="auto")
+    p.add_argument("--window-scaling", choices=("auto", "series", "window"), default="auto")
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--scale-augment", type=float, default=0.0)
     p.add_argument("--ema-decay", type=float, default=0.995)

@@ -190,7 +190,7 @@ TRAIN_FIELDS = {
     DataConfig: (
         ("dataset", "image_size", "channels", "image_condition", "superres_factor", "seq_len", "tokenizer")
         + ("target_column", "schema_file", "sample_rate", "clip_seconds", "window", "id_column", "signal_condition")
-        + ("series_transform", "frames"),
+        + ("series_transform", "window_scaling", "frames"),
         opt.DATA_PANEL,
     ),
     DiffusionConfig: (("parameterisation",), opt.DIFFUSION_PANEL),

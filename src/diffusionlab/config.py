@@ -474,6 +474,12 @@ class DataConfig(_Strict):
         description="Series: a variance-stabilising transform applied before standardising and inverted on output: "
         "'sqrt' (values >= 0, e.g. counts such as sunspots) or 'log' (values > 0); stored with the model's scaling.",
     )
+    window_scaling: Literal["series", "window"] = Field(
+        default="series",
+        description="Series: 'series' scales every window by the training span's mean and std; 'window' also "
+        "normalises each window by the mean and std of its own observed points (RevIN), in training and in "
+        "impute / forecast, the samples scaled back by the same statistics.",
+    )
     signal_condition: Literal["observed"] | None = Field(
         default=None,
         description="Series and audio: 'observed' trains a conditional imputation model (CSDI): the network also sees "

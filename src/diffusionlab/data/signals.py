@@ -69,8 +69,10 @@ __all__ = [
     "SERIES_TRANSFORMS",
     "SIGNAL_DATASET_FORMS",
     "TIME_COLUMN_NAMES",
+    "WINDOW_STD_FLOOR",
     "SeriesInput",
     "SignalDataset",
+    "WindowScale",
     "default_stride",
     "destandardise_series",
     "draw_observed",
@@ -481,6 +483,40 @@ def draw_observed(n: int, channels: int, length: int, generator: torch.Generator
     none = ~missing.flatten(1).any(1)
     missing[none, :, first[none]] = True  # a random mask that left everything observed: one point missing
     return ~missing
+
+
+WINDOW_STD_FLOOR = 0.1  # the smallest per-window std (in the series' standardised units): a flat window is not blown up
+
+
+@dataclass(frozen=True)
+class WindowScale:
+    """Per-window instance normalisation (RevIN, Kim et al. 2022, eq. 1 and 3, without the affine part; DeepAR's
+    mean scaling, Salinas et al. 2020, sec. 3.3): each window's channel shifted by ``mean`` and divided by ``std``
+    (B, C, 1), both taken from its observed points only."""
+
+    mean: Tensor
+    std: Tensor
+
+    @classmethod
+    def fit(cls, x: Tensor, observed: Tensor | None = None, floor: float = WINDOW_STD_FLOOR) -> WindowScale:
+        """The mean and std (floored at ``floor``) of each window's channel of x (B, C, L) over its ``observed``
+        points (None: all); a channel with fewer than two observed points keeps the series' scale (0, 1)."""
+        keep = torch.ones_like(x, dtype=torch.bool) if observed is None else observed.expand_as(x)
+        count = keep.sum(-1, keepdim=True)
+        mean = torch.where(keep, x, 0).sum(-1, keepdim=True) / count.clamp(min=1)
+        var = torch.where(keep, (x - mean) ** 2, 0).sum(-1, keepdim=True) / count.clamp(min=1)
+        enough = count > 1
+        mean = torch.where(enough, mean, torch.zeros_like(mean))
+        std = torch.where(enough, var.sqrt().clamp(min=floor), torch.ones_like(var))
+        return cls(mean, std)
+
+    def normalise(self, x: Tensor) -> Tensor:
+        """(x - mean) / std, RevIN's eq. 1."""
+        return (x - self.mean) / self.std
+
+    def denormalise(self, x: Tensor) -> Tensor:
+        """x * std + mean, RevIN's eq. 3: back to the series' standardised units."""
+        return x * self.std + self.mean
 
 
 def fill_gaps(values: np.ndarray, observed: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig, NetworkConfig
 from ..data import DataError, Tokenizer, condition_channels, make_image_condition, make_tokenizer
-from ..data.signals import draw_observed
+from ..data.signals import WindowScale, draw_observed
 from ..data.table import TableTensors, decode_table, table_layout, write_csv_table
 from ..denoisers import ScheduledNetwork
 from ..images import make_grid, save_animation, save_grid, save_png, save_scatter
@@ -236,9 +236,10 @@ class ModelSpace(ABC):
     def fit_config(cls, config: ModelConfig, data: Tensor, autoencoder: Autoencoder | None = None) -> ModelConfig:
         """The config fitted to training data (N, ...) as the loader gives it: shapes, channels, network size."""
 
-    def augment(self, x0: Tensor, scale: float, generator: torch.Generator) -> Tensor:
-        """A training batch (B, ...) in the model's space, augmented by a random gain (``train.scale_augment``);
-        only signal spaces take it (``fit_signal`` refuses it elsewhere), so here it is the batch as it is."""
+    def augment(self, x0: Tensor, scale: float, generator: torch.Generator, observed: Tensor | None = None) -> Tensor:
+        """A training batch (B, ...) in the model's space, augmented by a random gain (``train.scale_augment``) or
+        normalised per window (``data.window_scaling``, over the ``observed`` elements); only signal spaces take
+        them (``fit_signal`` refuses them elsewhere), so here it is the batch as it is."""
         return x0
 
     def to_model_space(self, data: Tensor) -> Tensor:
@@ -582,6 +583,7 @@ class SignalSpace(ModelSpace):
             raise ValueError("this signal model has no data.signal; it is fitted to the training signals.")
         self.clip_x0 = self.info.kind == "audio"  # audio lives in [-1, 1]; standardised series have no range
         self.observes = config.data.signal_condition == "observed"  # a conditional imputation model (CSDI)
+        self.per_window = config.data.window_scaling == "window"  # RevIN: each window by its own statistics
 
     @staticmethod
     def condition_channels(config: ModelConfig, channels: int) -> int:
@@ -614,9 +616,20 @@ class SignalSpace(ModelSpace):
             return self._observations(x0, keep), ~keep
         return self._observations(x0, keep & observed), observed & ~keep
 
-    def augment(self, x0: Tensor, scale: float, generator: torch.Generator) -> Tensor:
-        """Each window (B, C, L) times a gain exp(u), u ~ U(-scale, scale) (magnitude scaling, Um et al. 2017,
-        "Data augmentation of wearable sensor data", sec. 3.2); audio clipped back to [-1, 1]. No draw at 0."""
+    def window_scale(self, x: Tensor, observed: Tensor | None = None) -> WindowScale:
+        """The per-window scaling of windows x (B, C, L): their observed points' mean and std with
+        ``data.window_scaling="window"`` (RevIN), else the identity (the series' own scaling only)."""
+        if self.per_window:
+            return WindowScale.fit(x, observed)
+        ones = torch.ones(*x.shape[:-1], 1, dtype=x.dtype, device=x.device)
+        return WindowScale(torch.zeros_like(ones), ones)
+
+    def augment(self, x0: Tensor, scale: float, generator: torch.Generator, observed: Tensor | None = None) -> Tensor:
+        """Each window (B, C, L) normalised by its own observed points (``window_scale``), then times a gain exp(u),
+        u ~ U(-scale, scale) (magnitude scaling, Um et al. 2017, "Data augmentation of wearable sensor data", sec.
+        3.2); audio clipped back to [-1, 1]. No draw at 0."""
+        if self.per_window:
+            x0 = self.window_scale(x0, observed).normalise(x0)
         if scale <= 0:
             return x0
         u = (2 * torch.rand(len(x0), generator=generator) - 1) * scale

@@ -7,8 +7,9 @@ CSDI's way) sees the observed points and their mask beside x_t; its windows are 
 the observed part of x_t replaced by q(x_t | x0) at every step, as in its training (``inpaint.KnownRegion``).
 Either way ``num_samples`` draws with independent noise give the median and any interval. Forecasting is
 inpainting of a window whose last ``horizon`` steps are unknown, its first ones the end of the history. A series
-longer than the model's window is cut into windows (the last one aligned with the end), each inpainted apart.
-Observed points come back exactly as given.
+longer than the model's window is cut into windows (the last one aligned with the end), each inpainted apart;
+a model trained with ``window_scaling="window"`` (RevIN, Kim et al. 2022) sees each window normalised by the mean
+and std of its observed points, and its draws are scaled back by them. Observed points come back exactly as given.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..data.signals import WindowScale
 from ..pipeline import Pipeline
 from ..sampling.request import SampleRequest
+from ..spaces import SignalSpace
 from .common import TaskRun, check_count, task_request
 from .inpaint import InpaintOptions, fill_known
 
@@ -89,14 +92,18 @@ def impute_series(
     window = pipe.config.data.signal.length
     if bool(observed.all()):
         raise ValueError("every point of the series is observed: nothing to impute.")
+    space = pipe.space
+    assert isinstance(space, SignalSpace)  # _check_series: a series model
     request = task_request(pipe, request, settings, sampler="ddpm")
     run = TaskRun.start(pipe, num_samples, request)
     out = values.expand(num_samples, -1, -1).clone()
     for start in window_starts(values.shape[1], window):
         part = slice(start, start + window)
-        known, keep = values[None, :, part].to(pipe.device), observed[None, :, part].to(pipe.device)
+        given, keep = values[None, :, part].to(pipe.device), observed[None, :, part].to(pipe.device)
         if bool(keep.all()):
             continue
+        scale = space.window_scale(given, keep)  # RevIN's statistics of the observed points, or the identity
+        known = scale.normalise(given)
         seen = pipe.inpaint_condition(known, ~keep)  # a conditional imputation model's observations, else none
         options = InpaintOptions("replace") if seen else InpaintOptions("repaint", jump_length, jump_n_sample)
 
@@ -107,11 +114,11 @@ def impute_series(
             keep: Tensor = keep,
             seen: dict[str, Tensor] = seen,
             options: InpaintOptions = options,
+            scale: WindowScale = scale,
         ) -> Tensor:
             k, m = known.expand(len(idx), -1, -1), keep.expand(len(idx), -1, -1)
-            given = {**(cond or {}), **{name: v.expand(len(idx), -1, -1) for name, v in seen.items()}} or None
-            x = fill_known(run, options, k, m, idx, given, progress)
-            return torch.where(m, k, x).cpu()
+            sees = {**(cond or {}), **{name: v.expand(len(idx), -1, -1) for name, v in seen.items()}} or None
+            return scale.denormalise(fill_known(run, options, k, m, idx, sees, progress)).cpu()
 
         drawn = run.map(fill, range(num_samples), batch_size)
         out[:, :, part] = torch.where(observed[:, part], out[:, :, part], drawn)

@@ -126,12 +126,22 @@ def fit_signal(config: ModelConfig, data: TrainingData) -> ModelConfig:
                 f"signal_condition={config.data.signal_condition!r} is for audio and series data; dataset "
                 f"{config.data.dataset!r} is neither."
             )
+        if config.data.window_scaling != "series":
+            raise DataError(
+                f"window_scaling={config.data.window_scaling!r} is for series data; dataset "
+                f"{config.data.dataset!r} is not one (use 'series')."
+            )
         if config.train.scale_augment > 0:
             raise DataError(
                 f"scale_augment={config.train.scale_augment:g} is for audio and series data; dataset "
                 f"{config.data.dataset!r} is neither (use 0)."
             )
         return config
+    if data.signal.kind != "series" and config.data.window_scaling != "series":
+        raise DataError(
+            f"window_scaling={config.data.window_scaling!r} is for series data; dataset {config.data.dataset!r} "
+            "is audio (use 'series')."
+        )
     return config.model_copy(update={"data": config.data.model_copy(update={"signal": data.signal})})
 
 
@@ -226,7 +236,8 @@ class DiffusionObjective(Objective):
             idx = poisson_rows(len(data.x), tc.batch_size / len(data.x), gen)
         n = len(idx)
         family, cond = self.model.family, {}
-        x0 = self.model.space.augment(data.x[idx], tc.scale_augment, gen)
+        observed = data.observed[idx] if data.observed is not None else None
+        x0 = self.model.space.augment(data.x[idx], tc.scale_augment, gen, observed)
         t = family.times(self.model.process, n, self.time_sampling, gen)
         noise = family.noise(self.model.process, x0, t, gen)
         drop = torch.rand(n, generator=gen) < tc.label_dropout
@@ -238,7 +249,6 @@ class DiffusionObjective(Objective):
         if self.config.data.image_condition is not None:
             kind, factor = self.config.data.image_condition, self.config.data.superres_factor
             cond["cond_image"] = make_image_condition(kind, x0, factor)
-        observed = data.observed[idx] if data.observed is not None else None
         extra, loss_mask = self.model.space.training_condition(x0, gen, observed)
         return DiffusionBatch(x0, t, noise, {**cond, **extra} or None, loss_mask)
 
