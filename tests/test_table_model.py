@@ -337,3 +337,41 @@ def test_the_column_transformer_learns_the_table_and_keeps_its_schema(tmp_path: 
     income = frame["income"].replace("", None).dropna().astype(float)
     high = frame.loc[income.index, "y"] == "high"
     assert income[high].median() > income[~high].median()  # the label still says which half the income is in
+
+
+def test_matched_marginals_follow_the_training_values_when_sampling_but_never_when_imputing(
+    table_model: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """data.match_marginals: a sampled numeric column's values follow the training column's distribution (KS far
+    below the raw draw's), its missing share kept; imputation fills cells exactly as without it; other data refuse
+    it in one line."""
+    import json
+    import shutil
+
+    from scipy.stats import ks_2samp
+
+    folder, data = table_model
+    matched = tmp_path / "matched"
+    shutil.copytree(folder, matched)
+    config = json.loads((matched / "config.json").read_text())
+    config["data"]["match_marginals"] = True
+    (matched / "config.json").write_text(json.dumps(config))
+    raw_pipe, matched_pipe = Pipeline.load(folder), Pipeline.load(matched)
+    labels = [0] * 200 + [1] * 200
+    raw = raw_pipe.space.frame(raw_pipe.sample(labels=labels, steps=20, seed=0))
+    both = matched_pipe.space.frame(matched_pipe.sample(labels=labels, steps=20, seed=0))
+    train = read_csv_table(data)
+    for name in ("age", "income"):
+        real = train[name].replace("", None).dropna().astype(float)
+        gap_raw = ks_2samp(raw[name].replace("", None).dropna().astype(float), real).statistic
+        gap_matched = ks_2samp(both[name].replace("", None).dropna().astype(float), real).statistic
+        assert gap_matched < 0.02 and gap_matched < 0.5 * gap_raw, (name, gap_matched, gap_raw)
+    assert list(both["income"] == "") == list(raw["income"] == "")  # the same rows missing
+    holes = train.head(20).copy()
+    holes.loc[:9, "income"] = ""
+    assert impute(matched_pipe, holes, steps=5, seed=0)[0].equals(impute(raw_pipe, holes, steps=5, seed=0)[0])
+    assert_clear_error(
+        run("train", "--dataset", "toy:two_moons", "--match-marginals", "--steps", 1, "--out", tmp_path / "x"),
+        "match-marginals is for tables; dataset 'toy:two_moons'",
+    )
+    assert not (tmp_path / "x").exists()

@@ -189,7 +189,16 @@ def _read_task_image(pipe: Any, path: Path, what: str = "--image") -> Any:
 TRAIN_FIELDS = {
     DataConfig: (
         ("dataset", "image_size", "channels", "image_condition", "superres_factor", "seq_len", "tokenizer")
-        + ("target_column", "schema_file", "sample_rate", "clip_seconds", "window", "id_column", "signal_condition")
+        + (
+            "target_column",
+            "schema_file",
+            "match_marginals",
+            "sample_rate",
+            "clip_seconds",
+            "window",
+            "id_column",
+            "signal_condition",
+        )
         + ("series_transform", "window_scaling", "frames"),
         opt.DATA_PANEL,
     ),

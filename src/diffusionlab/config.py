@@ -458,6 +458,11 @@ class DataConfig(_Strict):
         default=None,
         description='Tables: a JSON file overriding the inferred column kinds, e.g. {"zip": "categorical"}.',
     )
+    match_marginals: bool = Field(
+        default=False,
+        description="Tables: sampled rows' numeric columns rank-matched to the training values' distribution (Iman & "
+        "Conover 1982), the model's order of rows kept per column; a post-hoc step of sampling, never of imputing.",
+    )
     table: TableSchema | None = None  # tables: the schema fitted to the training CSV
     sample_rate: int | None = Field(
         default=None, ge=1, description="Audio: resample every clip to this rate in Hz (default: the files' own)."

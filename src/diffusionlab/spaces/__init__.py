@@ -500,6 +500,7 @@ class TableSpace(ModelSpace):
         self.schema, net = config.data.table, config.network
         self.num_numeric, self.cardinalities = net.num_numeric or 0, list(net.cardinalities or [])
         self.labelled = bool(net.num_classes)
+        self.match_marginals = config.data.match_marginals  # sampled rows' default decoding
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -511,9 +512,10 @@ class TableSpace(ModelSpace):
     def decode(self, x: Tensor) -> Tensor:
         return x
 
-    def frame(self, samples: Tensor, match_marginals: bool = False) -> Any:
+    def frame(self, samples: Tensor, match_marginals: bool | None = None) -> Any:
         """Samples (N, sample_shape) as a pandas DataFrame of the table's columns (str cells, as a CSV holds them);
-        ``match_marginals``: numeric columns rank-matched to the training distribution (``decode_table``'s option)."""
+        ``match_marginals``: numeric columns rank-matched to the training distribution (``decode_table``'s option;
+        None: the model's ``data.match_marginals``)."""
         if self.schema is None:
             raise ValueError("this table model has no data.table schema; it is fitted to the training table.")
         n, c = self.num_numeric, len(self.cardinalities)
@@ -522,7 +524,8 @@ class TableSpace(ModelSpace):
             samples[:, n : n + c].round().long(),
             samples[:, n + c].round().long() if self.labelled else None,
         )
-        return decode_table(tensors, self.schema, match_marginals=match_marginals)
+        matched = self.match_marginals if match_marginals is None else match_marginals
+        return decode_table(tensors, self.schema, match_marginals=matched)
 
     def save(self, samples, path, *, nrow=8, row_labels=None, metadata=None, reference=None):  # type: ignore[no-untyped-def]
         """The rows as a CSV file with the table's header (written atomically)."""

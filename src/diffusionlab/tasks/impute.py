@@ -71,7 +71,7 @@ def impute(
     pipe.family.check_sampler(req.sampler.sampler)
     n = len(frame)
     rows = pipe.family.draw_rows(pipe, req, n, list(range(n)), batch_size, known=known, keep=keep, progress=progress)
-    drawn = pipe.space.frame(rows)
+    drawn = pipe.space.frame(rows, match_marginals=False)  # imputed cells follow their rows, not the marginals
     out = frame.copy()
     for name in names:
         out.loc[wanted[name], name] = drawn.loc[wanted[name], name]

@@ -106,6 +106,10 @@ def fit_tokenizer(config: ModelConfig, data: TrainingData) -> ModelConfig:
 def fit_table(config: ModelConfig, data: TrainingData) -> ModelConfig:
     """Tables: the schema the rows were read with, a categorical target's class frequencies filled in."""
     if data.table is None:
+        if config.data.match_marginals:
+            raise DataError(
+                f"match_marginals is for tables; dataset {config.data.dataset!r} is not one (leave it off)."
+            )
         return config
     schema = data.table
     if data.labels is not None:
