@@ -415,6 +415,9 @@ class TableSchema(_Strict):
     target: str | None = None
 
 
+SeriesTransform = Literal["none", "sqrt", "log"]  # variance-stabilising transforms of a series' values
+
+
 class SignalInfo(_Strict):
     """What one signal is, as read: audio clips or windows of time series, (channels, length) at a sample rate."""
 
@@ -425,7 +428,7 @@ class SignalInfo(_Strict):
     columns: list[str] | None = None  # series: the value columns, one channel each
     mean: list[float] | None = None  # series: each channel's mean, subtracted before the model sees it
     std: list[float] | None = None  # series: each channel's standard deviation, divided by
-    transform: Literal["none", "sqrt", "log"] = "none"  # series: applied to the values before the mean and std
+    transform: SeriesTransform = "none"  # series: applied to the values before the mean and std
 
 
 class DataConfig(_Strict):
@@ -474,7 +477,7 @@ class DataConfig(_Strict):
     id_column: str | None = Field(
         default=None, description="Series: a column naming the series of each row (long format); default: wide."
     )
-    series_transform: Literal["none", "sqrt", "log"] = Field(
+    series_transform: SeriesTransform = Field(
         default="none",
         description="Series: a variance-stabilising transform applied before standardising and inverted on output: "
         "'sqrt' (values >= 0, e.g. counts such as sunspots) or 'log' (values > 0); stored with the model's scaling.",

@@ -47,14 +47,14 @@ import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, get_args
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..config import SignalInfo
+from ..config import SeriesTransform, SignalInfo
 from ..io import atomic_path
 from ..limits import limits
 from .base import DataError
@@ -99,7 +99,7 @@ SIGNAL_DATASET_FORMS = ("'audio:<folder>'", "'series:<file.csv>'", "'array:<file
 TIME_COLUMN_NAMES = frozenset(
     {"time", "date", "datetime", "timestamp", "t", "ds", "year", "month", "week", "day", "period", "index"}
 )
-SERIES_TRANSFORMS = ("none", "sqrt", "log")  # variance-stabilising transforms of a series' values
+SERIES_TRANSFORMS: tuple[str, ...] = get_args(SeriesTransform)  # config's names, in one place
 MAX_DEFAULT_WINDOWS = 100_000  # the default stride grows so that a long series gives at most about this many windows
 _AUDIO_KINDS = "WAV, FLAC, OGG"
 
