@@ -199,7 +199,7 @@ TRAIN_FIELDS = {
             "id_column",
             "signal_condition",
         )
-        + ("series_transform", "window_scaling", "frames"),
+        + ("series_transform", "window_scaling", "frames", "audio_space", "n_fft", "hop_length"),
         opt.DATA_PANEL,
     ),
     DiffusionConfig: (("parameterisation",), opt.DIFFUSION_PANEL),
