@@ -1,6 +1,7 @@
 """Audio: class-conditional spoken digits, judged by a digit classifier trained here (SC09's protocol, offline).
 
     OMP_NUM_THREADS=1 python bench/audio.py --table bench/results/audio.md
+    OMP_NUM_THREADS=1 python bench/audio.py --audio-space spectrogram ... --table bench/results/audio-spectrogram.md
 
 Data (``bench/spoken_digits.py``, eSpeak NG on this machine, nothing downloaded): the words "zero".."nine" at
 8 kHz, 1 s clips, three sets of different seeds (so different draws of voice, speed and pitch from the same pool of
@@ -19,7 +20,9 @@ The bench then
    set, whose accuracy it then reports;
 2. trains our class-conditional diffusion model (``--network`` unet1d or diffwave at ``--size``, v-prediction on
    the cosine DDPM process, the library's defaults) on the train folder through ``Trainer``, labels dropped 10% of
-   the time for classifier-free guidance;
+   the time for classifier-free guidance. ``--audio-space spectrogram`` trains it in the spectrogram space instead
+   (``SpectrogramSpace``: |STFT|^0.3 with ``--n-fft``/``--hop-length``, normalised per bin, the 2-D UNet at
+   ``--size``; samples decoded by ``--griffin-lim-iterations`` of fast Griffin-Lim);
 3. draws ``--samples-per-digit`` clips of every digit with ``Pipeline.sample(labels=...)`` (DDIM, ``--steps``)
    at each ``--guidance`` and measures, per guidance: the share the classifier recognises as the asked digit; the
    Frechet distance in the classifier's penultimate features to the held-out set (squared, as FID; Heusel et al.
