@@ -87,6 +87,12 @@ def test_cli_trains_and_samples_a_spectrogram_model_to_wavs(stereo_model: tuple[
     signal, rate = read_audio(tmp_path / "wav" / "1" / "0001.wav")
     assert rate == RATE and signal.shape == (2, LENGTH) and np.abs(signal).max() <= 1
     assert (tmp_path / "s.png").stat().st_size > 1000
+    # interpolation between two seeds is drawn as spectrograms; an animation of images is refused in one line
+    result = run("interpolate", model, "--frames", 3, "--steps", 2, "--out", tmp_path / "i.png")
+    assert result.exit_code == 0 and (tmp_path / "i.png").stat().st_size > 1000, result.output
+    gif = run("interpolate", model, "--steps", 2, "--out", tmp_path / "j.png", "--gif", tmp_path / "j.gif")
+    assert_clear_error(gif, "--gif", "spectrogram model")
+    assert not (tmp_path / "j.png").exists()
 
 
 def test_spectrogram_config_round_trip_and_exact_normalisation(stereo_model: tuple[Path, Path]) -> None:

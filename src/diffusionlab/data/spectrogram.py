@@ -23,8 +23,8 @@ __all__ = [
 ]
 
 # |X|^0.3: the power-law compression of a magnitude (Stevens' loudness law, as in Wilson et al. 2018,
-# "Exploring tradeoffs in models for low-latency speech enhancement"); bench/results/audio-spectrogram.md measures
-# it against log(|X| + eps)
+# "Exploring tradeoffs in models for low-latency speech enhancement"): bounded at 0, unlike log(|X| + eps), so a
+# silent bin is not a large negative value the model must learn
 COMPRESSION_POWER = 0.3
 
 
