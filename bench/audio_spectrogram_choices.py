@@ -61,7 +61,7 @@ def main() -> int:
         for sigma in (0.1, 0.2, 0.4):
             noisy = z + sigma * torch.randn(z.shape, generator=torch.Generator().manual_seed(0))
             shares.append(recognised(griffin_lim(unsquash(noisy * std + mean), n_fft, hop, xs.shape[-1], 64)))
-        print(f"| {name} | " + " | ".join(f"{s:.1%}" for s in shares) + " |")
+        print(f"| {name.replace('|', '&#124;')} | " + " | ".join(f"{s:.1%}" for s in shares) + " |")
     return 0
 
 
