@@ -1,6 +1,7 @@
 """Audio: class-conditional spoken digits, judged by a digit classifier trained here (SC09's protocol, offline).
 
     OMP_NUM_THREADS=1 python bench/audio.py --table bench/results/audio.md
+    OMP_NUM_THREADS=1 python bench/audio.py --audio-space spectrogram ... --table bench/results/audio-spectrogram.md
 
 Data (``bench/spoken_digits.py``, eSpeak NG on this machine, nothing downloaded): the words "zero".."nine" at
 8 kHz, 1 s clips, three sets of different seeds (so different draws of voice, speed and pitch from the same pool of
@@ -19,7 +20,9 @@ The bench then
    set, whose accuracy it then reports;
 2. trains our class-conditional diffusion model (``--network`` unet1d or diffwave at ``--size``, v-prediction on
    the cosine DDPM process, the library's defaults) on the train folder through ``Trainer``, labels dropped 10% of
-   the time for classifier-free guidance;
+   the time for classifier-free guidance. ``--audio-space spectrogram`` trains it in the spectrogram space instead
+   (``SpectrogramSpace``: |STFT|^0.3 with ``--n-fft``/``--hop-length``, normalised per bin, the 2-D UNet at
+   ``--size``; samples decoded by ``--griffin-lim-iterations`` of fast Griffin-Lim);
 3. draws ``--samples-per-digit`` clips of every digit with ``Pipeline.sample(labels=...)`` (DDIM, ``--steps``)
    at each ``--guidance`` and measures, per guidance: the share the classifier recognises as the asked digit; the
    Frechet distance in the classifier's penultimate features to the held-out set (squared, as FID; Heusel et al.
@@ -43,6 +46,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import torch
@@ -53,10 +57,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from main_job import cpu_name  # noqa: E402
 from spoken_digits import WORDS, make_spoken_digits  # noqa: E402
 
-from diffusionlab.config import SIGNAL_SIZES, DataConfig, ModelConfig, NetworkConfig, TrainConfig  # noqa: E402
+from diffusionlab.config import SIGNAL_SIZES, AudioSpace, DataConfig, ModelConfig, NetworkConfig, TrainConfig  # noqa: E402
 from diffusionlab.data.signals import load_audio_folder  # noqa: E402
 from diffusionlab.evaluation.metrics import fid_from_features  # noqa: E402
 from diffusionlab.pipeline import Pipeline  # noqa: E402
+from diffusionlab.spaces import SpectrogramSpace  # noqa: E402
 from diffusionlab.training import Trainer  # noqa: E402
 
 SOURCE_RATE = 8000  # the synthesised clips' rate (Hz)
@@ -188,15 +193,22 @@ def load_set(folder: Path, args: argparse.Namespace) -> tuple[Tensor, Tensor]:
     return ds.x, to_digit[ds.labels]
 
 
+def network_kind(args: argparse.Namespace) -> str:
+    """The network the model gets: --network on the waveform, the 2-D UNet on spectrograms."""
+    return args.network if args.audio_space == "waveform" else SpectrogramSpace.network_kind
+
+
 def network_config(args: argparse.Namespace) -> NetworkConfig:
-    """The diffusion network: SIGNAL_SIZES[--size] of --network, class-conditional (classes fitted to the data)."""
+    """The diffusion network: SIGNAL_SIZES[--size] of ``network_kind``, class-conditional (classes fitted to the
+    data)."""
     shape = dict(SIGNAL_SIZES[args.size])
     if args.base_channels is not None:
         shape["base_channels"] = args.base_channels
     if args.channel_mults is not None:
         shape["channel_mults"] = args.channel_mults
-    extra = {"dilation_cycle": args.dilation_cycle} if args.network == "diffwave" else {}
-    return NetworkConfig(**shape, num_classes=0, kind=args.network, **extra)
+    kind = network_kind(args)
+    extra = {"dilation_cycle": args.dilation_cycle} if kind == "diffwave" else {}
+    return NetworkConfig(**shape, num_classes=0, kind=kind, **extra)
 
 
 def train_model(folder: Path, out: Path, args: argparse.Namespace) -> tuple[Pipeline, float, float]:
@@ -204,7 +216,15 @@ def train_model(folder: Path, out: Path, args: argparse.Namespace) -> tuple[Pipe
     the last 100 steps."""
     config = ModelConfig(
         network=network_config(args),
-        data=DataConfig(dataset=f"audio:{folder}", sample_rate=args.sample_rate, clip_seconds=args.clip_seconds),
+        data=DataConfig(
+            dataset=f"audio:{folder}",
+            sample_rate=args.sample_rate,
+            clip_seconds=args.clip_seconds,
+            audio_space=args.audio_space,
+            n_fft=args.n_fft,
+            hop_length=args.hop_length,
+            griffin_lim_iterations=args.griffin_lim_iterations,
+        ),
         train=TrainConfig(
             steps=args.train_steps,
             batch_size=args.batch,
@@ -238,6 +258,17 @@ def train_model(folder: Path, out: Path, args: argparse.Namespace) -> tuple[Pipe
     trainer.train()
     seconds = time.perf_counter() - start
     return Pipeline.load(out), seconds, float(np.mean(losses[-100:]))
+
+
+def describe_space(args: argparse.Namespace, pipe: Pipeline) -> str:
+    """The space the model diffuses in, as the report says it."""
+    if args.audio_space == "waveform":
+        return f"waveform ({pipe.sample_shape[-1]} samples)"
+    c, h, w = pipe.sample_shape
+    return (
+        f"spectrogram (|STFT|^0.3 normalised per bin, n_fft {args.n_fft}, hop {args.hop_length}: {c}x{h}x{w} padded; "
+        f"decoded by {args.griffin_lim_iterations} fast Griffin-Lim iterations)"
+    )
 
 
 def label_ids(pipe: Pipeline) -> list[int]:
@@ -274,7 +305,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clip-seconds", type=float, default=0.75)
     p.add_argument("--mels", type=int, default=40)
     p.add_argument("--clf-epochs", type=int, default=30)
-    p.add_argument("--network", choices=["unet1d", "diffwave"], default="unet1d")
+    p.add_argument("--audio-space", choices=get_args(AudioSpace), default=DataConfig().audio_space)
+    p.add_argument("--n-fft", type=int, default=DataConfig().n_fft, help="spectrogram: samples per STFT window")
+    p.add_argument("--hop-length", type=int, default=DataConfig().hop_length, help="spectrogram: samples per hop")
+    p.add_argument("--griffin-lim-iterations", type=int, default=DataConfig().griffin_lim_iterations)
+    p.add_argument("--network", choices=["unet1d", "diffwave"], default="unet1d", help="waveform: the 1-D network")
     p.add_argument("--size", choices=sorted(SIGNAL_SIZES), default="tiny")
     p.add_argument("--base-channels", type=int, default=None, help="unet1d: override the size's base channels")
     p.add_argument("--channel-mults", type=int, nargs="+", default=None, help="unet1d: override the size's levels")
@@ -367,7 +402,9 @@ def main(argv: list[str] | None = None) -> int:
         f"Classifier (log-mel, 3 conv layers, {args.clf_epochs} epochs on the train set, {clf_seconds:.0f} s): "
         f"accuracy {held_acc:.1%} on the held-out clips, {b_acc:.1%} on real B.",
         "",
-        f"Model: {args.network} '{args.size}' ({params / 1e3:.0f}k parameters), class-conditional, {args.train_steps} "
+        f"Model: {describe_space(args, pipe)}; {network_kind(args)} '{args.size}' "
+        f"(base_channels {pipe.config.network.base_channels}, channel_mults {pipe.config.network.channel_mults}, "
+        f"{params / 1e3:.0f}k parameters), class-conditional, {args.train_steps} "
         f"steps of batch {args.batch}, lr {args.lr}, precision {args.precision}: {train_seconds / 60:.1f} min, final "
         f"loss {final_loss:.4f}. Sampling: DDIM, {args.steps} steps, {args.samples_per_digit} clips per digit "
         f"({n} in all, {audio_seconds:.0f} s of audio).",

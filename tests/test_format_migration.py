@@ -71,9 +71,10 @@ def test_migration_rules_of_format_1() -> None:
     from diffusionlab.config import SPACES as SPACE_NAMES
     from diffusionlab.spaces import SPACES
 
-    # format 1 knew three spaces; format 2 added text ("tokens"), tables, signals and video, which format-1 folders
-    # never name
-    assert set(SPACES) == set(SPACE_NAMES) == {"image", "latent_image", "points", "tokens", "table", "signal", "video"}
+    # format 1 knew three spaces; format 2 added text ("tokens"), tables, signals, spectrograms and video, which
+    # format-1 folders never name
+    names = {"image", "latent_image", "points", "tokens", "table", "signal", "spectrogram", "video"}
+    assert set(SPACES) == set(SPACE_NAMES) == names
     assert SPACES["latent_image"] is LatentImageSpace
 
 

@@ -199,7 +199,7 @@ TRAIN_FIELDS = {
             "id_column",
             "signal_condition",
         )
-        + ("series_transform", "window_scaling", "frames"),
+        + ("series_transform", "window_scaling", "frames", "audio_space", "n_fft", "hop_length"),
         opt.DATA_PANEL,
     ),
     DiffusionConfig: (("parameterisation",), opt.DIFFUSION_PANEL),
@@ -997,8 +997,9 @@ def interpolate(
 ) -> None:
     """Samples along the great circle between two seeds' noises, or (--prompts, --classes) from one noise between
     two prompts' or classes' embeddings: a strip of --frames images (and an animation)."""
-    from .images import save_animation, save_grid
+    from .images import save_animation
     from .pipeline import Pipeline
+    from .spaces import PixelImageSpace
     from .tasks import interpolate as along
 
     def run() -> None:
@@ -1008,6 +1009,8 @@ def interpolate(
         if gif is not None and gif.suffix.lower() not in (".gif", ".webp"):
             _fail(f"--gif={gif} must end in .gif or .webp.")
         pipe = Pipeline.load(model)
+        if gif is not None and not isinstance(pipe.space, PixelImageSpace):
+            _fail(f"--gif={gif} animates images; this is a {pipe.space.name} model (leave --gif off).")
         settings = dict(labels=label, guidance=guidance, sampler=sampler, steps=steps)
         if prompts is not None or classes is not None:
             between = {"prompts": prompts} if prompts is not None else {"classes": classes}
@@ -1017,7 +1020,7 @@ def interpolate(
         meta = text_metadata(model=model, task="interpolate", seeds=list(seeds), frames=frames, label=label,
                              prompts=list(prompts) if prompts else None, classes=list(classes) if classes else None,
                              path=path if prompts or classes else None)  # fmt: skip
-        save_grid(images, out, nrow=frames, scale=2, metadata=meta)
+        pipe.space.save(images, out, nrow=frames, metadata=meta)  # images: a grid; audio: spectrograms
         if gif is not None:
             save_animation(images, gif)
         typer.echo(f"wrote {out}" + (f" and {gif}" if gif else ""))

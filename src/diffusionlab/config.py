@@ -43,6 +43,8 @@ __all__ = [
     "ColumnSchema",
     "TableSchema",
     "SignalInfo",
+    "SpectrogramStats",
+    "AudioSpace",
     "TrainConfig",
     "SampleConfig",
     "TextEncoderConfig",
@@ -431,6 +433,17 @@ class SignalInfo(_Strict):
     transform: SeriesTransform = "none"  # series: applied to the values before the mean and std
 
 
+AudioSpace = Literal["waveform", "spectrogram"]  # the space an audio model diffuses in (DataConfig.audio_space)
+
+
+class SpectrogramStats(_Strict):
+    """The training clips' compressed STFT magnitudes: each channel's mean and standard deviation per frequency bin
+    (channels x bins), the normalisation of a spectrogram model."""
+
+    mean: list[list[float]]
+    std: list[list[float]]
+
+
 class DataConfig(_Strict):
     """What the model was trained on: enough to know the shape and the classes of its samples."""
 
@@ -495,6 +508,20 @@ class DataConfig(_Strict):
         "forecast then use it instead of RePaint.",
     )
     signal: SignalInfo | None = None  # audio and series: what one signal is (fitted to the data)
+    audio_space: AudioSpace = Field(
+        default="waveform",
+        description="Audio: 'waveform' diffuses the samples themselves (a 1-D network); 'spectrogram' diffuses the "
+        "clip's compressed STFT magnitude, normalised per frequency bin, with the 2-D UNet, and decodes samples "
+        "back to waveforms by fast Griffin-Lim.",
+    )
+    n_fft: int = Field(
+        default=128, ge=8, description="Audio, spectrogram space: samples per STFT window (Hann); n_fft/2+1 bins."
+    )
+    hop_length: int = Field(default=64, ge=1, description="Audio, spectrogram space: samples between STFT frames.")
+    griffin_lim_iterations: int = Field(
+        default=64, ge=1, description="Audio, spectrogram space: fast Griffin-Lim iterations that decode a sample."
+    )
+    spectrogram: SpectrogramStats | None = None  # audio, spectrogram space: per-bin statistics (fitted to the data)
     frames: int | None = Field(
         default=None, ge=2, description="Video: frames per clip (moving_digits: 8; a clip folder: its shortest clip's)."
     )
@@ -696,7 +723,7 @@ class LatentConfig(_Strict):
 
 
 # the model spaces (diffusionlab.spaces), one per kind of sample
-SPACES = ("image", "latent_image", "points", "tokens", "table", "signal", "video")
+SPACES = ("image", "latent_image", "points", "tokens", "table", "signal", "spectrogram", "video")
 FORMAT_VERSION = 2
 
 
@@ -718,7 +745,7 @@ class ModelConfig(_Strict):
 
     format_version: Literal[2] = FORMAT_VERSION
     # what one sample is (see diffusionlab.spaces); None: inferred as format 1 did, from the network and `latent`
-    space: Literal["image", "latent_image", "points", "tokens", "table", "signal", "video"] | None = None
+    space: Literal["image", "latent_image", "points", "tokens", "table", "signal", "spectrogram", "video"] | None = None
     network: NetworkConfig = Field(default_factory=NetworkConfig)
     diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
     data: DataConfig = Field(default_factory=DataConfig)

@@ -82,6 +82,7 @@ _METRICS_OF_SPACE = {
     "tokens": TEXT_METRICS,
     "table": TABLE_METRICS,
     "signal": (),  # bench/series.py and bench/audio.py measure signals (CRPS, coverage, recognised digits, FD)
+    "spectrogram": (),  # bench/audio.py --audio-space spectrogram measures it (recognised digits, FD, IS)
     "video": (),  # bench/video.py measures clips (per-frame accuracy, motion, Frechet distance, prediction PSNR)
 }
 VLB_DRAWS = 64  # stratified times per image of a continuous-time model's vlb

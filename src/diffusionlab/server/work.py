@@ -158,6 +158,7 @@ _WRITERS = {
     "tokens": _texts,
     "table": _table,
     "signal": _signals,
+    "spectrogram": _signals,
     "video": _clips,
 }
 

@@ -18,9 +18,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..config import ModelConfig, NetworkConfig
+from ..config import ModelConfig, NetworkConfig, SpectrogramStats
 from ..data import DataError, Tokenizer, condition_channels, make_image_condition, make_tokenizer
 from ..data.signals import WindowScale, draw_observed
+from ..data.spectrogram import compress, decompress, griffin_lim, magnitude, stft_shape
 from ..data.table import TableTensors, decode_table, table_layout, write_csv_table
 from ..denoisers import ScheduledNetwork
 from ..images import make_grid, save_animation, save_grid, save_png, save_scatter
@@ -39,7 +40,9 @@ __all__ = [
     "TokenSpace",
     "TableSpace",
     "SignalSpace",
+    "SpectrogramSpace",
     "VideoSpace",
+    "AUDIO_SPACES",
     "SPACES",
     "NETWORKS",
     "build_network",
@@ -47,6 +50,13 @@ __all__ = [
     "make_space",
     "space_for_data",
 ]
+
+
+SPECTROGRAM_STD_FLOOR = 1e-5  # added to each bin's std: a silent bin is then scaled, not divided by 0
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
 
 
 def _unet_levels(cfg: NetworkConfig) -> dict[str, Any]:
@@ -694,6 +704,118 @@ class SignalSpace(ModelSpace):
         return config.model_copy(update={"network": net, "space": cls.name, "sample": sample})
 
 
+class SpectrogramSpace(ModelSpace):
+    """Audio clips (C, L) diffused as images (C, F, T): each channel's STFT magnitude (Hann window of
+    ``data.n_fft`` samples, hop ``data.hop_length``), compressed by the power law of ``diffusionlab.data.spectrogram``,
+    and normalised per frequency bin by the training clips' statistics (``config.data.spectrogram``), zero-padded
+    to sizes the 2-D UNet's levels take. Samples are cropped back and decoded to waveforms by fast Griffin-Lim,
+    so they are written as the waveform space writes them: WAV files and a spectrogram grid."""
+
+    name = "spectrogram"
+    network_kind = "unet"
+
+    def __init__(self, config: ModelConfig, autoencoder: Autoencoder | None = None) -> None:
+        data = config.data
+        if data.signal is None or data.spectrogram is None:
+            raise ValueError("this spectrogram model has no data.signal or data.spectrogram; they are fitted to audio.")
+        self.info, self.n_fft, self.hop, self.iterations = (
+            data.signal,
+            data.n_fft,
+            data.hop_length,
+            data.griffin_lim_iterations,
+        )
+        self.mean = torch.tensor(data.spectrogram.mean)[:, :, None]  # (C, F, 1)
+        self.std = torch.tensor(data.spectrogram.std)[:, :, None]
+        self.bins, self.frames = stft_shape(self.info.length, self.n_fft, self.hop)
+        multiple = 2 ** (len(config.network.channel_mults) - 1)  # the UNet's size_multiple
+        self.height, self.width = _round_up(self.bins, multiple), _round_up(self.frames, multiple)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return (self.info.channels, self.height, self.width)
+
+    def encode(self, data: Tensor) -> Tensor:
+        """Clips (N, C, L) to normalised compressed magnitudes (N, C, H, W), zero beyond the (F, T) of the STFT."""
+        mag = magnitude(data.float(), self.n_fft, self.hop)
+        y = (compress(mag) - self.mean.to(mag.device)) / self.std.to(mag.device)
+        return nn.functional.pad(y, (0, self.width - self.frames, 0, self.height - self.bins))
+
+    def magnitudes(self, x: Tensor) -> Tensor:
+        """The inverse of ``encode`` up to the phase: model-space images (N, C, H, W) to magnitudes (N, C, F, T)."""
+        y = x.float()[..., : self.bins, : self.frames]
+        return decompress(y * self.std.to(y.device) + self.mean.to(y.device))
+
+    def decode(self, x: Tensor) -> Tensor:
+        """Model-space images to clips (N, C, L) in [-1, 1]: ``griffin_lim`` of their magnitudes."""
+        with torch.autocast(x.device.type, enabled=False):
+            clips = griffin_lim(self.magnitudes(x), self.n_fft, self.hop, self.info.length, self.iterations)
+        return clips.clamp(-1, 1)
+
+    @torch.no_grad()
+    def to_model_space(self, data: Tensor) -> Tensor:
+        return self.encode(data)
+
+    def save(self, samples, path, *, nrow=8, row_labels=None, metadata=None, reference=None):  # type: ignore[no-untyped-def]
+        """A grid of the decoded clips' spectrograms, one labelled row per class."""
+        plot_signals(samples, self.info, path, nrow=nrow, row_labels=row_labels)
+
+    def write_files(
+        self, samples: Tensor, folder: str | os.PathLike[str], labels: Sequence[int] | None = None
+    ) -> list[Path]:
+        """One WAV per decoded clip, at the data's rate (in class sub-folders when labelled)."""
+        return write_signal_files(samples, self.info, Path(folder), labels)
+
+    def check_fits(self, config: ModelConfig) -> None:
+        net = config.network
+        if net.kind != self.network_kind:
+            raise ValueError(f"a spectrogram model's network is a {self.network_kind}, not network.kind={net.kind!r}")
+        if net.in_channels != self.info.channels:
+            raise ValueError(
+                f"the clips have {self.info.channels} channels (data.signal) but the network takes "
+                f"network.in_channels={net.in_channels}"
+            )
+
+    @classmethod
+    def fit_config(cls, config: ModelConfig, data: Tensor, autoencoder: Autoencoder | None = None) -> ModelConfig:
+        """The UNet's channels (one per audio channel), checked against the padded STFT size, and the per-bin mean
+        and std of the training clips' compressed magnitudes; a clear error for options a spectrogram cannot take."""
+        info, d = config.data.signal, config.data
+        if info is None or info.kind != "audio" or data.ndim != 3:
+            raise DataError(f"a spectrogram model needs audio clips (N, C, L); got data of shape {tuple(data.shape)}.")
+        if d.hop_length > d.n_fft:
+            raise DataError(f"hop_length={d.hop_length} is longer than n_fft={d.n_fft}; expected at most n_fft.")
+        if d.n_fft // 2 >= info.length:
+            raise DataError(f"n_fft={d.n_fft} is too long for clips of {info.length} samples; expected at most "
+                            f"{2 * info.length - 1}.")  # fmt: skip
+        for option, value, fine in [
+            ("signal_condition", d.signal_condition, None),
+            ("scale_augment", config.train.scale_augment, 0),
+        ]:
+            if value != fine:
+                raise DataError(f"{option}={value!r} is for waveform audio; audio_space='spectrogram' takes none.")
+        if config.network.kind != cls.network_kind:
+            raise DataError(
+                f"a spectrogram model takes a {cls.network_kind}, not network.kind={config.network.kind!r}."
+            )
+        net = config.network.model_copy(update={"kind": cls.network_kind, "in_channels": int(data.shape[1])})
+        with torch.no_grad():
+            y = torch.cat([compress(magnitude(b.float(), d.n_fft, d.hop_length)) for b in data.split(256)])
+        stats = SpectrogramStats(
+            mean=y.mean(dim=(0, 3)).tolist(), std=(y.std(dim=(0, 3)) + SPECTROGRAM_STD_FLOOR).tolist()
+        )
+        fitted = config.model_copy(
+            update={
+                "network": net,
+                "data": d.model_copy(update={"spectrogram": stats}),
+                "space": cls.name,
+                "sample": config.sample.model_copy(update={"thresholding": "none"}),  # normalised values: no range
+            }
+        )
+        space = cls(fitted)
+        build_network(net).check_input_size(space.height, space.width)
+        return fitted
+
+
 VIDEO_SAMPLE_STEPS = 25  # a video model's default sampler steps: a clip costs F images an evaluation
 
 
@@ -768,8 +890,19 @@ class VideoSpace(ModelSpace):
 
 SPACES: dict[str, type[ModelSpace]] = {
     cls.name: cls
-    for cls in (PixelImageSpace, LatentImageSpace, PointSpace, TokenSpace, TableSpace, SignalSpace, VideoSpace)
+    for cls in (
+        PixelImageSpace,
+        LatentImageSpace,
+        PointSpace,
+        TokenSpace,
+        TableSpace,
+        SignalSpace,
+        SpectrogramSpace,
+        VideoSpace,
+    )
 }
+# the space an audio model diffuses in, by ``data.audio_space`` (the one place that name becomes a class)
+AUDIO_SPACES: dict[str, type[ModelSpace]] = {"waveform": SignalSpace, "spectrogram": SpectrogramSpace}
 
 
 def make_space(config: ModelConfig, autoencoder: Autoencoder | None = None) -> ModelSpace:
@@ -784,7 +917,7 @@ def space_for_data(config: ModelConfig, data: Tensor) -> type[ModelSpace]:
     if config.data.table is not None:
         space: type[ModelSpace] = TableSpace
     elif config.data.signal is not None:
-        space = SignalSpace
+        space = AUDIO_SPACES[config.data.audio_space] if config.data.signal.kind == "audio" else SignalSpace
     elif data.ndim == 2:
         space = PointSpace if data.is_floating_point() else TokenSpace
     elif data.ndim == 5:

@@ -53,12 +53,12 @@ def save_image(image: Tensor, path: str | os.PathLike[str], metadata: Mapping[st
 @torch.no_grad()
 def pixel_shape(pipe: Pipeline) -> tuple[int, int, int]:
     """(C, H, W) of the images the model makes: what ``pipe.decode`` gives for one sample of ``pipe.sample_shape``."""
-    if len(pipe.sample_shape) != 3:
-        raise ValueError(
-            f"this model makes samples of shape {tuple(pipe.sample_shape)}, not images; the tasks need an image model."
-        )
-    shape = pipe.decode(torch.zeros(1, *pipe.sample_shape, device=pipe.device)).shape
-    return int(shape[1]), int(shape[2]), int(shape[3])
+    shape = tuple(pipe.sample_shape)
+    if len(shape) == 3:  # decoded: a spectrogram model's samples are 2-D, but it makes audio clips (C, L)
+        shape = tuple(pipe.decode(torch.zeros(1, *shape, device=pipe.device)).shape[1:])
+    if len(shape) != 3:
+        raise ValueError(f"this model makes samples of shape {shape}, not images; the tasks need an image model.")
+    return int(shape[0]), int(shape[1]), int(shape[2])
 
 
 def _describe(channels: int) -> str:

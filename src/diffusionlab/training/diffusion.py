@@ -135,12 +135,22 @@ def fit_signal(config: ModelConfig, data: TrainingData) -> ModelConfig:
                 f"window_scaling={config.data.window_scaling!r} is for series data; dataset "
                 f"{config.data.dataset!r} is not one (use 'series')."
             )
+        if config.data.audio_space != "waveform":
+            raise DataError(
+                f"audio_space={config.data.audio_space!r} is for audio data; dataset {config.data.dataset!r} is not "
+                "audio (use 'waveform')."
+            )
         if config.train.scale_augment > 0:
             raise DataError(
                 f"scale_augment={config.train.scale_augment:g} is for audio and series data; dataset "
                 f"{config.data.dataset!r} is neither (use 0)."
             )
         return config
+    if data.signal.kind != "audio" and config.data.audio_space != "waveform":
+        raise DataError(
+            f"audio_space={config.data.audio_space!r} is for audio data; dataset {config.data.dataset!r} is a series "
+            "(use 'waveform')."
+        )
     if data.signal.kind != "series" and config.data.window_scaling != "series":
         raise DataError(
             f"window_scaling={config.data.window_scaling!r} is for series data; dataset {config.data.dataset!r} "
