@@ -99,7 +99,7 @@ scores each trained setting twice, its draws decoded as the model gives them and
 (never chosen, the slowest) gave way to 2000 steps with dropout 0.2. Cross-validation chose matched marginals on
 every table (breast_cancer 1000 steps with dropout 0.1, wine 300, diabetes 500 with dropout 0.1, fair 2000 with
 dropout 0.2, mixed 300); its cost, about 3x the single split's (breast_cancer 324 s, fair 740 s). Where fair's
-column-shape gap lies (one validation fold, 2000 steps, dropout 0.2): the model's marginals of age, years married
+column-shape gap lies (the old 75 / 25 validation split, 300 steps): the model's marginals of age, years married
 and children put the mass of each tied value within about 0.02 of the training shares (age 22: 0.299 against
 0.281, 27: 0.271 against 0.295) and 0.5 - 1.4% of draws between two tied values (decoded by interpolating the
 quantile knots across the gap between two runs; snapping them to the nearer value moved column shapes by 0.0002 in
