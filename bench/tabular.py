@@ -828,13 +828,29 @@ SETTINGS += ("matched",)
 DP_SETTINGS = ("size", "lr", "sample_steps", "guidance", "draws", "dp_epsilons", "dp_steps", "dp_batch", "seed")
 
 
-def dp_from(results: list[dict[str, Any]], path: Path, args: argparse.Namespace, p: argparse.ArgumentParser) -> None:
-    """Give each table without DP rows the DP rows of the earlier run's JSON ``path`` (same DP settings), their aims
-    marked again against this run's copula and holdout floor."""
-    saved = json.loads(path.read_text())
+def saved_run(path: Path, flag: str, p: argparse.ArgumentParser) -> dict[str, Any]:
+    """An earlier run's --json, or one ``error:`` line naming the flag and the file when it is not one."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        p.error(f"{flag} {path} is not a readable --json of this bench ({err}).")
+    if not isinstance(saved, dict) or not {"args", "command", "minutes", "results"} <= saved.keys():
+        p.error(f"{flag} {path} is not a --json of this bench (no args, command, minutes and results).")
+    return saved
+
+
+def dp_source(path: Path, args: argparse.Namespace, p: argparse.ArgumentParser) -> dict[str, Any]:
+    """The earlier run of ``--dp-from``, checked (before any work) to share this run's DP settings."""
+    saved = saved_run(path, "--dp-from", p)
     differ = [k for k in DP_SETTINGS if saved["args"].get(k) != str(getattr(args, k))]
     if differ:
         p.error(f"--dp-from={path} was run with other DP settings ({', '.join(differ)}); give the same ones.")
+    return saved
+
+
+def dp_from(results: list[dict[str, Any]], saved: dict[str, Any]) -> None:
+    """Give each table without DP rows the DP rows of the earlier run ``saved`` (``dp_source``), their aims marked
+    again against this run's copula and holdout floor."""
     earlier = {r["name"]: r["dp"] for r in saved["results"]}
     for r in results:
         if not r["dp"] and earlier.get(r["name"]):
@@ -848,7 +864,7 @@ def merged(args: argparse.Namespace, command: str, p: argparse.ArgumentParser) -
     """The results of the ``--merge`` JSON files in DATASETS order, the longest run's minutes and every command."""
     results, minutes, commands = [], 0.0, []
     for path in args.merge:
-        saved = json.loads(path.read_text())
+        saved = saved_run(path, "--merge", p)
         differ = [k for k in SETTINGS if saved["args"].get(k) != str(getattr(args, k))]
         if differ:
             p.error(f"{path} was run with other settings ({', '.join(differ)}); give the same ones to --merge.")
@@ -925,6 +941,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--dropout={args.dropout} must lie in [0, 1).")
     if not all(e > 0 for e in args.dp_epsilons):
         p.error(f"--dp-epsilons={args.dp_epsilons} must each be positive.")
+    dp_saved = None if args.dp_from is None else dp_source(args.dp_from, args, p)
     command = "python bench/tabular.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     if args.merge is not None:
         results, minutes, command = merged(args, command, p)
@@ -938,8 +955,8 @@ def main(argv: list[str] | None = None) -> int:
                 folder.mkdir()
                 results.append(run_dataset(name, folder, args))
         minutes = (time.perf_counter() - began) / 60
-    if args.dp_from is not None:
-        dp_from(results, args.dp_from, args, p)
+    if dp_saved is not None:
+        dp_from(results, dp_saved)
     text = report(results, args, command, minutes)
     print(text)
     if args.table is not None:
