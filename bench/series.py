@@ -147,7 +147,13 @@ from diffusionlab.data.signals import destandardise_series, fill_gaps, standardi
 from diffusionlab.evaluation.series import forecast_scores  # noqa: E402
 from diffusionlab.io import atomic_path  # noqa: E402
 from diffusionlab.pipeline import Pipeline  # noqa: E402
-from diffusionlab.tasks import forecast, impute_series  # noqa: E402
+from diffusionlab.tasks import (  # noqa: E402
+    Calibration,
+    calibrate_series,
+    forecast,
+    impute_series,
+    scale_about_median,
+)
 from diffusionlab.training import Trainer  # noqa: E402
 
 TASKS = ("impute 10%", "impute 50%", "impute blocks", "forecast")
@@ -157,6 +163,10 @@ LEVEL = 0.9  # the interval whose coverage is scored
 OURS = "ours (RePaint)"
 OURS_CONDITIONAL = "ours (conditional)"
 OURS_METHODS = {"repaint": OURS, "conditional": OURS_CONDITIONAL}  # --models-of: our model kinds
+CALIBRATED = {kind: f"{name[:-1]}, calibrated)" for kind, name in OURS_METHODS.items()}  # the same draws, calibrated
+OURS_ALL = set(OURS_METHODS.values()) | set(CALIBRATED.values())
+CALIBRATED_OF = {OURS_METHODS[kind]: name for kind, name in CALIBRATED.items()}
+CALIBRATION_TASK = {"impute 10%": ("missing", 0.1), "impute 50%": ("missing", 0.5), "impute blocks": ("block", BLOCK)}
 
 
 @dataclass(frozen=True)
@@ -354,9 +364,12 @@ def sampling(args: argparse.Namespace, instance: int, model: int, pipe: Pipeline
     }
 
 
-def ours_impute(pipes: list[Pipeline], split: Split, inst: Instance, task: str, args: argparse.Namespace) -> np.ndarray:
-    """(S, 1, T) in the data's units, S / K samples from each of the K models; for a block only the model's window
-    around it is passed (elsewhere the samples are the input)."""
+def ours_impute(
+    pipes: list[Pipeline], split: Split, inst: Instance, task: str, args: argparse.Namespace, scale: float | None
+) -> dict[str, np.ndarray]:
+    """(S, 1, T) in the data's units, S / K samples from each of the K models ("raw"), and with ``scale`` the same
+    draws with their spread scaled about the median in the model's space ("calibrated"); for a block only the
+    model's window around it is passed (elsewhere the samples are the input)."""
     info = pipes[0].config.data.signal
     mask = inst.mask
     values = torch.from_numpy(fill_gaps(standardise_series(split.values, info), mask)).float()
@@ -372,13 +385,26 @@ def ours_impute(pipes: list[Pipeline], split: Split, inst: Instance, task: str, 
         impute_series(pipe, values[:, lo:hi], observed[:, lo:hi], each, **sampling(args, inst.seed, k, pipe)).samples
         for k, pipe in enumerate(pipes)
     ]
-    out = np.repeat(split.values[None], args.samples, axis=0)
-    out[:, :, lo:hi] = destandardise_series(torch.cat(drawn), info)
+    out = {}
+    for name, samples in in_units(torch.cat(drawn), scale).items():
+        out[name] = np.repeat(split.values[None], args.samples, axis=0)
+        out[name][:, :, lo:hi] = destandardise_series(samples, info)
     return out
 
 
-def ours_forecast(pipes: list[Pipeline], split: Split, inst: Instance, args: argparse.Namespace) -> np.ndarray:
-    """(S, 1, horizon) in the data's units, S / K samples from each of the K models."""
+def in_units(drawn: torch.Tensor, scale: float | None) -> dict[str, torch.Tensor]:
+    """Model-space draws, raw and (with a calibration ``scale``) calibrated (``Calibration.apply``)."""
+    out = {"raw": drawn}
+    if scale is not None:
+        out["calibrated"] = scale_about_median(drawn, scale)
+    return out
+
+
+def ours_forecast(
+    pipes: list[Pipeline], split: Split, inst: Instance, args: argparse.Namespace, scale: float | None
+) -> dict[str, np.ndarray]:
+    """(S, 1, horizon) in the data's units, S / K samples from each of the K models, raw and calibrated (as
+    ``ours_impute``)."""
     info = pipes[0].config.data.signal
     history = torch.from_numpy(standardise_series(split.values[:, : inst.origin], info)).float()
     each = args.samples // len(pipes)
@@ -386,7 +412,30 @@ def ours_forecast(pipes: list[Pipeline], split: Split, inst: Instance, args: arg
         forecast(pipe, history, args.horizon, each, **sampling(args, inst.seed, k, pipe)).samples
         for k, pipe in enumerate(pipes)
     ]
-    return destandardise_series(torch.cat(drawn), info)
+    return {name: destandardise_series(samples, info) for name, samples in in_units(torch.cat(drawn), scale).items()}
+
+
+def calibrate(split: Split, folder: Path, args: argparse.Namespace, kind: str) -> tuple[dict[str, Calibration], float]:
+    """A calibration per task for our ``kind`` of model: a model of the same settings trained on the fit span less
+    its last ``--calibration-share``, every task's masks drawn on that held-out stretch (``calibrate_series``); the
+    seconds it took. Only the fit span is used, never the scored span."""
+    began = time.perf_counter()
+    held = int(round(args.calibration_share * split.fit))
+    inner = Split(split.spec, split.times[: split.fit], split.values[:, : split.fit], split.fit - held)
+    (folder / f"{kind}-calibration").mkdir()
+    pipes, _ = train_model(inner, folder / f"{kind}-calibration", args, kind)
+    pipe = pipes[0]
+    values = torch.from_numpy(standardise_series(inner.values, pipe.config.data.signal)).float()
+    settings = {k: v for k, v in sampling(args, 0, 0, pipe).items() if k != "seed"}
+    out = {}
+    for task in args.tasks:
+        name, size = CALIBRATION_TASK.get(task, ("horizon", args.horizon))
+        out[task] = calibrate_series(
+            pipe, values, name, size, start=inner.fit, draws=args.calibration_draws, level=LEVEL,
+            num_samples=args.samples, seed=args.seed, **settings,
+        )  # fmt: skip
+        log(f"  {kind} / {task}: spread scale {out[task].scale:.3f} from {out[task].points} held-out points")
+    return out, time.perf_counter() - began
 
 
 # ------------------------------------------------------------------------------------------------ running a task
@@ -434,10 +483,16 @@ class Pooled:
 
 
 def run_task(
-    ours: dict[str, list[Pipeline]], split: Split, task: str, args: argparse.Namespace
+    ours: dict[str, list[Pipeline]],
+    split: Split,
+    task: str,
+    args: argparse.Namespace,
+    scales: dict[str, float] | None = None,
 ) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
-    """Every method on every instance of one task (``ours``: our models by method name): their pooled scores keyed
-    by method, and (forecasting) the middle origin's samples of our models and ARIMA for the plot."""
+    """Every method on every instance of one task (``ours``: our models by method name; ``scales``: their
+    calibration's spread scale for this task by method name, whose draws are also scored calibrated): their pooled
+    scores keyed by method, and (forecasting) the middle origin's samples of our models and ARIMA for the plot."""
+    scales = scales or {}
     spec, h, n = split.spec, args.horizon, BASELINE_SAMPLES
     pooled: dict[str, Pooled] = {}
     shown: dict[str, Any] = {}
@@ -448,7 +503,7 @@ def run_task(
             target = split.values[0, points]
             gappy = np.where(inst.mask, split.values, np.nan)
             calls: dict[str, tuple[Callable[..., np.ndarray], tuple, dict]] = {
-                **{m: (ours_impute, (pipes, split, inst, task, args), {}) for m, pipes in ours.items()},
+                **{m: (ours_impute, (pipes, split, inst, task, args, scales.get(m)), {}) for m, pipes in ours.items()},
                 "linear interpolation": (lambda g, m: linear_interpolation(g, m)[None], (gappy, inst.mask), {}),
                 "ARIMA": (
                     skipping_failures(arima_impute),
@@ -464,7 +519,7 @@ def run_task(
             ahead = np.concatenate([history, np.full((1, h), np.nan)], axis=1)
             known = np.arange(o + h)[None] < o
             calls = {
-                **{m: (ours_forecast, (pipes, split, inst, args), {}) for m, pipes in ours.items()},
+                **{m: (ours_forecast, (pipes, split, inst, args, scales.get(m)), {}) for m, pipes in ours.items()},
                 "naive (last value)": (lambda a, k: linear_interpolation(a, k)[None, :, -h:], (ahead, known), {}),
                 "seasonal naive": (seasonal_naive_forecast, (history, h, spec.season), {"num_samples": n}),
                 "ARIMA": (
@@ -477,13 +532,19 @@ def run_task(
         drawn = {}
         for method, (fn, positional, named) in calls.items():
             began = time.perf_counter()
-            samples = fn(*positional, **named)
+            produced = fn(*positional, **named)
             seconds = time.perf_counter() - began
-            scored = samples[:, 0, points] if inst.mask is not None else samples[:, 0]
-            pooled.setdefault(method, Pooled()).add(scored, target, seconds)
-            drawn[method] = samples[:, 0]
+            named_samples = {method: produced}
+            if isinstance(produced, dict):  # ours: raw draws, and calibrated ones with a calibration
+                named_samples = {method: produced["raw"]}
+                if "calibrated" in produced:
+                    named_samples[CALIBRATED_OF[method]] = produced["calibrated"]
+            for name, samples in named_samples.items():
+                scored = samples[:, 0, points] if inst.mask is not None else samples[:, 0]
+                pooled.setdefault(name, Pooled()).add(scored, target, seconds)
+                drawn[name] = samples[:, 0]
         if inst.origin is not None and index == len(todo) // 2:
-            shown = {"origin": inst.origin, "ARIMA": drawn["ARIMA"]} | {m: drawn[m] for m in ours}
+            shown = {"origin": inst.origin} | {m: v for m, v in drawn.items() if m == "ARIMA" or m in OURS_ALL}
     return {method: p.scores() for method, p in pooled.items()}, shown
 
 
@@ -491,17 +552,20 @@ def run_series(name: str, folder: Path, args: argparse.Namespace) -> dict[str, A
     """Train our models (``--ours``) on one series' fit span and run every task."""
     split = make_split(SERIES[name], args.split)
     log(f"{name}: {split.length} steps, fit on {split.fit}, scored on {split.length - split.fit} ({args.split})")
-    ours, seconds = {}, {}
+    ours, seconds, calibrations = {}, {}, {}
     for kind in args.ours:
         ours[OURS_METHODS[kind]], seconds[kind] = train_model(split, folder, args, kind)
         log(f"{name}: {kind} model(s) trained in {seconds[kind]:.0f} s")
+        if args.calibration_share > 0:
+            calibrations[kind], seconds[f"{kind} calibration"] = calibrate(split, folder, args, kind)
     tasks, shown = {}, {}
     for task in args.tasks:
         began = time.perf_counter()
-        tasks[task], kept = run_task(ours, split, task, args)
+        scales = {OURS_METHODS[kind]: c[task].scale for kind, c in calibrations.items()}
+        tasks[task], kept = run_task(ours, split, task, args, scales)
         shown = kept or shown
         crps = ", ".join(f"{m} {r['crps']:.4f}" for m, r in tasks[task].items())
-        coverage = ", ".join(f"{m} {tasks[task][m]['coverage']:.3f}" for m in ours)
+        coverage = ", ".join(f"{m} {tasks[task][m]['coverage']:.3f}" for m in tasks[task] if m in OURS_ALL)
         log(f"{name} / {task} ({time.perf_counter() - began:.0f} s): CRPS {crps}; coverage {coverage}")
     return {
         "name": name,
@@ -510,6 +574,7 @@ def run_series(name: str, folder: Path, args: argparse.Namespace) -> dict[str, A
         "fit_range": f"{split.times[0]} to {split.times[split.fit - 1]}",
         "scored_range": f"{split.times[split.fit]} to {split.times[-1]}",
         "train_seconds": seconds,
+        "calibrations": calibrations,
         "tasks": tasks,
         "shown": shown,
         "values": split.values[0],
@@ -523,7 +588,7 @@ def run_series(name: str, folder: Path, args: argparse.Namespace) -> dict[str, A
 def aims(tasks: dict[str, dict[str, float]], method: str) -> tuple[bool, bool]:
     """(our ``method``'s CRPS below every baseline's, its coverage within 5 points of 90%) for one task."""
     ours = tasks[method]
-    best = min(r["crps"] for m, r in tasks.items() if m not in OURS_METHODS.values())
+    best = min(r["crps"] for m, r in tasks.items() if m not in OURS_ALL)
     return ours["crps"] < best, abs(ours["coverage"] - LEVEL) <= 0.05
 
 
@@ -611,26 +676,45 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, command: str
         "coverage within 5 points of 90% |",
         "|---|---|---|---:|---|---|---:|---|",
     ]
-    passed = {kind: 0 for kind in args.ours}
+    names = [n for kind in args.ours for n in (OURS_METHODS[kind], CALIBRATED[kind])]
+    names = [n for n in names if any(n in methods for r in results for methods in r["tasks"].values())]
+    passed = {n: 0 for n in names}
     total = 0
     for r in results:
         for task, methods in r["tasks"].items():
             total += 2
-            best = min((m for m in methods if m not in OURS_METHODS.values()), key=lambda m: methods[m]["crps"])
-            for kind in args.ours:
-                ours = OURS_METHODS[kind]
+            best = min((m for m in methods if m not in OURS_ALL), key=lambda m: methods[m]["crps"])
+            for ours in names:
                 lower, covered = aims(methods, ours)
-                passed[kind] += lower + covered
+                passed[ours] += lower + covered
                 lines.append(
                     f"| {r['name']} | {task} | {ours} | {methods[ours]['crps']:.4f} | {best} "
                     f"({methods[best]['crps']:.4f}) | {'pass' if lower else 'FAIL'} | {methods[ours]['coverage']:.3f} "
                     f"| {'pass' if covered else 'FAIL'} |"
                 )
-    counts = "; ".join(f"{OURS_METHODS[kind]}: {passed[kind]} of {total}" for kind in args.ours)
+    counts = "; ".join(f"{n}: {passed[n]} of {total}" for n in names)
     trained = ", ".join(
         f"{r['name']} {kind} {seconds:.0f} s" for r in results for kind, seconds in r["train_seconds"].items()
     )
     lines += ["", f"Aims passed: {counts}. Training time: {trained}."]
+    if args.calibration_share > 0:
+        lines += [
+            "",
+            "## Calibration",
+            "",
+            f"Each calibrated row is the same draws as its raw row with their spread about the median scaled (in the "
+            f"model's space) by the factor below, fitted (`diffusionlab.tasks.calibrate_series`: split-conformal, "
+            f"Romano et al. 2019 eq. 6-7 with a scaled score) on a model of the same settings trained on the fit span "
+            f"less its last {args.calibration_share:g}, the task's masks drawn {args.calibration_draws} times on that "
+            "held-out stretch (forecasts: every origin); never on the scored span.",
+            "",
+            "| series | model | task | spread scale | held-out points |",
+            "|---|---|---|---:|---:|",
+        ]
+        for r in results:
+            for kind, fitted in r["calibrations"].items():
+                for task, c in fitted.items():
+                    lines.append(f"| {r['name']} | {OURS_METHODS[kind]} | {task} | {c.scale:.3f} | {c.points} |")
     return "\n".join(lines)
 
 
@@ -651,7 +735,12 @@ def plot(results: list[dict[str, Any]], path: Path, args: argparse.Namespace) ->
         ax.plot(steps, r["values"][steps], color="black", lw=1.2, label="truth")
         ax.axvline(o - 0.5, color="grey", lw=0.8, ls=":")
         ahead = np.arange(o, o + h)
-        colours = {OURS: "tab:blue", OURS_CONDITIONAL: "tab:green", "ARIMA": "tab:orange"}
+        colours = {
+            OURS: "tab:blue",
+            OURS_CONDITIONAL: "tab:green",
+            CALIBRATED["conditional"]: "tab:red",
+            "ARIMA": "tab:orange",
+        }
         for method, colour in colours.items():
             if method not in r["shown"]:
                 continue
@@ -701,6 +790,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--scale-augment", type=float, default=0.0)
     p.add_argument("--ema-decay", type=float, default=0.995)
     p.add_argument("--ema-start", type=int, default=100)
+    p.add_argument("--calibration-share", type=float, default=0.25)
+    p.add_argument("--calibration-draws", type=int, default=10)
     p.add_argument("--draws", type=int, default=5)
     p.add_argument("--blocks", type=int, default=10)
     p.add_argument("--horizon", type=int, default=12)
@@ -727,6 +818,7 @@ def main(argv: list[str] | None = None) -> int:
         "jump_n_sample",
         "samples",
         "draws",
+        "calibration_draws",
         "blocks",
         "horizon",
         "threads",
@@ -735,7 +827,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--{name.replace('_', '-')}={getattr(args, name)} must be a positive integer.")
     if args.samples % args.models:
         p.error(f"--samples={args.samples} must be a multiple of --models={args.models}.")
-    for name in ("dropout", "conditional_dropout"):
+    for name in ("dropout", "conditional_dropout", "calibration_share"):
         if not 0 <= getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')}={getattr(args, name)} must be in [0, 1).")
     if not BLOCK < args.window or not args.horizon < args.window:
