@@ -52,8 +52,8 @@ def test_scaling_keeps_observed_points_bit_for_bit_and_round_trips_through_json(
 
 def test_calibration_cases_hide_points_the_way_each_task_does() -> None:
     """missing: the share of the held-out steps (from ``start``) at random, the rest observed; block: one run of
-    ``size`` steps inside the held-out part, the model's window around it; horizon: the last ``size`` steps of a
-    window ending at every origin ``size`` apart."""
+    ``size`` steps inside the held-out part, the model's window around it; horizon: the last ``size`` steps of the
+    windows ending ``size`` after ``draws`` origins spread evenly over the held-out part."""
     random = list(calibration_cases(100, 16, "missing", 0.25, start=60, draws=3))
     assert len(random) == 3
     for part, mask in random:
@@ -61,8 +61,8 @@ def test_calibration_cases_hide_points_the_way_each_task_does() -> None:
     for part, mask in calibration_cases(100, 16, "block", 4, start=60, draws=5):
         hidden = np.flatnonzero(~mask[0]) + part.start
         assert mask.shape == (1, 16) and len(hidden) == 4 and np.all(np.diff(hidden) == 1) and hidden[0] >= 60
-    ahead = list(calibration_cases(100, 16, "horizon", 4, start=60))
-    assert [p.stop for p, _ in ahead] == list(range(64, 101, 4))
+    ahead = list(calibration_cases(100, 16, "horizon", 4, start=60, draws=5))
+    assert [p.stop for p, _ in ahead] == [64, 73, 82, 91, 100]
     assert all(m.shape == (1, 16) and (~m[0, -4:]).all() and m[0, :-4].all() for _, m in ahead)
     with pytest.raises(ValueError, match="block=16 must be a whole number of steps from 1 to 15"):
         list(calibration_cases(100, 16, "block", 16))

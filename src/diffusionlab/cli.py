@@ -717,7 +717,7 @@ def calibrate(
     size: Annotated[float, typer.Option(help="missing: the share hidden (0.1); block, horizon: its steps.")],
     out: Annotated[Path, typer.Option(help="Where to write the calibration (a .json).")] = Path("calibration.json"),
     start: Annotated[int, typer.Option(help="The first step of --input the model was not trained on.")] = 0,
-    draws: Annotated[int, typer.Option(help="missing, block: masks drawn (horizon: every origin).")] = 5,
+    draws: Annotated[int, typer.Option(help="Masks drawn (horizon: origins spread over the held-out steps).")] = 5,
     level: Annotated[float, typer.Option(help="The central interval to calibrate.")] = 0.9,
     num_samples: Annotated[int, typer.Option("--num-samples", "-n", help="Samples per held-out case.")] = 50,
     steps: opt.Steps = None,

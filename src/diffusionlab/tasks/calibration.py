@@ -120,7 +120,8 @@ def calibration_cases(
     """Masks of one task on steps ``start`` to ``length`` of a series: (the slice of the series to pass, its
     observed mask (1, slice length)). missing: ``draws`` masks hiding a ``size`` share of those steps at random
     (the whole series passed); block: ``draws`` blocks of ``size`` steps at random places (the model's window
-    around each passed); horizon: the ``size`` steps after every origin ``size`` apart (the window ending there)."""
+    around each passed); horizon: the ``size`` steps after ``draws`` origins spread evenly from ``start`` (or the
+    first origin with a window of history) to the last (the window ending ``size`` steps after each)."""
     _check_task(task, size, window)
     span = np.arange(start, length)
     rng = np.random.default_rng([seed, CALIBRATION_TASKS.index(task)])
@@ -139,7 +140,10 @@ def calibration_cases(
             mask[0, first - lo : first - lo + size] = False
             yield slice(lo, lo + window), mask
         return
-    for origin in range(max(start, window - size), length - size + 1, size):
+    first, last = max(start, window - size), length - size
+    if first > last:
+        raise ValueError(f"no forecast origin fits: steps {start} to {length} hold no window's history and horizon.")
+    for origin in np.unique(np.linspace(first, last, draws).round().astype(int)).tolist():
         mask = np.ones((1, window), dtype=bool)
         mask[0, -size:] = False
         yield slice(origin + size - window, origin + size), mask
