@@ -161,6 +161,8 @@ def test_a_calibrated_series_model_keeps_observed_points_and_scales_its_bands(se
     torch.testing.assert_close(ahead.median, plain.median)
     with pytest.raises(ValueError, match="missing=1.5 is the share of points to hide"):
         calibrate_series(pipe, values, "missing", 1.5)
+    with pytest.raises(ValueError, match="draws=0 must be a positive integer"):
+        calibrate_series(pipe, values, "horizon", 4, draws=0)
 
 
 def test_cli_trains_and_imputes_and_forecasts_a_series(tmp_path: Path, one_thread: None) -> None:

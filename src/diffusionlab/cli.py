@@ -643,6 +643,9 @@ def impute(
             from .data.table import read_csv_table, write_csv_table
             from .tasks import impute as fill
 
+            if fitted is not None:
+                _fail(f"--calibration={calibration} scales a series model's draws; {model} is a table model.")
+
             wanted = None if columns is None else [c.strip() for c in columns.split(",") if c.strip()]
             frame = read_csv_table(input)
             table, count = fill(

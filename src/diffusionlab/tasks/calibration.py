@@ -32,6 +32,7 @@ from torch import Tensor
 
 from ..io import atomic_write_text
 from ..pipeline import Pipeline
+from .common import check_count
 from .series import SeriesSamples, impute_series
 
 __all__ = [
@@ -98,6 +99,7 @@ class Calibration:
         try:
             fields = json.loads(Path(path).read_text())
             made = cls(**fields)
+            made = cls(float(made.level), float(made.scale), int(made.points), str(made.task), float(made.size))
         except (OSError, ValueError, TypeError) as error:
             raise ValueError(f"{path} is not a calibration file written by `calibrate` ({error}).") from None
         if not 0 < made.level < 1 or not made.scale >= 0:
@@ -167,7 +169,10 @@ def calibrate_series(
     imputed with ``num_samples`` draws (``settings`` as for ``impute_series``) and its hidden points scored."""
     if not 0.0 < level < 1.0:
         raise ValueError(f"level={level} must lie in (0, 1), e.g. 0.9.")
+    check_count("draws", draws)
+    check_count("num_samples", num_samples)
     window = pipe.config.data.signal.length if pipe.config.data.signal is not None else 0
+    _check_task(task, size, window)
     if values.ndim != 2 or not 0 <= start < values.shape[1] or values.shape[1] < window:
         raise ValueError(
             f"calibration takes a series (channels, steps) of at least the window's {window} steps and a start "
