@@ -228,3 +228,25 @@ def test_window_scaling_round_trips_on_observed_statistics_and_keeps_observed_po
     drawn = impute_series(pipe, values, keep, 4, steps=8, seed=0)
     assert torch.equal(drawn.samples[:, keep], values[keep].expand(4, -1))  # bit for bit
     assert float((drawn.median[~keep] - 40.0).abs().max()) < 5.0
+
+
+def test_a_conditional_models_training_windows_are_scaled_by_their_drawn_observed_points() -> None:
+    """window_scaling="window" with signal_condition="observed": augment leaves the windows to training_condition,
+    which normalises each by the mean and std of the points it draws as observed (as impute_series does with the
+    observed points): over those points mean 0 and std 1, the network's observations the normalised values."""
+    from diffusionlab.config import SignalInfo
+    from diffusionlab.spaces import SignalSpace
+
+    info = SignalInfo(kind="series", channels=1, length=32, columns=["a"], mean=[0.0], std=[1.0])
+    data = DataConfig(dataset="series:x.csv", signal=info, signal_condition="observed", window_scaling="window")
+    space = SignalSpace(ModelConfig(data=data))
+    x = torch.randn(64, 1, 32, generator=torch.Generator().manual_seed(0)) * 4 + 20
+    assert torch.equal(space.augment(x, 0.0, torch.Generator()), x)
+    x0, extra, loss_mask = space.training_condition(x, torch.Generator().manual_seed(1))
+    seen = extra["cond_signal"][:, 1:].bool()
+    assert torch.equal(seen, ~loss_mask)
+    enough = seen.sum(-1).squeeze(1) > 1
+    mean = (x0 * seen).sum(-1) / seen.sum(-1)
+    std = (((x0 - mean[..., None]) ** 2 * seen).sum(-1) / seen.sum(-1)).sqrt()
+    assert float(mean[enough].abs().max()) < 1e-4 and float((std[enough] - 1).abs().max()) < 1e-4
+    assert torch.equal(extra["cond_signal"][:, :1], torch.where(seen, x0, 0))

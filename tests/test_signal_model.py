@@ -4,6 +4,7 @@ that impute (observed points kept) and forecast, audio models that write WAV fil
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from diffusionlab.denoisers import Prediction
 from diffusionlab.pipeline import Pipeline
 from diffusionlab.processes import VPProcess, broadcast_like
 from diffusionlab.sampling import SAMPLERS, sample
-from diffusionlab.tasks import forecast, impute_series
+from diffusionlab.tasks import calibrate_series, forecast, impute_series
 from diffusionlab.training import Trainer
 
 QUIET = {"log_with": [], "sample_every": 0, "checkpoint_every": 0, "log_every": 0, "final_eval": False}
@@ -139,6 +140,31 @@ def test_series_imputation_keeps_observed_points_and_forecasts_have_bands(series
         impute_series(pipe, values, torch.ones_like(observed), 2)
 
 
+def test_a_calibrated_series_model_keeps_observed_points_and_scales_its_bands(series_model: tuple[Path, Path]) -> None:
+    """calibrate_series scores every hidden point of its cases (3 draws of 25% of the 20 held-out steps of 2
+    channels: 30 points); impute and forecast with the calibration give the uncalibrated draws with their spread
+    scaled by it, the observed points bit for bit."""
+    pipe = Pipeline.load(series_model[0])
+    t = torch.arange(40, dtype=torch.float32)
+    values = torch.stack([torch.sin(2 * math.pi * t / 20), torch.cos(2 * math.pi * t / 20)]) * 1.4
+    fitted = calibrate_series(pipe, values, "missing", 0.25, start=20, draws=3, num_samples=8, steps=5)
+    assert fitted.points == 30 and fitted.task == "missing" and fitted.scale > 0
+    observed = torch.ones_like(values, dtype=torch.bool)
+    observed[:, 18:24] = False
+    raw = impute_series(pipe, values, observed, 8, steps=5, seed=0)
+    calibrated = impute_series(pipe, values, observed, 8, steps=5, seed=0, calibration=fitted)
+    assert torch.equal(calibrated.samples[:, observed], values[observed].expand(8, -1))  # bit for bit
+    spread = calibrated.quantile(0.95) - calibrated.median
+    torch.testing.assert_close(spread, fitted.scale * (raw.quantile(0.95) - raw.median), atol=1e-5, rtol=1e-5)
+    ahead = forecast(pipe, values[:, :30], 4, 8, steps=5, seed=0, calibration=fitted)
+    plain = forecast(pipe, values[:, :30], 4, 8, steps=5, seed=0)
+    torch.testing.assert_close(ahead.median, plain.median)
+    with pytest.raises(ValueError, match="missing=1.5 is the share of points to hide"):
+        calibrate_series(pipe, values, "missing", 1.5)
+    with pytest.raises(ValueError, match="draws=0 must be a positive integer"):
+        calibrate_series(pipe, values, "horizon", 4, draws=0)
+
+
 def test_cli_trains_and_imputes_and_forecasts_a_series(tmp_path: Path, one_thread: None) -> None:
     data = write_series(tmp_path / "s.csv", steps=200)
     out = tmp_path / "run"
@@ -166,6 +192,23 @@ def test_cli_trains_and_imputes_and_forecasts_a_series(tmp_path: Path, one_threa
     result = run("forecast", out, "--input", holes, "--horizon", 4, "--out", tmp_path / "fc.csv", "--plot", plot)
     assert result.exit_code == 0, result.output
     assert len(list(csv.DictReader((tmp_path / "fc.csv").open()))) == 4 and plot.stat().st_size > 1000
+    whole = tmp_path / "whole.csv"
+    csv.writer(whole.open("w", newline="")).writerows(list(csv.reader(data.open()))[:61])  # steps 0-59, no gaps
+    fitted = tmp_path / "calibration.json"
+    result = run(
+        "calibrate", out, "--input", whole, "--task", "horizon", "--size", 4, "--start", 40, "-n", 5, "--steps", 3,
+        "--out", fitted,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads(fitted.read_text())["points"] == 5 * 4 * 2  # origins 40, 44, ..., 56; channels a and b
+    calibrated = tmp_path / "fc-cal.csv"
+    result = run("forecast", out, "--input", holes, "--horizon", 4, "--out", calibrated, "--calibration", fitted)
+    assert result.exit_code == 0, result.output
+    assert_clear_error(
+        run("impute", out, "--input", holes, "--calibration", fitted, "--level", 0.8, "--no-progress"),
+        "was fitted for --level=0.9",
+    )
+    assert_clear_error(run("calibrate", out, "--input", holes, "--task", "horizon", "--size", 4), "empty cells")
     assert_clear_error(run("forecast", out, "--input", holes, "--horizon", 16, "--no-progress"), "horizon=16")
     text = tmp_path / "text.csv"
     text.write_text("time,a,b\n1,2,x\n2,3,4\n")

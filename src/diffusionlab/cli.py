@@ -620,6 +620,7 @@ def impute(
     ] = 100,
     level: Annotated[float, typer.Option(help="Series: the central interval written beside the median.")] = 0.9,
     plot: Annotated[Path | None, typer.Option(help="Series: also draw the median and its band (a PNG).")] = None,
+    calibration: opt.CalibrationFile = None,
     steps: opt.Steps = None,
     guidance: opt.Guidance = None,
     temperature: opt.Temperature = None,
@@ -629,16 +630,21 @@ def impute(
     progress: opt.Progress = True,
 ) -> None:
     """Fill the gaps of a table (every given cell written back exactly as read) or of a time series (the median of
-    --num-samples draws with its --level interval; observed points kept)."""
+    --num-samples draws with its --level interval, scaled by a --calibration from `calibrate`; observed points
+    kept)."""
     from .pipeline import Pipeline
 
     def run() -> None:
         _check_csv_out(out, input, level)
+        fitted = _calibration(calibration, level)
         pipe = Pipeline.load(model)
         request = dict(seed=seed, steps=steps, guidance=guidance, mixed_precision=mixed_precision)
         if pipe.space.name == "table":
             from .data.table import read_csv_table, write_csv_table
             from .tasks import impute as fill
+
+            if fitted is not None:
+                _fail(f"--calibration={calibration} scales a series model's draws; {model} is a table model.")
 
             wanted = None if columns is None else [c.strip() for c in columns.split(",") if c.strip()]
             frame = read_csv_table(input)
@@ -652,8 +658,9 @@ def impute(
         from .tasks import impute_series
 
         drawn = impute_series(
-            pipe, series.values, series.mask, num_samples, batch_size=batch_size, progress=progress, **request
-        )
+            pipe, series.values, series.mask, num_samples, batch_size=batch_size, progress=progress,
+            calibration=fitted, **request,
+        )  # fmt: skip
         _write_bands(pipe, drawn.samples, series, out, level, plot, given=input)
         typer.echo(f"filled {int((~series.mask).sum())} points with {num_samples} samples each; wrote {out}")
 
@@ -671,28 +678,93 @@ def forecast(
     ] = 100,
     level: Annotated[float, typer.Option(help="The central interval written beside the median.")] = 0.9,
     plot: Annotated[Path | None, typer.Option(help="Also draw the median and its band (a PNG).")] = None,
+    calibration: opt.CalibrationFile = None,
     steps: opt.Steps = None,
     seed: opt.Seed = 0,
     batch_size: opt.BatchSize = 256,
     mixed_precision: opt.MixedPrecision = opt.request_default(GuidanceSpec, "mixed_precision"),
     progress: opt.Progress = True,
 ) -> None:
-    """Forecast the next --horizon steps of a time series: the median of --num-samples draws and its interval."""
+    """Forecast the next --horizon steps of a time series: the median of --num-samples draws and its interval
+    (scaled by a --calibration from `calibrate`)."""
     from .pipeline import Pipeline
     from .tasks import forecast as predict
 
     def run() -> None:
         _check_csv_out(out, input, level)
+        fitted = _calibration(calibration, level)
         pipe = Pipeline.load(model)
         series = _series_input(pipe, input)
         drawn = predict(
             pipe, series.values, horizon, num_samples, observed=series.mask, batch_size=batch_size,
-            progress=progress, seed=seed, steps=steps, mixed_precision=mixed_precision,
+            progress=progress, seed=seed, steps=steps, mixed_precision=mixed_precision, calibration=fitted,
         )  # fmt: skip
         _write_bands(pipe, drawn.samples, series._replace(time=None), out, level, plot)
         typer.echo(f"forecast {horizon} steps with {num_samples} samples; wrote {out}")
 
     _run(run, forecast)
+
+
+@app.command()
+def calibrate(
+    model: opt.ModelFolder,
+    input: Annotated[
+        Path,
+        typer.Option(
+            "--input", help="A series CSV in the model's value columns with no gaps, from --start on not trained on."
+        ),
+    ],
+    task: Annotated[
+        str, typer.Option(help="How held-out points are hidden: missing (random points), block or horizon.")
+    ],
+    size: Annotated[float, typer.Option(help="missing: the share hidden (0.1); block, horizon: its steps.")],
+    out: Annotated[Path, typer.Option(help="Where to write the calibration (a .json).")] = Path("calibration.json"),
+    start: Annotated[int, typer.Option(help="The first step of --input the model was not trained on.")] = 0,
+    draws: Annotated[int, typer.Option(help="Masks drawn (horizon: origins spread over the held-out steps).")] = 5,
+    level: Annotated[float, typer.Option(help="The central interval to calibrate.")] = 0.9,
+    num_samples: Annotated[int, typer.Option("--num-samples", "-n", help="Samples per held-out case.")] = 50,
+    steps: opt.Steps = None,
+    seed: opt.Seed = 0,
+    batch_size: opt.BatchSize = 256,
+    mixed_precision: opt.MixedPrecision = opt.request_default(GuidanceSpec, "mixed_precision"),
+) -> None:
+    """Fit a series model's calibration (split-conformal scaling of its draws' spread, Romano et al. 2019) on
+    held-out points hidden the way --task will hide them; `impute` and `forecast` take it as --calibration."""
+    from .pipeline import Pipeline
+    from .tasks import CALIBRATION_TASKS, calibrate_series
+
+    def run() -> None:
+        if task not in CALIBRATION_TASKS:
+            _fail(f"--task={task} is not one of {', '.join(CALIBRATION_TASKS)}.")
+        if not 0 < level < 1:
+            _fail(f"--level={level} must lie in (0, 1), e.g. 0.9.")
+        _check_out_file(out, ".json")
+        if out.suffix.lower() != ".json":
+            _fail(f"--out={out}: a calibration is written as JSON; expected a path ending in .json.")
+        pipe = Pipeline.load(model)
+        series = _series_input(pipe, input)
+        if not bool(series.mask.all()):
+            _fail(f"--input={input} has {int((~series.mask).sum())} empty cells; calibration needs every value.")
+        fitted = calibrate_series(
+            pipe, series.values, task, size, start=start, draws=draws, level=level, num_samples=num_samples,
+            seed=seed, steps=steps, batch_size=batch_size, mixed_precision=mixed_precision,
+        )  # fmt: skip
+        fitted.save(out)
+        typer.echo(f"spread scale {fitted.scale:.3f} from {fitted.points} held-out points; wrote {out}")
+
+    _run(run, calibrate)
+
+
+def _calibration(path: Path | None, level: float) -> Any:
+    """--calibration read (None: none), fitted for --level."""
+    if path is None:
+        return None
+    from .tasks import Calibration
+
+    fitted = Calibration.load(path)
+    if abs(fitted.level - level) > 1e-9:
+        _fail(f"--calibration={path} was fitted for --level={fitted.level:g}; pass --level={fitted.level:g}.")
+    return fitted
 
 
 def _check_csv_out(out: Path, source: Path, level: float = 0.9) -> None:

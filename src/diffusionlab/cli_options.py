@@ -141,6 +141,10 @@ DEFAULT_DOWNSAMPLE_FACTOR = 2 ** (len(AutoencoderNetworkConfig().channel_mults) 
 # ---------------------------------------------------------------- options several commands share
 ModelFolder = Annotated[Path, typer.Argument(help="A model folder (config.json + *.safetensors), e.g. runs/digits.")]
 Progress = Annotated[bool, typer.Option(help="Show progress bars.")]
+CalibrationFile = Annotated[
+    Path | None,
+    typer.Option(help="Series: a calibration (.json from `calibrate`) that scales the draws' spread to its level."),
+]
 Seed = Annotated[
     int, typer.Option(help="Seed of the noise: sample i uses the noise of (seed, i); same seed, same result.")
 ]

@@ -278,11 +278,11 @@ class ModelSpace(ABC):
 
     def training_condition(
         self, x0: Tensor, generator: torch.Generator, observed: Tensor | None = None
-    ) -> tuple[dict[str, Tensor], Tensor | None]:
-        """What the network takes beside x for training examples x0 (in the model's space), drawn with
-        ``generator``, and the elements the loss counts (None: all); by default nothing beside x, and the loss on
-        the ``observed`` elements (those the data holds, x0's shape; None: all)."""
-        return {}, observed
+    ) -> tuple[Tensor, dict[str, Tensor], Tensor | None]:
+        """The training examples x0 (in the model's space) as the network learns them, what it takes beside x,
+        drawn with ``generator``, and the elements the loss counts (None: all); by default x0 as it is, nothing
+        beside x, and the loss on the ``observed`` elements (those the data holds, x0's shape; None: all)."""
+        return x0, {}, observed
 
 
 class PixelImageSpace(ModelSpace):
@@ -617,17 +617,20 @@ class SignalSpace(ModelSpace):
 
     def training_condition(
         self, x0: Tensor, generator: torch.Generator, observed: Tensor | None = None
-    ) -> tuple[dict[str, Tensor], Tensor | None]:
+    ) -> tuple[Tensor, dict[str, Tensor], Tensor | None]:
         """A conditional imputation model learns to fill drawn masks (``data.signals.draw_observed``) from the rest:
         the observations beside x, and the loss on the missing points only (CSDI's self-supervised training). With
         gaps in the data (``observed`` False), both sides are taken among the observed points only: the gaps, filled
-        by interpolation, are neither shown to the network nor scored (Tashiro et al. 2021, sec. 4.3)."""
+        by interpolation, are neither shown to the network nor scored (Tashiro et al. 2021, sec. 4.3). With
+        ``data.window_scaling="window"`` each window is normalised by its drawn observed points' mean and std, as
+        ``impute_series`` normalises a window by its observed points."""
         if not self.observes:
-            return {}, observed
+            return x0, {}, observed
         keep = draw_observed(len(x0), int(x0.shape[1]), int(x0.shape[2]), generator)
-        if observed is None:
-            return self._observations(x0, keep), ~keep
-        return self._observations(x0, keep & observed), observed & ~keep
+        seen, loss_mask = (keep, ~keep) if observed is None else (keep & observed, observed & ~keep)
+        if self.per_window:
+            x0 = self.window_scale(x0, seen).normalise(x0)
+        return x0, self._observations(x0, seen), loss_mask
 
     def window_scale(self, x: Tensor, observed: Tensor | None = None) -> WindowScale:
         """The per-window scaling of windows x (B, C, L): their observed points' mean and std with
@@ -640,8 +643,9 @@ class SignalSpace(ModelSpace):
     def augment(self, x0: Tensor, scale: float, generator: torch.Generator, observed: Tensor | None = None) -> Tensor:
         """Each window (B, C, L) normalised by its own observed points (``window_scale``), then times a gain exp(u),
         u ~ U(-scale, scale) (magnitude scaling, Um et al. 2017, "Data augmentation of wearable sensor data", sec.
-        3.2); audio clipped back to [-1, 1]. No draw at 0."""
-        if self.per_window:
+        3.2); audio clipped back to [-1, 1]. No draw at 0. A conditional imputation model's windows are normalised
+        later, by the points drawn as observed (``training_condition``), which undoes the gain."""
+        if self.per_window and not self.observes:
             x0 = self.window_scale(x0, observed).normalise(x0)
         if scale <= 0:
             return x0

@@ -18,6 +18,14 @@ from .anomaly import (
     write_scores_csv,
 )
 from .augment import check_empty_folder, sample_image_folder, write_image_folder
+from .calibration import (
+    CALIBRATION_TASKS,
+    Calibration,
+    calibrate_series,
+    calibration_cases,
+    conformal_scale,
+    scale_about_median,
+)
 from .common import TaskRun, check_images, pixel_shape, read_image, save_image, task_request
 from .denoise import (
     DENOISE_MODES,
@@ -67,6 +75,12 @@ __all__ = [
     "BLANK",
     "InfillPrompt",
     "SeriesSamples",
+    "CALIBRATION_TASKS",
+    "Calibration",
+    "calibrate_series",
+    "calibration_cases",
+    "conformal_scale",
+    "scale_about_median",
     "forecast",
     "impute_series",
     "window_starts",

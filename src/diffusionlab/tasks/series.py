@@ -15,7 +15,7 @@ and std of its observed points, and its draws are scaled back by them. Observed 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -26,6 +26,9 @@ from ..sampling.request import SampleRequest
 from ..spaces import SignalSpace
 from .common import TaskRun, check_count, task_request
 from .inpaint import InpaintOptions, fill_known
+
+if TYPE_CHECKING:
+    from .calibration import Calibration
 
 __all__ = ["SeriesSamples", "impute_series", "forecast", "window_starts"]
 
@@ -81,12 +84,13 @@ def impute_series(
     request: SampleRequest | None = None,
     batch_size: int = 64,
     progress: bool = False,
+    calibration: Calibration | None = None,
     **settings: Any,
 ) -> SeriesSamples:
     """``num_samples`` draws of a series (C, T) in the model's standardised space with its unobserved points
     (``observed`` False) filled; sample i uses the noise of (seed, i) in every window. An unconditional model fills
     by RePaint (``jump_length``, ``jump_n_sample``), a conditional imputation model by its ``sampler`` (default
-    ddpm) seeing the observations."""
+    ddpm) seeing the observations. A ``calibration`` (``calibrate_series``) scales the draws' spread."""
     values, observed = _check_series(pipe, values, observed)
     check_count("num_samples", num_samples)
     window = pipe.config.data.signal.length
@@ -122,7 +126,8 @@ def impute_series(
 
         drawn = run.map(fill, range(num_samples), batch_size)
         out[:, :, part] = torch.where(observed[:, part], out[:, :, part], drawn)
-    return SeriesSamples(out, observed)
+    result = SeriesSamples(out, observed)
+    return result if calibration is None else calibration.apply(result)
 
 
 def forecast(
@@ -136,7 +141,7 @@ def forecast(
 ) -> SeriesSamples:
     """``num_samples`` draws of the next ``horizon`` steps after ``history`` (C, T) in the model's standardised
     space: the model's window holds the last ``window - horizon`` steps of the history and ``horizon`` unknown ones.
-    Returns samples (S, C, horizon)."""
+    Returns samples (S, C, horizon); ``kwargs`` (``calibration`` too) as for ``impute_series``."""
     check_count("horizon", horizon)
     window = pipe.config.data.signal.length if pipe.config.data.signal is not None else 0
     if horizon >= window:

@@ -263,7 +263,7 @@ class DiffusionObjective(Objective):
         if self.config.data.image_condition is not None:
             kind, factor = self.config.data.image_condition, self.config.data.superres_factor
             cond["cond_image"] = make_image_condition(kind, x0, factor)
-        extra, loss_mask = self.model.space.training_condition(x0, gen, observed)
+        x0, extra, loss_mask = self.model.space.training_condition(x0, gen, observed)
         return DiffusionBatch(x0, t, noise, {**cond, **extra} or None, loss_mask)
 
     def loss(self, network: nn.Module, batch: DiffusionBatch) -> tuple[Tensor, dict[str, Tensor]]:
