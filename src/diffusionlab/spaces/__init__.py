@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..config import ModelConfig, NetworkConfig, SpectrogramStats
+from ..config import ModelConfig, NetworkConfig, SignalInfo, SpectrogramStats
 from ..data import DataError, Tokenizer, condition_channels, make_image_condition, make_tokenizer
 from ..data.signals import WindowScale, draw_observed
 from ..data.spectrogram import compress, decompress, griffin_lim, magnitude, stft_shape
@@ -581,7 +581,23 @@ class TableSpace(ModelSpace):
         return config.model_copy(update={"network": net, "data": data_cfg, "space": cls.name, "sample": sample})
 
 
-class SignalSpace(ModelSpace):
+class SignalFiles:
+    """What audio and series spaces write of decoded signals (C, L) described by ``self.info``: pictures and files."""
+
+    info: SignalInfo
+
+    def save(self, samples, path, *, nrow=8, row_labels=None, metadata=None, reference=None):  # type: ignore[no-untyped-def]
+        """A grid of spectrograms (audio) or line plots (series, in the data's units), one labelled row per class."""
+        plot_signals(samples, self.info, path, nrow=nrow, row_labels=row_labels)
+
+    def write_files(
+        self, samples: Tensor, folder: str | os.PathLike[str], labels: Sequence[int] | None = None
+    ) -> list[Path]:
+        """Audio: one WAV per sample (in class sub-folders when labelled); series: one CSV of every sample."""
+        return write_signal_files(samples, self.info, Path(folder), labels)
+
+
+class SignalSpace(SignalFiles, ModelSpace):
     """Signals (C, L): audio clips in [-1, 1] (x0 may be clipped) or windows of time series standardised per channel
     (``config.data.signal`` holds the statistics); previews are spectrograms (audio) or line plots (series), and
     ``write_files`` writes WAV files or a CSV."""
@@ -663,16 +679,6 @@ class SignalSpace(ModelSpace):
     def decode(self, x: Tensor) -> Tensor:
         return x.clamp(-1, 1) if self.clip_x0 else x
 
-    def save(self, samples, path, *, nrow=8, row_labels=None, metadata=None, reference=None):  # type: ignore[no-untyped-def]
-        """A grid of spectrograms (audio) or line plots (series, in the data's units), one labelled row per class."""
-        plot_signals(samples, self.info, path, nrow=nrow, row_labels=row_labels)
-
-    def write_files(
-        self, samples: Tensor, folder: str | os.PathLike[str], labels: Sequence[int] | None = None
-    ) -> list[Path]:
-        """Audio: one WAV per sample (in class sub-folders when labelled); series: one CSV of every sample."""
-        return write_signal_files(samples, self.info, Path(folder), labels)
-
     def check_fits(self, config: ModelConfig) -> None:
         net = config.network
         if net.kind not in self.network_kinds:
@@ -708,7 +714,7 @@ class SignalSpace(ModelSpace):
         return config.model_copy(update={"network": net, "space": cls.name, "sample": sample})
 
 
-class SpectrogramSpace(ModelSpace):
+class SpectrogramSpace(SignalFiles, ModelSpace):
     """Audio clips (C, L) diffused as images (C, F, T): each channel's STFT magnitude (Hann window of
     ``data.n_fft`` samples, hop ``data.hop_length``), compressed by the power law of ``diffusionlab.data.spectrogram``,
     and normalised per frequency bin by the training clips' statistics (``config.data.spectrogram``), zero-padded
@@ -758,16 +764,6 @@ class SpectrogramSpace(ModelSpace):
     @torch.no_grad()
     def to_model_space(self, data: Tensor) -> Tensor:
         return self.encode(data)
-
-    def save(self, samples, path, *, nrow=8, row_labels=None, metadata=None, reference=None):  # type: ignore[no-untyped-def]
-        """A grid of the decoded clips' spectrograms, one labelled row per class."""
-        plot_signals(samples, self.info, path, nrow=nrow, row_labels=row_labels)
-
-    def write_files(
-        self, samples: Tensor, folder: str | os.PathLike[str], labels: Sequence[int] | None = None
-    ) -> list[Path]:
-        """One WAV per decoded clip, at the data's rate (in class sub-folders when labelled)."""
-        return write_signal_files(samples, self.info, Path(folder), labels)
 
     def check_fits(self, config: ModelConfig) -> None:
         net = config.network
